@@ -1,0 +1,6 @@
+"""`python -m c3d_extract` is the same as `c3d-extract`."""
+
+from c3d_extract.cli import main
+
+if __name__ == "__main__":
+    main()

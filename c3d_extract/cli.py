@@ -1,0 +1,207 @@
+"""`c3d-extract`: the command line over c3d_extract's library calls."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from typing import Optional
+
+import click
+import torch
+from tqdm import tqdm
+
+from c3d_extract import __version__
+from c3d_extract.clips import SHORT_RULES
+from c3d_extract.inputs import VIDEO_EXTENSIONS, find_videos, parse_extensions
+from c3d_extract.models import MODELS, get_spec
+from c3d_extract.pipeline import Failed, Network, Summary, extract
+from c3d_extract.preprocess import parse_mean
+from c3d_extract.runtime import PRECISIONS, Runtime, resolve_device, resolve_precision
+from c3d_extract.store import FeatureStore, StoreError
+from c3d_extract.video import DECODER
+from c3d_extract.weights import RANDOM, WeightsError, build_network, cache_dir, installed_weights
+
+PROG = "c3d-extract"
+
+
+class Refused(click.ClickException):
+    """The run cannot start (weights, output file, settings): exit status 2, nothing written."""
+
+    exit_code = 2
+
+
+def _say(message: str) -> None:
+    tqdm.write(f"{PROG}: {message}", file=sys.stderr)
+
+
+class DefaultGroup(click.Group):
+    """A group whose default command is `extract`: `c3d-extract videos/ out.h5` needs no verb."""
+
+    default_command = "extract"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name=PROG)
+def main() -> None:
+    """C3D and Res3D video descriptors, exactly as the papers computed them, into one HDF5 file.
+
+    \b
+    c3d-extract videos/ out.h5                          C3D fc6 of every video under videos/
+    c3d-extract videos/ out.h5 --model res3d            Res3D res5b
+    c3d-extract extract --help                          every option of the main job
+
+    Without a command, `extract` is meant.
+    """
+
+
+def _layers(text: Optional[str]) -> Optional[list[str]]:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+@main.command("extract")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--model", type=click.Choice(sorted(MODELS)), default="c3d", show_default=True,
+              help="c3d: C3D Sports-1M (fc6 by default). res3d: Res3D Sports-1M (res5b by default).")
+@click.option("--layers", metavar="NAMES",
+              help="Comma-separated layers to store, by their Caffe names (e.g. fc6,fc7,pool5,prob). "
+                   "Default: fc6 for c3d, res5b for res3d.")
+@click.option("--weights", metavar="PATH|random",
+              help="A state dict in this package's layout, or 'random' (smoke runs only). Default: the "
+                   f"installed weights in $C3D_EXTRACT_HOME/weights (now {cache_dir()}).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --weights random.")
+@click.option("--mean", "mean_text", metavar="B,G,R",
+              help="Per-channel mean to subtract (in the model's channel order), instead of the spec's.")
+@click.option("--clip-len", type=click.IntRange(1), help="Frames in a clip window (default 16).")
+@click.option("--stride", type=click.IntRange(1), help="Frames between window starts (default 8).")
+@click.option("--frame-step", type=click.IntRange(1),
+              help="Take every Nth frame of a window (default 1 for c3d, 2 for res3d).")
+@click.option("--short", type=click.Choice(SHORT_RULES), default="loop", show_default=True,
+              help="Videos shorter than one window: loop them, repeat the last frame (edge), or skip "
+                   "them as failures.")
+@click.option("--batch-size", type=click.IntRange(1), help="Clips per forward pass (default 4 on CPU, "
+                                                           "32 on CUDA).")
+@click.option("--workers", type=click.IntRange(1), default=min(4, os.cpu_count() or 1), show_default=True,
+              help="Decoding threads.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: bf16 on CPUs with bf16 units (cosine >= 0.999 to fp32, tested), else fp32.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Keys are paths relative to this directory (default: the input directory, or the "
+                   "deepest directory holding all inputs).")
+@click.option("--ext", metavar="EXTS", help=f"Extensions to look for in directories "
+                                            f"(default: {','.join(VIDEO_EXTENSIONS)}).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (otherwise runs add to it).")
+@click.option("--retry-failed", is_flag=True, help="Process only the videos OUTPUT lists as failed.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors still go to stderr).")
+def extract_command(inputs: tuple[str, ...], output: str, model: str, layers: Optional[str],
+                    weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
+                    stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
+                    workers: int, device: str, precision: str, root: Optional[str], ext: Optional[str],
+                    overwrite: bool, retry_failed: bool, quiet: bool) -> None:
+    """Extract one descriptor per video from INPUTS (directories, searched recursively, or files)
+    into the HDF5 file OUTPUT.
+
+    Every video is cut into windows of 16 frames every 8 frames; each clip goes through the network;
+    a video's descriptor is the mean of its clips' activations, L2-normalised, per layer. Re-running
+    the same command skips the videos already in OUTPUT. Exit status: 0 when every video is in
+    OUTPUT, 1 when any failed (see OUTPUT's `failures`), 2 when the run could not start.
+    """
+    spec = get_spec(model)
+    changes = {k: v for k, v in (("clip_len", clip_len), ("stride", stride), ("frame_step", frame_step))
+               if v is not None}
+    try:
+        if mean_text is not None:
+            changes.update(mean=parse_mean(mean_text), mean_note="given with --mean")
+        spec = spec.with_input(**changes) if changes else spec
+        extensions = parse_extensions(ext)
+        runtime = Runtime(resolve_device(device), "fp32")
+        runtime = Runtime(runtime.device, resolve_precision(precision, runtime.device))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    wanted = _layers(layers) or list(spec.default_layers)
+
+    if weights is None:
+        found = installed_weights(spec)
+        if found is None:
+            raise Refused(f"no weights installed for {spec.name} (looked in {cache_dir()}); pass "
+                          f"--weights PATH (a state dict in this package's layout), or --weights random "
+                          f"for a smoke run whose features mean nothing")
+        weights = str(found)
+    try:
+        net, weights_id = build_network(spec, weights, seed)
+    except WeightsError as exc:
+        raise Refused(str(exc)) from None
+    try:
+        shapes = spec.layer_shapes(wanted, num_classes=net.fc8.out_features)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if weights == RANDOM:
+        _say(f"warning: random weights (seed {seed}): the features are meaningless outside smoke tests")
+
+    try:
+        jobs, problems = find_videos(inputs, root, extensions)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for path, problem in problems:
+        _say(f"warning: {path}: {problem}")
+    if not jobs:
+        raise Refused(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
+
+    settings = {"model": spec.model, "spec": spec.name, "weights_sha256": weights_id,
+                "layers": list(shapes), **spec.input.settings(), "short_videos": short,
+                "precision": runtime.precision}
+    provenance = {"c3d_extract_version": __version__, "weights": os.path.abspath(weights)
+                  if weights != RANDOM else RANDOM, "device": str(runtime.device), "decoder": DECODER,
+                  "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
+    try:
+        store = FeatureStore.open(output, settings, shapes, provenance, overwrite=overwrite)
+    except StoreError as exc:
+        raise Refused(str(exc)) from None
+
+    with store:
+        keys = {job.key for job in jobs}
+        if retry_failed:
+            todo = [job for job in jobs if job.key in store.failed]
+        else:
+            todo = [job for job in jobs if job.key not in store.done and job.key not in store.failed]
+        skipped_done = len(keys & store.done)
+        skipped_failed = 0 if retry_failed else len(keys & set(store.failed))
+        if not quiet and (skipped_done or skipped_failed):
+            _say(f"{output}: {skipped_done} video(s) already done, {skipped_failed} failed before "
+                 f"(--retry-failed tries those again); {len(todo)} to do")
+        paths = {job.key: job.path for job in todo}
+        bar = tqdm(total=len(todo), unit="video", disable=True if quiet else None, file=sys.stderr,
+                   dynamic_ncols=True)
+
+        def on_video(key: str, failure: Optional[Failed], summary: Summary) -> None:
+            if failure is not None:
+                _say(f"{paths[key]}: {failure.stage}: {failure.error}")
+            bar.update(1)
+            elapsed = bar.format_dict.get("elapsed") or 0
+            if elapsed:
+                bar.set_postfix_str(f"{summary.clips / elapsed:.1f} clips/s", refresh=False)
+
+        network = Network(net, list(shapes), spec.input, runtime,
+                          batch_size or (32 if runtime.device.type == "cuda" else 4))
+        try:
+            summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video)
+        except KeyboardInterrupt:
+            bar.close()
+            _say(f"interrupted: {len(store.done)} video(s) are safe in {output}; "
+                 f"run the same command again to continue")
+            sys.exit(130)
+        bar.close()
+        still_failed = keys & set(store.failed)
+        if not quiet:
+            rate = summary.clips / summary.seconds if summary.seconds else 0.0
+            _say(f"{output}: wrote {summary.written} video(s) ({summary.clips} clips, {rate:.1f} clips/s, "
+                 f"{runtime.device} {runtime.precision}), {summary.failed} failed; "
+                 f"{len(keys & store.done)} of {len(keys)} input video(s) are in the file")
+    sys.exit(1 if still_failed else 0)

@@ -1,0 +1,78 @@
+"""Finding the videos to process and giving each a unique key: its path relative to the root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+VIDEO_EXTENSIONS = ("3gp", "asf", "avi", "flv", "m2ts", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg",
+                    "mts", "ogv", "ts", "vob", "webm", "wmv")
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    key: str    # path relative to the root, with "/" separators: unique in a feature file
+    path: str   # where to read it
+
+
+def parse_extensions(text: Optional[str]) -> tuple[str, ...]:
+    """`"mp4,avi"` -> ("mp4", "avi"); None -> the default video extensions."""
+    if not text:
+        return VIDEO_EXTENSIONS
+    exts = tuple(e.strip().lower().lstrip(".") for e in text.split(",") if e.strip())
+    if not exts:
+        raise ValueError(f"no extension in {text!r}")
+    return exts
+
+
+def _walk(directory: str, extensions: tuple[str, ...], problems: list[tuple[str, str]]) -> list[str]:
+    """Video files under `directory`, following directory links once (a link loop is reported)."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(
+            directory, followlinks=True, onerror=lambda e: problems.append((e.filename, e.strerror or str(e)))):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            problems.append((dirpath, "directory visited twice (symbolic link loop); skipped"))
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.rsplit(".", 1)[-1].lower() in extensions:
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+def default_root(inputs: Iterable[str]) -> str:
+    """One directory: itself. Otherwise the deepest directory that holds every input."""
+    inputs = [os.path.abspath(p) for p in inputs]
+    if len(inputs) == 1 and os.path.isdir(inputs[0]):
+        return inputs[0]
+    parents = [p if os.path.isdir(p) else os.path.dirname(p) for p in inputs]
+    return os.path.commonpath(parents)
+
+
+def find_videos(inputs: Iterable[str], root: Optional[str] = None,
+                extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> tuple[list[VideoJob], list[tuple[str, str]]]:
+    """Jobs for every video under the input directories and every input file, sorted by key.
+
+    Files named directly are taken whatever their extension, and a path that does not exist still
+    becomes a job, so it is reported as a failure like any other bad input. Returns the jobs and
+    the (path, problem) pairs of directories that could not be read.
+    """
+    inputs = list(inputs)
+    root = os.path.abspath(root) if root else default_root(inputs)
+    problems: list[tuple[str, str]] = []
+    paths: list[str] = []
+    for item in inputs:
+        paths.extend(_walk(item, extensions, problems) if os.path.isdir(item) else [item])
+    jobs: dict[str, VideoJob] = {}
+    for path in paths:
+        absolute = os.path.abspath(path)
+        key = os.path.relpath(absolute, root)
+        if key.startswith(".." + os.sep) or key == "..":
+            raise ValueError(f"{path} is outside the root {root}; choose another --root")
+        key = key.replace(os.sep, "/")
+        jobs.setdefault(key, VideoJob(key, path))
+    return sorted(jobs.values(), key=lambda job: job.key), problems

@@ -1,0 +1,43 @@
+"""A model spec: one network, one set of weights and the exact preprocessing those weights expect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from c3d_extract.models.net import StagedNet
+from c3d_extract.preprocess import InputSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What `--model` selects: a network builder, its input spec, default layers and weights name."""
+
+    name: str                    # e.g. "c3d-sports1m": the weights it matches and their preprocessing
+    model: str                   # the network family, e.g. "c3d"
+    build: Callable[..., StagedNet]  # keyword num_classes
+    input: InputSpec
+    default_layers: tuple[str, ...]
+    weights_name: str            # file stem of installed weights, e.g. "c3d-sports1m.pt"
+    description: str
+
+    def with_input(self, **changes) -> "ModelSpec":
+        """A copy with some input settings changed (clip length, stride, mean, ...)."""
+        return replace(self, input=replace(self.input, **changes))
+
+    def layer_shapes(self, layers: list[str], num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
+        """Per-clip output shape of each layer, found by a forward pass on the meta device (no
+        memory, no compute). Raises ValueError when the clip settings do not fit a layer."""
+        with torch.device("meta"):
+            net = self.build() if num_classes is None else self.build(num_classes=num_classes)
+            layers = net.check_layers(layers)
+            clip = torch.empty(1, 3, self.input.frames, *self.input.crop)
+            try:
+                out = net(clip, layers)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"{self.name}: {self.input.frames}-frame clips of {self.input.crop} do not fit "
+                    f"the layers {', '.join(layers)}: {exc}") from None
+        return {name: tuple(t.shape[1:]) for name, t in out.items()}

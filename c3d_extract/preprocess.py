@@ -1,0 +1,129 @@
+"""Input specs: how decoded RGB frames become the tensor a network was trained on.
+
+Each model spec (models/c3d.py, models/res3d.py) holds one InputSpec with its exact constants; this
+module holds only the generic operations, so no `if model == ...` exists anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def resize_bilinear(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize uint8 frames (N, H, W, 3) to (N, h, w, 3) the way cv2.resize INTER_LINEAR does.
+
+    Half-pixel centres, edge clamping and no antialiasing, as cv2 and Caffe's C3D data layer;
+    the result is rounded back to uint8 like the cv::Mat Caffe read. Within 1 grey level of cv2,
+    which uses 11-bit fixed-point weights (tests/test_preprocess.py checks it on real frames).
+    """
+    if frames.shape[1:3] == size:
+        return frames
+    x = frames.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Clip geometry and pixel normalisation of one set of weights.
+
+    Clips are windows of `clip_len` consecutive video frames every `stride` frames, of which every
+    `frame_step`-th frame is fed to the network. Frames are resized to `resize` (H, W), cropped to
+    `crop` at `crop_offset` (row, column), put in `channels` order, then
+    `(value * value_scale - mean) / std` per channel.
+    """
+
+    clip_len: int
+    stride: int
+    frame_step: int
+    resize: tuple[int, int]
+    crop: tuple[int, int]
+    crop_offset: tuple[int, int]
+    channels: str  # "BGR" or "RGB"
+    value_scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mean_note: str = ""
+    # Optional full mean cube (3, clip frames, resize H, resize W) in `channels` order, subtracted
+    # at the crop offsets instead of `mean` (Caffe C3D v1.0). Set by the weights readers.
+    mean_cube: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.clip_len < 1 or self.stride < 1 or self.frame_step < 1:
+            raise ValueError("clip_len, stride and frame_step must be positive")
+        if self.clip_len % self.frame_step:
+            raise ValueError(f"clip_len {self.clip_len} is not a multiple of frame_step {self.frame_step}")
+        if self.channels not in ("BGR", "RGB"):
+            raise ValueError(f"channels must be BGR or RGB, not {self.channels!r}")
+        bottom, right = (o + c for o, c in zip(self.crop_offset, self.crop))
+        if bottom > self.resize[0] or right > self.resize[1]:
+            raise ValueError(f"crop {self.crop} at {self.crop_offset} does not fit in {self.resize}")
+        if self.mean_cube is not None:
+            expected = (3, self.frames, *self.resize)
+            if tuple(self.mean_cube.shape) != expected:
+                raise ValueError(f"mean cube has shape {tuple(self.mean_cube.shape)}, expected {expected}")
+
+    @property
+    def frames(self) -> int:
+        """Number of frames in one network input clip."""
+        return self.clip_len // self.frame_step
+
+    def crop_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Decoded uint8 RGB frames (N, H, W, 3) -> resized and cropped uint8 (N, ch, cw, 3)."""
+        frames = resize_bilinear(frames, self.resize)
+        top, left = self.crop_offset
+        return frames[:, top: top + self.crop[0], left: left + self.crop[1]]
+
+    def normalize(self, clips: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Cropped uint8 RGB clips (B, T, h, w, 3) -> network input (B, 3, T, h, w) of `dtype`.
+
+        The arithmetic runs in float32 on the clips' device and is cast at the end, so a low
+        precision only rounds the final input once.
+        """
+        x = clips.permute(0, 4, 1, 2, 3).float()
+        if self.channels == "BGR":
+            x = x.flip(1)
+        if self.value_scale != 1.0:
+            x = x * self.value_scale
+        if self.mean_cube is not None:
+            top, left = self.crop_offset
+            cube = self.mean_cube[:, :, top: top + self.crop[0], left: left + self.crop[1]]
+            x = x - torch.as_tensor(np.ascontiguousarray(cube), dtype=torch.float32, device=x.device)
+        else:
+            x = x - torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1, 1)
+        if self.std != (1.0, 1.0, 1.0):
+            x = x / torch.tensor(self.std, device=x.device).view(1, 3, 1, 1, 1)
+        return x.to(dtype)
+
+    def describe_mean(self) -> str:
+        """One line saying which mean was subtracted (recorded in the feature file)."""
+        if self.mean_cube is not None:
+            return f"mean cube {tuple(self.mean_cube.shape)} cropped at {self.crop_offset}; {self.mean_note}"
+        return f"per-channel {self.channels} mean {list(self.mean)}; {self.mean_note}".rstrip("; ")
+
+    def settings(self) -> dict:
+        """The clip and pixel settings as plain values (provenance and compatibility checks)."""
+        return {
+            "clip_len": self.clip_len, "stride": self.stride, "frame_step": self.frame_step,
+            "resize": list(self.resize), "crop": list(self.crop), "crop_offset": list(self.crop_offset),
+            "channels": self.channels, "value_scale": self.value_scale,
+            "mean": self.describe_mean(), "std": list(self.std),
+        }
+
+
+def parse_mean(text: str) -> tuple[float, float, float]:
+    """`"B,G,R"` or one value -> a per-channel tuple (in the spec's channel order)."""
+    try:
+        values: Sequence[float] = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"mean must be one number or three comma-separated numbers, got {text!r}") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise ValueError(f"mean must be one number or three comma-separated numbers, got {text!r}")
+    return (values[0], values[1], values[2])

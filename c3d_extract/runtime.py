@@ -1,0 +1,79 @@
+"""Device and precision: where the network runs and in which number format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> the first CUDA device when there is one, else the CPU; `cuda:N` is checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name} asked for, but torch sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name} asked for, but only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when oneDNN has bf16 kernels here (AVX512-BF16 / AMX): then bf16 is ~5x fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The precision to run in. `auto`: bf16 on CPUs with bf16 units (features keep cosine >= 0.999
+    to fp32, tests/test_precision.py), else fp32. On CUDA `auto` stays fp32 (TF32 off) until a
+    parity test on a GPU backs a lower precision."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if name == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 is for CUDA devices; on the CPU use bf16 or fp32")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this CUDA device has no bf16 support; use fp16 or fp32")
+    return name
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved device, precision and tensor layout the network runs with."""
+
+    device: torch.device
+    precision: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.precision]
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        # channels_last_3d makes oneDNN pick its fast blocked kernels on CPU (about 1.4x in fp32
+        # and needed for the bf16 speed-up); on CUDA cuDNN prefers it for fp16/bf16 tensor cores.
+        return torch.channels_last_3d
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        """Move the whole network to the device and dtype (casting, not autocast: autocast re-casts
+        the 80M weights every call) in eval mode."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        return net.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format).eval()
