@@ -1,0 +1,93 @@
+"""The HDF5 feature file: layout readable by plain h5py, resume, refusal, failures."""
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from c3d_extract.store import FeatureStore, StoreError
+
+SETTINGS = {"model": "c3d", "layers": ["fc6", "pool5"], "clip_len": 16, "precision": "fp32"}
+SHAPES = {"fc6": (4096,), "pool5": (512, 1, 4, 4)}
+FACTS = {"num_frames": 40, "num_clips": 4, "fps": 25.0, "height": 240, "width": 320, "status": "ok"}
+
+
+def make(path, settings=SETTINGS, overwrite=False):
+    return FeatureStore.open(str(path), settings, SHAPES, {"command_line": "test"}, overwrite=overwrite)
+
+
+def test_layout_is_plain_hdf5(tmp_path):
+    rng = np.random.RandomState(0)
+    rows = {key: {"fc6": rng.rand(4096), "pool5": rng.rand(8192)} for key in ["a/x.mp4", "b/x.mp4", "ünï code.avi"]}
+    with make(tmp_path / "f.h5") as store:
+        for key, feats in rows.items():
+            store.add_video(key, feats, FACTS)
+        store.add_failure("bad.mp4", "decode", "decoding failed in frames 13-24 of 50")
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        keys = [k.decode() for k in f["videos"][:]]
+        assert keys == list(rows)
+        assert f["features/fc6"].shape == (3, 4096) and f["features/fc6"].dtype == np.float32
+        assert f["features/pool5"].shape == (3, 8192)
+        assert list(f["features/pool5"].attrs["clip_shape"]) == [512, 1, 4, 4]
+        np.testing.assert_array_equal(f["features/fc6"][2], rows["ünï code.avi"]["fc6"].astype(np.float32))
+        assert list(f["num_clips"][:]) == [4, 4, 4] and f["status"][0] == b"ok"
+        assert f["failures/video"][0] == b"bad.mp4" and f["failures/stage"][0] == b"decode"
+        assert f.attrs["model"] == "c3d" and f.attrs["command_line"] == "test"
+
+
+def test_reopen_with_same_settings_resumes(tmp_path):
+    with make(tmp_path / "f.h5") as store:
+        store.add_video("a.mp4", {"fc6": np.ones(4096), "pool5": np.ones(8192)}, FACTS)
+        store.add_failure("bad.mp4", "open", "empty file (0 bytes)")
+    with make(tmp_path / "f.h5") as store:
+        assert store.done == {"a.mp4"} and store.failed == {"bad.mp4": ("open", "empty file (0 bytes)")}
+        with pytest.raises(ValueError, match="already in"):
+            store.add_video("a.mp4", {"fc6": np.ones(4096), "pool5": np.ones(8192)}, FACTS)
+        store.add_video("bad.mp4", {"fc6": np.ones(4096), "pool5": np.ones(8192)}, FACTS)  # a retry worked
+        assert store.failed == {}
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f["videos"].shape == (2,) and f["failures/video"].shape == (0,)
+
+
+def test_other_settings_are_refused_and_the_file_is_kept(tmp_path):
+    with make(tmp_path / "f.h5") as store:
+        store.add_video("a.mp4", {"fc6": np.ones(4096), "pool5": np.ones(8192)}, FACTS)
+    with pytest.raises(StoreError, match=r"model 'c3d' in the file, 'res3d' now.*--overwrite"):
+        make(tmp_path / "f.h5", {**SETTINGS, "model": "res3d"})
+    with pytest.raises(StoreError, match=r"layers \['fc6', 'pool5'\] in the file, \['fc6'\] now"):
+        make(tmp_path / "f.h5", {**SETTINGS, "layers": ["fc6"]})
+    with make(tmp_path / "f.h5") as store:
+        assert store.done == {"a.mp4"}
+    with make(tmp_path / "f.h5", {**SETTINGS, "model": "res3d"}, overwrite=True) as store:
+        assert store.done == set()
+
+
+def test_foreign_and_broken_files_are_refused(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["data"] = np.arange(3)
+    with pytest.raises(StoreError, match="not a c3d_extract feature file"):
+        make(tmp_path / "other.h5")
+    with h5py.File(tmp_path / "other.h5", "r") as f:
+        assert list(f) == ["data"]
+    (tmp_path / "notes.h5").write_text("my notes")
+    with pytest.raises(StoreError, match="not a readable HDF5 file.*--overwrite"):
+        make(tmp_path / "notes.h5")
+    assert (tmp_path / "notes.h5").read_text() == "my notes"
+    with pytest.raises(StoreError, match="cannot create"):
+        make(tmp_path / "no" / "such" / "dir.h5")
+
+
+def test_a_file_open_for_writing_elsewhere_is_refused(tmp_path):
+    make(tmp_path / "f.h5").close()
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r+'); "
+                               "print('open', flush=True); time.sleep(60)", str(tmp_path / "f.h5")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="open for writing in another process"):
+            make(tmp_path / "f.h5")
+    finally:
+        holder.kill()
+        holder.wait()
