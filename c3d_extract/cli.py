@@ -87,8 +87,9 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                    "them as failures.")
 @click.option("--batch-size", type=click.IntRange(1), help="Clips per forward pass (default 4 on CPU, "
                                                            "32 on CUDA).")
-@click.option("--workers", type=click.IntRange(1), default=min(4, os.cpu_count() or 1), show_default=True,
-              help="Decoding threads.")
+@click.option("--workers", type=click.IntRange(1), default=max(1, min(4, (os.cpu_count() or 2) // 2)),
+              show_default=True,
+              help="Decoding threads (they share the CPU with the network: half the cores, at most 4).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units (cosine >= 0.999 to fp32, tested), else fp32.")
@@ -121,8 +122,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: str, layers: Op
             changes.update(mean=parse_mean(mean_text), mean_note="given with --mean")
         spec = spec.with_input(**changes) if changes else spec
         extensions = parse_extensions(ext)
-        runtime = Runtime(resolve_device(device), "fp32")
-        runtime = Runtime(runtime.device, resolve_precision(precision, runtime.device))
+        target = resolve_device(device)
+        runtime = Runtime(target, resolve_precision(precision, target))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     wanted = _layers(layers) or list(spec.default_layers)
@@ -157,9 +158,10 @@ def extract_command(inputs: tuple[str, ...], output: str, model: str, layers: Op
     settings = {"model": spec.model, "spec": spec.name, "weights_sha256": weights_id,
                 "layers": list(shapes), **spec.input.settings(), "short_videos": short,
                 "precision": runtime.precision}
-    provenance = {"c3d_extract_version": __version__, "weights": os.path.abspath(weights)
-                  if weights != RANDOM else RANDOM, "device": str(runtime.device), "decoder": DECODER,
-                  "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
+    provenance = {"c3d_extract_version": __version__,
+                  "weights": RANDOM if weights == RANDOM else os.path.abspath(weights),
+                  "device": str(runtime.device), "decoder": DECODER, "torch_version": torch.__version__,
+                  "command_line": shlex.join(sys.argv)}
     try:
         store = FeatureStore.open(output, settings, shapes, provenance, overwrite=overwrite)
     except StoreError as exc:

@@ -1,0 +1,229 @@
+"""`c3d-extract` end to end: features equal an independent recomputation, bad input, resume, refusal."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import decord
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from c3d_extract.cli import main
+from c3d_extract.models import c3d, res3d
+from c3d_extract.models.net import init_random
+from tests.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
+
+C3D_BGR_MEAN = (90.2516, 97.6570, 101.4083)
+
+
+def run(*args, env=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def rows(path, layer):
+    with h5py.File(path, "r") as f:
+        return {k.decode(): f[f"features/{layer}"][i] for i, k in enumerate(f["videos"][:])}
+
+
+def recompute(path, net, layers, mean, frame_step):
+    """The paper's descriptor written out plainly: decode all, resize, crop, BGR - mean, one forward
+    per clip, mean over clips, L2. Shares no code with the pipeline but the network."""
+    frames = decord.VideoReader(str(path), num_threads=1)
+    frames = frames.get_batch(list(range(len(frames)))).asnumpy()
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(128, 171), mode="bilinear", align_corners=False).round().clamp(0, 255)
+    x = x[:, :, 8:120, 29:141].flip(1) - torch.tensor(mean).view(1, 3, 1, 1)  # BGR minus mean
+    sums = {}
+    starts = range(0, len(frames) - 16 + 1, 8)
+    with torch.no_grad():
+        for s in starts:
+            clip = x[s: s + 16: frame_step].permute(1, 0, 2, 3)[None]
+            for layer, value in net(clip, layers).items():
+                sums[layer] = sums.get(layer, 0) + value.double().flatten()
+    return {layer: (v / len(starts) / (v / len(starts)).norm()).numpy() for layer, v in sums.items()}
+
+
+@pytest.mark.slow
+def test_c3d_rows_equal_an_independent_recomputation(video_dir, tmp_path):
+    net = c3d()
+    init_random(net, 3)
+    weights = tmp_path / "c3d.pt"
+    torch.save(net.state_dict(), weights)
+    out = tmp_path / "out.h5"
+    result = run(video_dir, out, "--weights", weights, "--precision", "fp32", "--layers", "prob,fc6,pool5",
+                 "--batch-size", 3, "--workers", 2)
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        assert sorted(k.decode() for k in f["videos"][:]) == ["h264.mp4", "sub/h264.mkv", "sub/xvid.avi"]
+        assert f.attrs["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+        assert f.attrs["precision"] == "fp32" and f.attrs["decoder"] == "decord 0.6.0"
+        assert list(f["features"]) == ["fc6", "pool5", "prob"] and f["features/pool5"].shape[1] == 8192
+        clips = dict(zip((k.decode() for k in f["videos"][:]), f["num_clips"][:]))
+        assert clips == {"h264.mp4": 4, "sub/xvid.avi": 2, "sub/h264.mkv": 1}
+    for layer in ("fc6", "pool5", "prob"):
+        for key, row in rows(out, layer).items():
+            expected = recompute(video_dir / key, net.eval(), ["fc6", "pool5", "prob"], C3D_BGR_MEAN, 1)[layer]
+            np.testing.assert_allclose(row, expected, atol=1e-5, err_msg=f"{key} {layer}")
+            assert np.linalg.norm(row) == pytest.approx(1.0, abs=1e-6)
+    assert all((row >= 0).all() for row in rows(out, "fc6").values())
+
+
+@pytest.mark.slow
+def test_res3d_rows_equal_an_independent_recomputation(video_dir, tmp_path):
+    out = tmp_path / "res.h5"
+    result = run(video_dir, out, "--model", "res3d", "--layers", "res5b,pool5,prob", "--weights", "random",
+                 "--seed", 5, "--precision", "fp32")
+    assert result.exit_code == 0, result.stderr
+    assert "random weights" in result.stderr
+    net = res3d()
+    init_random(net, 5)
+    for key, row in rows(out, "res5b").items():
+        expected = recompute(video_dir / key, net.eval(), ["res5b", "pool5"], (128.0, 128.0, 128.0), 2)
+        np.testing.assert_allclose(row, expected["res5b"], atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(rows(out, "pool5")[key], expected["pool5"], atol=1e-5, err_msg=key)
+    with h5py.File(out, "r") as f:
+        assert f["features/res5b"].shape == (3, 25088) and f.attrs["weights_sha256"] == "random:5"
+        assert list(f["features/res5b"].attrs["clip_shape"]) == [512, 1, 7, 7]
+
+
+def test_corrupt_real_video_among_good_ones(tmp_path):
+    folder = tmp_path / "real"
+    folder.mkdir()
+    names = [CORRUPT, UCF_LIKE, "mmaction2__tests_data_rawvideo_dataset_part_0.mp4", "decord__tests_test_data_video_90.mov"]
+    for name in names:
+        (folder / name).symlink_to(shared_video(name))
+    out = tmp_path / "out.h5"
+    result = run(folder, out, "--model", "res3d", "--weights", "random")
+    assert result.exit_code == 1
+    assert f"{folder / CORRUPT}: decode: decoding failed" in result.stderr
+    with h5py.File(out, "r") as f:
+        assert [v.decode() for v in f["failures/video"][:]] == [CORRUPT]
+        assert f["failures/stage"][0] == b"decode"
+        done = {k.decode(): (n, c, s.decode()) for k, n, c, s in
+                zip(f["videos"][:], f["num_frames"][:], f["num_clips"][:], f["status"][:])}
+        assert done == {UCF_LIKE: (164, 19, "ok"), names[2]: (32, 3, "ok"),
+                        names[3]: (3, 1, "short:loop")}
+        assert np.allclose(np.linalg.norm(f["features/res5b"][:], axis=1), 1.0, atol=1e-5)
+
+
+def test_every_kind_of_bad_input_is_one_line_and_a_failure_row(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_video(folder / "good.mp4", moving_frames(16))
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "garbage.avi").write_bytes(os.urandom(5000))
+    write_audio_only(folder / "sound.mp4")  # audio-only .mp4 (the .m4a extension is not a video one)
+    good = (folder / "good.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out.h5"
+    result = run(folder, tmp_path / "missing.mp4", out, "--model", "res3d", "--weights", "random", "-q")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    problems = [line for line in lines if "warning" not in line]
+    assert len(problems) == 5
+    for name, text in [("empty.mp4", "empty file"), ("garbage.avi", "not a readable video"),
+                       ("sound.mp4", "no video stream"), ("truncated.mp4", "open:"), ("missing.mp4", "no such file")]:
+        assert any(name in line and text in line for line in problems), (name, problems)
+    with h5py.File(out, "r") as f:
+        assert [k.decode() for k in f["videos"][:]] == ["in/good.mp4"]
+        assert sorted(v.decode() for v in f["failures/video"][:]) == [
+            "in/empty.mp4", "in/garbage.avi", "in/sound.mp4", "in/truncated.mp4", "missing.mp4"]
+
+
+def test_rerun_resumes_adds_new_videos_and_retries_failures(video_dir, tmp_path):
+    folder = tmp_path / "in"
+    shutil.copytree(video_dir, folder)
+    (folder / "broken.mp4").write_bytes(b"")
+    out = tmp_path / "out.h5"
+    args = [folder, out, "--model", "res3d", "--weights", "random", "--layers", "pool5"]
+    assert run(*args).exit_code == 1
+    first = rows(out, "pool5")
+    assert len(first) == 3
+
+    write_video(folder / "new.mp4", moving_frames(20, seed=9))
+    result = run(*args)
+    assert result.exit_code == 1  # broken.mp4 is still failed
+    assert "3 video(s) already done, 1 failed before" in result.stderr and "wrote 1 video(s)" in result.stderr
+    second = rows(out, "pool5")
+    assert set(second) == set(first) | {"new.mp4"}
+    assert all(np.array_equal(first[k], second[k]) for k in first)  # untouched, bit for bit
+
+    write_video(folder / "broken.mp4", moving_frames(16, seed=10))
+    result = run(*args, "--retry-failed")
+    assert result.exit_code == 0, result.stderr
+    assert "wrote 1 video(s)" in result.stderr
+    with h5py.File(out, "r") as f:
+        assert f["failures/video"].shape == (0,) and f["videos"].shape == (5,)
+    assert run(*args).exit_code == 0
+
+
+def test_other_settings_into_an_existing_file_are_refused(video_dir, tmp_path):
+    out = tmp_path / "out.h5"
+    assert run(video_dir, out, "--model", "res3d", "--weights", "random", "--layers", "pool5").exit_code == 0
+    before = out.read_bytes()
+    for extra in (["--layers", "prob"], ["--stride", "4", "--layers", "pool5"], ["--seed", "1", "--layers", "pool5"]):
+        result = run(video_dir, out, "--model", "res3d", "--weights", "random", *extra)
+        assert result.exit_code == 2 and "exists with other settings" in result.stderr, extra
+    assert out.read_bytes() == before
+    result = run(video_dir, out, "--model", "res3d", "--weights", "random", "--layers", "prob", "--overwrite")
+    assert result.exit_code == 0
+    assert list(rows(out, "prob")) and h5py.File(out, "r").attrs["layers"] == '["prob"]'
+
+
+def test_usage_errors_exit_2_and_say_what_to_do(video_dir, tmp_path):
+    result = run(video_dir, tmp_path / "o.h5", "--weights", "random", "--layers", "fc6,fc9")
+    assert result.exit_code == 2 and "fc9" in result.stderr and "conv1a, pool1" in result.stderr
+    result = run(video_dir, tmp_path / "o.h5", "--weights", "random", "--precision", "fp16", "--device", "cpu")
+    assert result.exit_code == 2 and "fp16 is for CUDA" in result.stderr
+    result = run(video_dir, tmp_path / "o.h5", env={"C3D_EXTRACT_HOME": str(tmp_path / "home")})
+    assert result.exit_code == 2 and "no weights installed" in result.stderr and "--weights random" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = run(tmp_path / "empty", tmp_path / "o.h5", "--weights", "random")
+    assert result.exit_code == 2 and "no video found" in result.stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_installed_and_mismatched_weights(video_dir, tmp_path):
+    home = tmp_path / "home"
+    (home / "weights").mkdir(parents=True)
+    net = res3d()
+    init_random(net, 2)
+    torch.save(net.state_dict(), home / "weights" / "res3d-sports1m.pt")
+    result = run(video_dir, tmp_path / "o.h5", "--model", "res3d", "--layers", "pool5", "-q",
+                 env={"C3D_EXTRACT_HOME": str(home)})
+    assert result.exit_code == 0, result.stderr
+    result = run(video_dir, tmp_path / "c.h5", "--model", "c3d", "--weights", home / "weights" / "res3d-sports1m.pt")
+    assert result.exit_code == 2 and "does not fit c3d-sports1m" in result.stderr and "conv1a.weight" in result.stderr
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    result = run(video_dir, tmp_path / "c.h5", "--weights", tmp_path / "junk.pt")
+    assert result.exit_code == 2 and "not a loadable PyTorch weights file" in result.stderr
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_keys_are_unique_relative_paths(tmp_path):
+    for folder in ("a", "b", "with space", "ünïcode"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        write_video(tmp_path / "in" / folder / "same name.mp4", moving_frames(16, seed=len(folder)))
+    (tmp_path / "in" / "notes.txt").write_text("not a video")
+    out = tmp_path / "o.h5"
+    assert run(tmp_path / "in", out, "--model", "res3d", "--weights", "random", "--layers", "pool5").exit_code == 0
+    assert sorted(rows(out, "pool5")) == ["a/same name.mp4", "b/same name.mp4", "with space/same name.mp4",
+                                          "ünïcode/same name.mp4"]
+
+
+def test_python_dash_m_version_and_help(tmp_path):
+    version = subprocess.run([sys.executable, "-m", "c3d_extract", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and "c3d-extract, version" in version.stdout
+    helptext = subprocess.run([sys.executable, "-m", "c3d_extract", "extract", "--help"], capture_output=True, text=True)
+    for flag in ("--model", "--layers", "--weights", "--precision", "--device", "--overwrite", "--short", "--quiet"):
+        assert flag in helptext.stdout
