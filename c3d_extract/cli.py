@@ -14,13 +14,13 @@ from tqdm import tqdm
 from c3d_extract import __version__
 from c3d_extract.clips import SHORT_RULES
 from c3d_extract.inputs import VIDEO_EXTENSIONS, find_videos, parse_extensions
-from c3d_extract.models import MODELS, get_spec
+from c3d_extract.manifest import cache_dir
+from c3d_extract.models import MODELS, SPECS
 from c3d_extract.pipeline import Failed, Network, Summary, extract
-from c3d_extract.preprocess import parse_mean
 from c3d_extract.runtime import PRECISIONS, Runtime, resolve_device, resolve_precision
 from c3d_extract.store import FeatureStore, StoreError
 from c3d_extract.video import DECODER
-from c3d_extract.weights import RANDOM, WeightsError, build_network, cache_dir, installed_weights
+from c3d_extract.weights import RANDOM, WeightsError, load_weights, spec_mean
 
 PROG = "c3d-extract"
 
@@ -67,17 +67,22 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @main.command("extract")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--model", type=click.Choice(sorted(MODELS)), default="c3d", show_default=True,
-              help="c3d: C3D Sports-1M (fc6 by default). res3d: Res3D Sports-1M (res5b by default).")
+@click.option("--model", type=click.Choice([*MODELS, *SPECS]),
+              help="c3d: C3D Sports-1M (fc6 by default). res3d: Res3D Sports-1M (res5b by default). A spec "
+                   "name picks other preprocessing. Default: what --weights is for, else c3d.")
 @click.option("--layers", metavar="NAMES",
               help="Comma-separated layers to store, by their Caffe names (e.g. fc6,fc7,pool5,prob). "
                    "Default: fc6 for c3d, res5b for res3d.")
-@click.option("--weights", metavar="PATH|random",
-              help="A state dict in this package's layout, or 'random' (smoke runs only). Default: the "
-                   f"installed weights in $C3D_EXTRACT_HOME/weights (now {cache_dir()}).")
+@click.option("--weights", metavar="NAME|PATH|random",
+              help="A name from `c3d-weights list`, a checkpoint file (.caffemodel v1.0/v1.1, c3d.pickle, "
+                   "torchvision r3d_18, or this package's layout; recognised from its content), or 'random' "
+                   "(smoke runs only). Default: the model's published weights, fetched once into "
+                   f"$C3D_EXTRACT_HOME/weights (now {cache_dir()}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --weights random.")
-@click.option("--mean", "mean_text", metavar="B,G,R",
-              help="Per-channel mean to subtract (in the model's channel order), instead of the spec's.")
+@click.option("--mean", "mean_text", metavar="FILE|B,G,R",
+              help="A mean cube (.binaryproto or .npy, 3x16x128x171) or per-channel values (in the model's "
+                   "channel order) to subtract instead of the spec's. Default for C3D: the installed "
+                   "Sports-1M cube, else a per-channel approximation.")
 @click.option("--clip-len", type=click.IntRange(1), help="Frames in a clip window (default 16).")
 @click.option("--stride", type=click.IntRange(1), help="Frames between window starts (default 8).")
 @click.option("--frame-step", type=click.IntRange(1),
@@ -101,7 +106,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (otherwise runs add to it).")
 @click.option("--retry-failed", is_flag=True, help="Process only the videos OUTPUT lists as failed.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors still go to stderr).")
-def extract_command(inputs: tuple[str, ...], output: str, model: str, layers: Optional[str],
+def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
                     workers: int, device: str, precision: str, root: Optional[str], ext: Optional[str],
@@ -114,33 +119,25 @@ def extract_command(inputs: tuple[str, ...], output: str, model: str, layers: Op
     the same command skips the videos already in OUTPUT. Exit status: 0 when every video is in
     OUTPUT, 1 when any failed (see OUTPUT's `failures`), 2 when the run could not start.
     """
-    spec = get_spec(model)
-    changes = {k: v for k, v in (("clip_len", clip_len), ("stride", stride), ("frame_step", frame_step))
-               if v is not None}
     try:
-        if mean_text is not None:
-            changes.update(mean=parse_mean(mean_text), mean_note="given with --mean")
-        spec = spec.with_input(**changes) if changes else spec
         extensions = parse_extensions(ext)
         target = resolve_device(device)
         runtime = Runtime(target, resolve_precision(precision, target))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    wanted = _layers(layers) or list(spec.default_layers)
-
-    if weights is None:
-        found = installed_weights(spec)
-        if found is None:
-            raise Refused(f"no weights installed for {spec.name} (looked in {cache_dir()}); pass "
-                          f"--weights PATH (a state dict in this package's layout), or --weights random "
-                          f"for a smoke run whose features mean nothing")
-        weights = str(found)
     try:
-        net, weights_id = build_network(spec, weights, seed)
+        loaded = load_weights(weights, model, seed, quiet=quiet, warn=_say)
+        spec = spec_mean(loaded.spec, mean_text)
     except WeightsError as exc:
         raise Refused(str(exc)) from None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    changes = {k: v for k, v in (("clip_len", clip_len), ("stride", stride), ("frame_step", frame_step))
+               if v is not None}
     try:
-        shapes = spec.layer_shapes(wanted, num_classes=net.fc8.out_features)
+        spec = spec.with_input(**changes) if changes else spec
+        shapes = spec.layer_shapes(_layers(layers) or list(spec.default_layers),
+                                   num_classes=loaded.net.fc8.out_features)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if weights == RANDOM:
@@ -155,11 +152,11 @@ def extract_command(inputs: tuple[str, ...], output: str, model: str, layers: Op
     if not jobs:
         raise Refused(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
 
-    settings = {"model": spec.model, "spec": spec.name, "weights_sha256": weights_id,
+    settings = {"model": spec.model, "spec": spec.name, "weights_sha256": loaded.identity,
                 "layers": list(shapes), **spec.input.settings(), "short_videos": short,
                 "precision": runtime.precision}
     provenance = {"c3d_extract_version": __version__,
-                  "weights": RANDOM if weights == RANDOM else os.path.abspath(weights),
+                  "weights": loaded.path,
                   "device": str(runtime.device), "decoder": DECODER, "torch_version": torch.__version__,
                   "command_line": shlex.join(sys.argv)}
     try:
@@ -190,7 +187,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: str, layers: Op
             if elapsed:
                 bar.set_postfix_str(f"{summary.clips / elapsed:.1f} clips/s", refresh=False)
 
-        network = Network(net, list(shapes), spec.input, runtime,
+        network = Network(loaded.net, list(shapes), spec.input, runtime,
                           batch_size or (32 if runtime.device.type == "cuda" else 4))
         try:
             summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video)

@@ -1,92 +1,148 @@
-"""Weights in this package's own layout: a PyTorch state dict keyed by the Caffe layer names.
+"""Choosing, installing and loading weights: `--weights NAME|PATH|random` and the published defaults.
 
-Converters from the published formats (.caffemodel, c3d.pickle, torchvision) and downloads belong
-to `c3d-weights`; this module loads what they produce, safely (weights_only=True) and strictly.
+Installed weights are this package's layout (a state dict under the Caffe layer names plus the
+spec it belongs to) in $C3D_EXTRACT_HOME/weights (default ~/.cache/c3d_extract/weights) or in
+weights/ of a checkout. Published checkpoints are fetched and converted on first use.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Optional
 
-import torch
+import numpy as np
 
+from c3d_extract.convert import Converted, WeightsError, read_checkpoint, read_mean, save_checkpoint
+from c3d_extract.download import DownloadError, download, sha256_of
+from c3d_extract.manifest import Entry, cache_dir, installed, load_manifest
+from c3d_extract.models import ModelSpec, get_spec
 from c3d_extract.models.net import StagedNet, init_random
-from c3d_extract.models.spec import ModelSpec
+from c3d_extract.preprocess import parse_mean
 
-CACHE_ENV = "C3D_EXTRACT_HOME"
 RANDOM = "random"
 
-
-class WeightsError(Exception):
-    """A weights file that is missing, unreadable or does not fit the network; names the layer."""
-
-
-def cache_dir() -> Path:
-    """Where installed weights live: $C3D_EXTRACT_HOME/weights, else ~/.cache/c3d_extract/weights."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "c3d_extract")
-    return Path(root) / "weights"
-
-
-def installed_weights(spec: ModelSpec) -> Optional[Path]:
-    """The installed weights file of a spec, if there is one."""
-    path = cache_dir() / f"{spec.weights_name}.pt"
-    return path if path.is_file() else None
+__all__ = ["RANDOM", "Loaded", "WeightsError", "install", "install_with_mean", "load_weights", "spec_mean",
+           "file_sha256"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(Path(path))
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict (or {"state_dict": ...}) without executing code from the file."""
+def install(entry: Entry, quiet: bool = False) -> Path:
+    """Download a manifest entry, check it, convert it into this package's layout in the cache
+    directory (atomically) and record where it came from in `<name>.json` beside it."""
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such weights file") from None
-    except Exception as exc:  # pickle errors, zip errors, unsafe globals: all mean "not loadable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a loadable PyTorch weights file ({first})") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: does not hold a state dict of tensors")
-    return dict(obj)
+        source = download(entry.urls, folder / "downloads" / entry.file, entry.size, entry.sha256,
+                          entry.sha256_prefix, quiet=quiet)
+    except DownloadError as exc:
+        raise WeightsError(
+            f"cannot download {entry.name}: {exc}. Download {entry.urls[0] if entry.urls else entry.file} "
+            f"yourself and run: c3d-weights convert FILE {folder / entry.installed_name}") from None
+    target = folder / entry.installed_name
+    source_sha = sha256_of(source)
+    if entry.is_mean:
+        array = read_mean(str(source), (3, 16, 128, 171))
+        tmp = target.with_name(target.name + f".tmp-{os.getpid()}.npy")
+        np.save(tmp, array)
+        os.replace(tmp, target)
+    else:
+        save_checkpoint(read_checkpoint(str(source)), str(target), source=str(source), source_sha256=source_sha)
+    record = {"name": entry.name, "source": str(source), "source_sha256": source_sha,
+              "installed": str(target), "installed_sha256": sha256_of(target), "urls": list(entry.urls)}
+    target.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    source.unlink()  # the converted file is what is kept; the original can be fetched again
+    return target
 
 
-def build_network(spec: ModelSpec, weights: str, seed: int = 0) -> tuple[StagedNet, str]:
-    """Build the spec's network with `weights` (a file in this package's layout, or "random").
+def install_with_mean(entry: Entry, warn: Callable[[str], None], quiet: bool = False) -> Path:
+    """Install an entry and the mean cube it names; a mean that cannot be had is only a warning
+    (the spec then keeps its per-channel mean, recorded as an approximation)."""
+    path = install(entry, quiet=quiet)
+    manifest = load_manifest()
+    if entry.mean and entry.mean in manifest and installed(manifest[entry.mean]) is None:
+        try:
+            install(manifest[entry.mean], quiet=quiet)
+        except WeightsError as exc:
+            warn(f"warning: {exc}")
+    return path
 
-    Returns the network in eval mode and the weights' identity: the file's sha256, or
-    "random:<seed>". The class count is taken from the file's fc8 so fine-tuned heads load too.
-    """
+
+def _installed_or_fetched(entry: Entry, fetch: bool, quiet: bool, warn: Callable[[str], None]) -> Path:
+    found = installed(entry)
+    if found is not None:
+        return found
+    if not fetch:
+        raise WeightsError(f"{entry.name} is not installed (looked in {cache_dir()}); "
+                           f"run: c3d-weights fetch {entry.name}")
+    warn(f"{entry.name} is not installed: fetching it once into {cache_dir()} "
+         f"(licence: {entry.licence})")
+    return install_with_mean(entry, warn, quiet=quiet)
+
+
+@dataclass
+class Loaded:
+    """A network ready to run, the spec its weights need, and the weights' identity."""
+
+    spec: ModelSpec
+    net: StagedNet
+    identity: str      # sha256 of the original checkpoint, or "random:<seed>"
+    path: str          # what was read, or "random"
+
+
+def load_weights(weights: Optional[str], model: Optional[str], seed: int = 0, fetch: bool = True,
+                 quiet: bool = False, warn: Callable[[str], None] = lambda message: None) -> Loaded:
+    """Resolve `--weights` (None = the model's published weights, a manifest name, a path, or
+    "random") against `--model` (None = whatever the weights are for, else c3d).
+
+    The identity recorded in feature files is the sha256 of the original checkpoint, so a
+    .caffemodel and its conversion count as the same weights."""
+    wanted = get_spec(model) if model else None
     if weights == RANDOM:
+        spec = wanted or get_spec("c3d")
         net = spec.build()
         init_random(net, seed)
-        return net.eval(), f"random:{seed}"
-    state = read_state_dict(weights)
-    fc8 = state.get("fc8.weight")
-    net = spec.build(num_classes=fc8.shape[0]) if fc8 is not None else spec.build()
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append("missing " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
-    if unexpected:
-        problems.append("unexpected " + ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
-    if wrong:
-        problems.append("wrong shape " + ", ".join(wrong[:8]))
-    if problems:
-        raise WeightsError(f"{weights}: does not fit {spec.name} ({'; '.join(problems)}); "
-                           f"`c3d-weights convert` turns published checkpoints into this layout")
-    net.load_state_dict(state, strict=True)
-    return net.eval(), file_sha256(weights)
+        return Loaded(spec, net.eval(), f"random:{seed}", RANDOM)
+    manifest = load_manifest()
+    if weights is None:
+        weights = (wanted or get_spec("c3d")).weights_name
+        path = str(_installed_or_fetched(manifest[weights], fetch, quiet, warn))
+    elif weights in manifest and not os.path.exists(weights):
+        if manifest[weights].is_mean:
+            raise WeightsError(f"{weights} is a mean cube, not weights; pass it with --mean")
+        path = str(_installed_or_fetched(manifest[weights], fetch, quiet, warn))
+    else:
+        path = weights
+    converted: Converted = read_checkpoint(path)
+    if wanted is not None and wanted.model != converted.spec.model:
+        raise WeightsError(f"{path}: weights of a {converted.spec.model} network ({converted.spec.name}), "
+                           f"but --model {model} asks for {wanted.model}")
+    fc8 = converted.state_dict["fc8.weight"]
+    net = converted.spec.build(num_classes=fc8.shape[0])
+    net.load_state_dict(converted.state_dict, strict=True)
+    identity = converted.source_sha256 or file_sha256(path)
+    return Loaded(converted.spec, net.eval(), identity, os.path.abspath(path))
+
+
+def spec_mean(spec: ModelSpec, mean: Optional[str]) -> ModelSpec:
+    """Apply `--mean` (a cube file or "B,G,R" values), else the installed mean cube that the
+    spec's published weights name in the manifest; without either the spec is unchanged."""
+    expected = (3, spec.input.frames, *spec.input.resize)
+    if mean is not None and os.path.isfile(mean):
+        cube = read_mean(mean, expected)
+        return spec.with_input(mean_cube=cube, mean_note=f"{os.path.basename(mean)} sha256 {file_sha256(mean)}")
+    if mean is not None:
+        return spec.with_input(mean=parse_mean(mean), mean_note="given with --mean")
+    manifest = load_manifest()
+    entry = manifest.get(spec.weights_name)
+    mean_entry = manifest.get(entry.mean) if entry and entry.mean else None
+    found = installed(mean_entry) if mean_entry else None
+    if found is None:
+        return spec
+    cube = read_mean(str(found), expected)
+    return spec.with_input(mean_cube=cube, mean_note=f"{mean_entry.name} sha256 {file_sha256(found)}")

@@ -1,6 +1,5 @@
 """Which frames land in which clip: the window rule, the tail, short videos, any chunking."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from c3d_extract.models.c3d import C3D_SPORTS1M, c3d
-from c3d_extract.models.res3d import RES3D_SPORTS1M, res3d
+from c3d_extract.models.res3d import R3D18_KINETICS400, RES3D_SPORTS1M, r3d_18, res3d
 from c3d_extract.models.spec import ModelSpec
 
+# `--model` names: a network family and the spec it means by default
 MODELS: dict[str, ModelSpec] = {"c3d": C3D_SPORTS1M, "res3d": RES3D_SPORTS1M}
+# every spec, by name: the same networks with other weights and their own preprocessing
+SPECS: dict[str, ModelSpec] = {s.name: s for s in (C3D_SPORTS1M, RES3D_SPORTS1M, R3D18_KINETICS400)}
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec for a `--model` name (or a spec name such as "c3d-sports1m")."""
-    for key, spec in MODELS.items():
-        if name in (key, spec.name):
-            return spec
-    raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    """The spec for a `--model` name ("c3d", "res3d") or a spec name ("r3d18-kinetics400")."""
+    spec = MODELS.get(name) or SPECS.get(name)
+    if spec is None:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join([*MODELS, *SPECS])}")
+    return spec
 
 
-__all__ = ["MODELS", "ModelSpec", "get_spec", "c3d", "res3d", "C3D_SPORTS1M", "RES3D_SPORTS1M"]
+__all__ = ["MODELS", "SPECS", "ModelSpec", "get_spec", "c3d", "res3d", "r3d_18",
+           "C3D_SPORTS1M", "RES3D_SPORTS1M", "R3D18_KINETICS400"]

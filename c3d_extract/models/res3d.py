@@ -85,3 +85,28 @@ RES3D_SPORTS1M = ModelSpec(
     description="Res3D (3D ResNet-18), Caffe v1.1 Sports-1M (c3d_resnet18_sports1m_r2_iter_2800000); "
                 "res5b = 512x1x7x7",
 )
+
+
+def r3d_18(num_classes: int = 400) -> StagedNet:
+    """torchvision's r3d_18 layout under the Caffe names: no res2a projection, 400 Kinetics classes."""
+    return res3d(num_classes=num_classes, res2a_projection=False)
+
+
+R3D18_KINETICS400 = ModelSpec(
+    name="r3d18-kinetics400",
+    model="res3d",
+    build=r3d_18,
+    input=InputSpec(
+        # torchvision's VideoClassification preset: RGB in [0, 1], Kinetics mean/std, 16 consecutive
+        # frames, resize 128x171 (bilinear, no antialias), centre crop 112. Its crop rounds
+        # (171 - 112) / 2 = 29.5 to 30 (Python's round), where Caffe's integer division gives 29.
+        clip_len=16, stride=8, frame_step=1,
+        resize=(128, 171), crop=(112, 112), crop_offset=(8, 30),
+        channels="RGB", value_scale=1 / 255,
+        mean=(0.43216, 0.394666, 0.37645), std=(0.22803, 0.22145, 0.216989),
+        mean_note="exact: torchvision R3D_18_Weights.KINETICS400_V1 normalisation",
+    ),
+    default_layers=("pool5",),
+    weights_name="r3d18-kinetics400",
+    description="torchvision r3d_18, Kinetics-400 (r3d_18-b3b3357e.pth); pool5 = 512-d average of res5b",
+)

@@ -1,0 +1,110 @@
+"""`c3d-weights`: list, fetch, convert and inspect checkpoints and mean cubes."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+
+from c3d_extract import __version__
+from c3d_extract.convert import WeightsError, read_checkpoint, read_mean, save_checkpoint
+from c3d_extract.manifest import cache_dir, installed, load_manifest, manifest_path
+from c3d_extract.weights import file_sha256, install_with_mean
+
+PROG = "c3d-weights"
+MEAN_SHAPE = (3, 16, 128, 171)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"{PROG}: error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name=PROG)
+def main() -> None:
+    """Weights for c3d-extract: the published checkpoints, fetched and converted without Caffe.
+
+    The originals are licensed CC BY-NC 3.0 and are never bundled: `fetch` downloads them from the
+    addresses in the manifest, checks them and converts them into this package's layout in
+    $C3D_EXTRACT_HOME/weights.
+    """
+
+
+@main.command("list")
+def list_command() -> None:
+    """What is known (the manifest) and what is installed where."""
+    entries = load_manifest()
+    click.echo(f"manifest: {manifest_path()}\ncache:    {cache_dir()}\n")
+    click.echo(f"{'name':<20} {'spec':<19} {'format':<18} {'licence':<14} installed")
+    for entry in entries.values():
+        where = installed(entry)
+        click.echo(f"{entry.name:<20} {entry.spec:<19} {entry.format:<18} {entry.licence.split(' (')[0][:14]:<14} "
+                   f"{where if where else '-'}")
+
+
+@main.command("fetch")
+@click.argument("name")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def fetch_command(name: str, quiet: bool) -> None:
+    """Download NAME (see `list`), check its size and sha256, convert it and install it.
+
+    A dropped connection resumes where it stopped; the install is atomic, so a failed fetch leaves
+    nothing half-written. C3D weights bring their mean cube along when it can be had.
+    """
+    entries = load_manifest()
+    if name not in entries:
+        raise click.BadParameter(f"unknown name {name!r}; known: {', '.join(entries)}", param_hint="NAME")
+    try:
+        path = install_with_mean(entries[name], lambda message: click.echo(f"{PROG}: {message}", err=True),
+                                 quiet=quiet)
+    except WeightsError as exc:
+        _fail(str(exc))
+    click.echo(f"{name}: installed {path} (sha256 {file_sha256(path)})")
+
+
+@main.command("convert")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+def convert_command(src: str, dst: str) -> None:
+    """Convert SRC (.caffemodel v1.0/v1.1, c3d.pickle, torchvision r3d_18, or a mean cube in
+    .binaryproto/.npy) into this package's layout at DST (.pt for weights, .npy for a mean)."""
+    try:
+        converted = read_checkpoint(src)
+    except WeightsError as weights_error:
+        try:
+            cube = read_mean(src, MEAN_SHAPE)
+        except WeightsError:
+            _fail(str(weights_error))
+        np.save(dst, cube) if dst.endswith(".npy") else _fail(f"{dst}: a mean cube is written as .npy")
+        click.echo(f"{src}: mean cube {cube.shape} -> {dst}")
+        return
+    save_checkpoint(converted, dst, source=src, source_sha256=file_sha256(src))
+    click.echo(f"{src}: {converted.source_format} for spec {converted.spec.name} -> {dst} "
+               f"(sha256 {file_sha256(dst)})")
+
+
+@main.command("info")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def info_command(file: str) -> None:
+    """Format, spec, layers and shapes, and sha256 of a checkpoint or mean cube."""
+    try:
+        converted = read_checkpoint(file)
+    except WeightsError as weights_error:
+        try:
+            cube = read_mean(file, MEAN_SHAPE)
+        except WeightsError:
+            _fail(str(weights_error))
+        click.echo(f"file:    {file}\nformat:  mean cube\nshape:   {cube.shape}\n"
+                   f"channel means: {[round(float(v), 4) for v in cube.mean(axis=(1, 2, 3))]}\n"
+                   f"sha256:  {file_sha256(file)}")
+        return
+    params = sum(int(t.numel()) for k, t in converted.state_dict.items() if not k.endswith("num_batches_tracked"))
+    click.echo(f"file:    {file}\nformat:  {converted.source_format}\nspec:    {converted.spec.name}\n"
+               f"params:  {params:,}\nsha256:  {file_sha256(file)}")
+    if converted.source_sha256:
+        click.echo(f"source sha256: {converted.source_sha256}")
+    for key, tensor in converted.state_dict.items():
+        if not key.endswith("num_batches_tracked"):
+            click.echo(f"  {key:<32} {list(tensor.shape)}")
