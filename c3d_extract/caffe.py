@@ -26,7 +26,12 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 
 class CaffeError(Exception):
-    """A Caffe file that cannot be read: names the file and, for a cut file, the byte offset."""
+    """A Caffe file that cannot be read: names the file and, for a cut file, the byte offset.
+    `not_caffe` is True when nothing in the file looked like Caffe at all."""
+
+    def __init__(self, message: str, not_caffe: bool = False):
+        super().__init__(message)
+        self.not_caffe = not_caffe
 
 
 @lru_cache(maxsize=1)
@@ -102,8 +107,8 @@ def _blob11(blob) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _truncation(data: bytes) -> str | None:
-    """Where a cut file ends inside a top-level field: 'field N at byte B needs L bytes, file has S'."""
+def _truncation(data: bytes) -> tuple[int, str] | None:
+    """Where a cut file breaks: (byte, 'field N at byte B needs L bytes, but the file ends at S')."""
     pos, size = 0, len(data)
 
     def varint() -> int:
@@ -133,15 +138,15 @@ def _truncation(data: bytes) -> str | None:
             elif wire == 2:
                 length = varint()
                 if pos + length > size:
-                    return (f"field {number} at byte {start} needs {length} bytes from byte {pos}, "
-                            f"but the file ends at byte {size}")
+                    return start, (f"field {number} at byte {start} needs {length} bytes from byte {pos}, "
+                                   f"but the file ends at byte {size}")
                 pos += length
             else:
-                return f"unknown wire type {wire} at byte {start}"
+                return start, f"unknown wire type {wire} at byte {start}"
             if pos > size:
-                return f"field {number} at byte {start} runs past the end of the file (byte {size})"
+                return start, f"field {number} at byte {start} runs past the end of the file (byte {size})"
     except EOFError:
-        return f"the file ends inside a field header at byte {size}"
+        return size, f"the file ends inside a field header at byte {size}"
     return None
 
 
@@ -149,8 +154,8 @@ def _parse(message_type: type, data: bytes, path: str):
     try:
         return message_type.FromString(data)
     except DecodeError as exc:
-        where = _truncation(data) or str(exc)
-        raise CaffeError(f"{path}: not a readable Caffe protobuf file ({where})") from None
+        offset, where = _truncation(data) or (0, str(exc))
+        raise CaffeError(f"{path}: not a readable Caffe protobuf file ({where})", not_caffe=offset == 0) from None
 
 
 def read_net(path: str) -> CaffeNet:
@@ -165,7 +170,7 @@ def read_net(path: str) -> CaffeNet:
         version, layers, convert = "v1.0", net.layers, _blob10
         typename = (lambda layer: _V10_TYPES.get(layer.type, str(layer.type)))
     else:
-        raise CaffeError(f"{path}: holds no Caffe layers (not a .caffemodel, or an empty net)")
+        raise CaffeError(f"{path}: holds no Caffe layers (not a .caffemodel, or an empty net)", not_caffe=True)
     out = []
     for layer in layers:
         if not len(layer.blobs):

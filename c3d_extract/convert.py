@@ -218,7 +218,7 @@ def read_checkpoint(path: str) -> Converted:
     try:
         net = read_net(path)
     except CaffeError as exc:
-        if "holds no Caffe layers" in str(exc):
+        if exc.not_caffe:
             raise WeightsError(f"{path}: not a known weights format (PyTorch, .caffemodel v1.0 or v1.1)") from None
         raise WeightsError(str(exc)) from None
     if net.version == "v1.0":

@@ -35,19 +35,24 @@ def rows(path, layer):
 
 
 def recompute(path, net, layers, mean, frame_step):
-    """The paper's descriptor written out plainly: decode all, resize, crop, BGR - mean, one forward
-    per clip, mean over clips, L2. Shares no code with the pipeline but the network."""
+    """The paper's descriptor written out plainly: decode all, resize, crop, BGR - mean (three values or a
+    3x16x128x171 cube cropped at the same offsets), one forward per clip, mean over clips, L2.
+    Shares no code with the pipeline but the network."""
     frames = decord.VideoReader(str(path), num_threads=1)
     frames = frames.get_batch(list(range(len(frames)))).asnumpy()
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(128, 171), mode="bilinear", align_corners=False).round().clamp(0, 255)
-    x = x[:, :, 8:120, 29:141].flip(1) - torch.tensor(mean).view(1, 3, 1, 1)  # BGR minus mean
+    x = x[:, :, 8:120, 29:141].flip(1)  # crop at (8, 29), RGB -> BGR
+    if isinstance(mean, np.ndarray):
+        subtract = torch.from_numpy(mean[:, :, 8:120, 29:141])  # (3, 16, 112, 112)
+    else:
+        subtract = torch.tensor(mean).view(3, 1, 1, 1)
     sums = {}
     starts = range(0, len(frames) - 16 + 1, 8)
     with torch.no_grad():
         for s in starts:
-            clip = x[s: s + 16: frame_step].permute(1, 0, 2, 3)[None]
-            for layer, value in net(clip, layers).items():
+            clip = x[s: s + 16: frame_step].permute(1, 0, 2, 3) - subtract  # (3, T, 112, 112)
+            for layer, value in net(clip[None], layers).items():
                 sums[layer] = sums.get(layer, 0) + value.double().flatten()
     return {layer: (v / len(starts) / (v / len(starts)).norm()).numpy() for layer, v in sums.items()}
 
@@ -200,10 +205,16 @@ def test_installed_and_mismatched_weights(video_dir, tmp_path):
                  env={"C3D_EXTRACT_HOME": str(home)})
     assert result.exit_code == 0, result.stderr
     result = run(video_dir, tmp_path / "c.h5", "--model", "c3d", "--weights", home / "weights" / "res3d-sports1m.pt")
-    assert result.exit_code == 2 and "does not fit c3d-sports1m" in result.stderr and "conv1a.weight" in result.stderr
+    assert result.exit_code == 2 and "weights of a res3d network" in result.stderr and "--model c3d" in result.stderr
+    state = c3d().state_dict()
+    state["fc6.weight"] = state["fc6.weight"][:, :4000].clone()
+    torch.save(state, tmp_path / "c3d_bad.pt")
+    result = run(video_dir, tmp_path / "c.h5", "--weights", tmp_path / "c3d_bad.pt")
+    assert result.exit_code == 2 and "does not fit c3d-sports1m" in result.stderr
+    assert "fc6.weight: [4096, 4000], expected [4096, 8192]" in result.stderr
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     result = run(video_dir, tmp_path / "c.h5", "--weights", tmp_path / "junk.pt")
-    assert result.exit_code == 2 and "not a loadable PyTorch weights file" in result.stderr
+    assert result.exit_code == 2 and "not a known weights format" in result.stderr
     assert not (tmp_path / "c.h5").exists()
 
 
