@@ -1,0 +1,255 @@
+"""`c3d-svm` end to end on feature files written by the tests."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy.io import savemat
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from c3d_extract import aslan, svm
+from c3d_extract.store import FeatureStore
+from c3d_extract.svm_cli import main
+
+FACTS = {"num_frames": 100, "num_clips": 11, "fps": 25.0, "height": 240, "width": 320, "status": "ok"}
+
+
+def write_features(path, keys, layers, model="c3d", spec="c3d-sports1m"):
+    shapes = {name: (m.shape[1],) for name, m in layers.items()}
+    with FeatureStore.open(str(path), {"model": model, "spec": spec}, shapes, {}) as store:
+        for i, key in enumerate(keys):
+            store.add_video(key, {name: m[i] for name, m in layers.items()}, FACTS)
+    return path
+
+
+def unit_rows(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def ucf_like(n_classes=5, groups=25, clips=2, dim=64, separable=True, seed=0):
+    rng = np.random.default_rng(seed)
+    classes = [f"Class{c}" for c in range(n_classes)]
+    keys, labels = [], []
+    for c, name in enumerate(classes):
+        for g in range(1, groups + 1):
+            for k in range(1, clips + 1):
+                keys.append(f"{name}/v_{name}_g{g:02d}_c{k:02d}.avi")
+                labels.append(c)
+    labels = np.array(labels)
+    centers = rng.random((n_classes, dim)) * 4
+    x = (centers[labels] if separable else 0) + rng.random((len(keys), dim))
+    return keys, labels, unit_rows(x)
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def test_separable_classes_reach_1_and_equal_a_direct_sklearn_run(tmp_path):
+    keys, labels, x = ucf_like()
+    path = write_features(tmp_path / "f.h5", keys, {"fc6": x})
+    result = cli(path, "--split", "all", "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    assert report["dataset"] == "ucf101" and report["layer"] == "fc6" and report["mean_accuracy"] == 1.0
+    assert [s["split"] for s in report["splits"]] == ["1", "2", "3"]
+    assert report["splits"][0]["n_test"] == 5 * 7 * 2 and report["splits"][0]["n_train"] == 5 * 18 * 2
+    assert report["splits"][0]["per_class"]["Class3"] == 1.0
+    assert np.trace(np.array(report["splits"][0]["confusion"])) == 70
+    assert "100.00%" in result.output and "mean" in result.output
+    assert (tmp_path / "r.csv").read_text().count("\n") == 4
+
+
+def test_shuffled_labels_stay_near_chance_and_match_sklearn(tmp_path):
+    keys, labels, x = ucf_like(separable=False, seed=1)
+    path = write_features(tmp_path / "f.h5", keys, {"fc6": x})
+    result = cli(path, "--split", "1", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    accuracy = json.loads((tmp_path / "r.json").read_text())["results"][0]["splits"][0]["accuracy"]
+    assert accuracy < 0.45  # chance is 0.2 with 5 classes
+    groups = np.array([int(k.split("_g")[1][:2]) for k in keys])
+    test = groups <= 7
+    direct = LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0).fit(x[~test], labels[~test])
+    assert accuracy == pytest.approx(float((direct.predict(x[test]) == labels[test]).mean()))
+
+
+def test_pca_curve_plot_and_two_files(tmp_path):
+    keys, labels, x = ucf_like(dim=40)
+    a = write_features(tmp_path / "a.h5", keys, {"fc6": x})
+    b = write_features(tmp_path / "b.h5", keys, {"res5b": x[:, ::-1].copy()}, model="res3d", spec="res3d-sports1m")
+    result = cli(a, b, "--pca", "2,5,20", "--plot", tmp_path / "pca.png", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    reports = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["layer"] for r in reports] == ["fc6", "res5b"]
+    assert [p["dims"] for p in reports[0]["pca"]] == [2, 5, 20]
+    assert (tmp_path / "pca.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the 5-d point equals PCA fitted on the training videos only, then an SVM, done directly
+    from sklearn.decomposition import PCA
+    test = np.array([int(k.split("_g")[1][:2]) <= 7 for k in keys])
+    pca = PCA(5, random_state=0).fit(x[~test])
+    tr, te = svm.l2_rows(pca.transform(x[~test])), svm.l2_rows(pca.transform(x[test]))
+    direct = LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0).fit(tr, labels[~test])
+    assert reports[0]["pca"][1]["mean_accuracy"] == pytest.approx(float((direct.predict(te) == labels[test]).mean()))
+
+
+def test_pca_and_svm_never_see_test_videos():
+    rng = np.random.default_rng(3)
+    x_train, y_train = rng.random((60, 30)), np.repeat([0, 1, 2], 20)
+    x_train[y_train == 1, :5] += 1
+    x_test = rng.random((10, 30))
+    outliers = rng.random((5, 30)) * 1000  # would swing a PCA or a scaler fitted on test data
+    for kwargs in ({}, {"pca_dim": 3}, {"pca_dim": 3, "C_grid": [0.1, 1, 10]}):
+        alone, _ = svm.fit_predict(x_train, y_train, x_test, **kwargs)
+        with_outliers, _ = svm.fit_predict(x_train, y_train, np.vstack([x_test, outliers]), **kwargs)
+        np.testing.assert_array_equal(alone, with_outliers[:10])
+
+
+def aslan_data(tmp_path, shuffle=False, seed=0):
+    """200 videos of 20 actions (two clusters of features per action pair), 10 splits of 60 pairs."""
+    rng = np.random.default_rng(seed)
+    n_actions, per_action = 20, 10
+    action = np.repeat(np.arange(n_actions), per_action)
+    keys = [f"aslan/{i + 1:04d}.avi" for i in range(len(action))]
+    centers = {name: rng.random((n_actions, d)) * 3 for name, d in (("prob", 20), ("fc7", 32), ("fc6", 32), ("pool5", 48))}
+    layers = {name: unit_rows(c[action] + rng.random((len(action), c.shape[1]))) for name, c in centers.items()}
+    rows = []
+    for split in range(1, 11):
+        acts = [2 * (split - 1), 2 * (split - 1) + 1]  # splits hold disjoint actions
+        members = [np.flatnonzero(action == a) for a in acts]
+        for p in range(30):
+            a = members[p % 2]
+            i, j = rng.choice(a, 2, replace=False)
+            rows.append((split, i + 1, j + 1, 1))
+            rows.append((split, rng.choice(members[0]) + 1, rng.choice(members[1]) + 1, 0))
+    rows = np.array(rows)
+    if shuffle:
+        rows[:, 3] = rng.permutation(rows[:, 3])
+    path = write_features(tmp_path / "aslan.h5", keys, layers)
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("split,id1,id2,same\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return path, csv_path, rows, layers, keys
+
+
+def direct_aslan(rows, layers, keys):
+    """The protocol computed directly with scikit-learn (measures from c3d_extract, checked by hand)."""
+    ids = {int(k.split("/")[1][:4]): i for i, k in enumerate(keys)}
+    r1, r2 = np.array([ids[i] for i in rows[:, 1]]), np.array([ids[i] for i in rows[:, 2]])
+    x = np.hstack([aslan.measures(layers[n][r1], layers[n][r2]) for n in ("prob", "fc7", "fc6", "pool5")])
+    acc, aucs = [], []
+    for split in range(1, 11):
+        test = rows[:, 0] == split
+        scaler = StandardScaler().fit(x[~test])
+        model = LinearSVC(C=1.0, dual=True, max_iter=10000, random_state=0).fit(scaler.transform(x[~test]), rows[~test, 3])
+        score = model.decision_function(scaler.transform(x[test]))
+        acc.append(100 * ((score > 0) == rows[test, 3]).mean())
+        aucs.append(roc_auc_score(rows[test, 3], score))
+    return np.array(acc), np.array(aucs)
+
+
+def test_aslan_separates_two_clusters_and_equals_a_direct_computation(tmp_path):
+    path, pairs, rows, layers, keys = aslan_data(tmp_path)
+    result = cli(path, "--aslan", pairs, "--plot", tmp_path / "roc.png", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    assert report["layers"] == ["prob", "fc7", "fc6", "pool5"] and report["dims"] == 48
+    assert report["auc_pooled"] > 0.95 and report["accuracy"] > 90
+    acc, aucs = direct_aslan(rows, layers, keys)
+    np.testing.assert_allclose(report["fold_accuracy"], acc)
+    np.testing.assert_allclose(report["fold_auc"], aucs)
+    assert report["standard_error"] == pytest.approx(acc.std(ddof=1) / np.sqrt(10))
+    assert (tmp_path / "roc.png").stat().st_size > 1000 and "±" in result.output
+
+
+def test_aslan_standardisation_never_sees_test_pairs():
+    rng = np.random.default_rng(7)
+    x_train, y_train = rng.random((80, 12)), np.repeat([0, 1], 40)
+    x_train[y_train == 1, :3] += 0.5
+    x_test, outliers = rng.random((10, 12)), rng.random((4, 12)) * 1e4  # would swing a scaler fitted on them
+    alone = aslan.fold_scores(x_train, y_train, x_test)
+    np.testing.assert_array_equal(alone, aslan.fold_scores(x_train, y_train, np.vstack([x_test, outliers]))[:10])
+
+
+def test_aslan_shuffled_pairs_are_near_chance_and_view2_mat_reads_the_same(tmp_path):
+    path, pairs, rows, _, _ = aslan_data(tmp_path, shuffle=True, seed=4)
+    result = cli(path, "--aslan", pairs, "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert 0.3 < json.loads((tmp_path / "r.json").read_text())["results"][0]["auc_pooled"] < 0.7
+    view2 = np.zeros((60, 5, 10))
+    for split in range(10):
+        part = rows[rows[:, 0] == split + 1]
+        view2[:, 0, split], view2[:, 1, split], view2[:, 2, split] = part[:, 1], part[:, 2], part[:, 3]
+    savemat(tmp_path / "View2.mat", {"action_splits_pairs": view2})
+    from_mat, from_csv = aslan.read_pairs(str(tmp_path / "View2.mat")), aslan.read_pairs(str(pairs))
+    for field in ("split", "id1", "id2", "same"):
+        np.testing.assert_array_equal(getattr(from_mat, field), getattr(from_csv, field))
+
+
+def test_aslan_warns_on_negative_features(tmp_path):
+    rng = np.random.default_rng(5)
+    keys = [f"{i + 1:04d}.avi" for i in range(40)]
+    path = write_features(tmp_path / "neg.h5", keys, {"fc6": rng.standard_normal((40, 8)).astype(np.float32)})
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("\n".join(f"{s},{2 * s - 1},{2 * s},{s % 2}" for s in range(1, 21)))
+    result = cli(path, "--aslan", pairs, "--layers", "fc6")
+    assert result.exit_code == 0 and "negative values" in result.output
+
+
+def test_hmdb51_and_folders_end_to_end(tmp_path):
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    keys, labels = [], []
+    for c, cls in enumerate(("brush_hair", "kick_ball", "shoot_bow")):
+        lines = []
+        for i in range(12):
+            name = f"{cls}_video_{i}"
+            keys.append(f"{cls}/{name}.avi")
+            labels.append(c)
+            lines.append(f"{name}.avi {1 if i < 8 else 2} ")
+        (folder / f"{cls}_test_split1.txt").write_text("\n".join(lines) + "\n")
+    x = unit_rows(np.eye(3)[labels] * 5 + rng.random((36, 3)))
+    path = write_features(tmp_path / "h.h5", keys, {"fc6": np.hstack([x, rng.random((36, 5))]).astype(np.float32)})
+    result = cli(path, "--splits-dir", folder, "--split", "1")
+    assert result.exit_code == 0 and "hmdb51" in result.output and "100.00%" in result.output
+    result = cli(path, "--folds", "loo", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "r.json").read_text())["results"][0]["splits"]) == 36
+
+
+def test_clear_errors_exit_1(tmp_path):
+    keys, labels, x = ucf_like(n_classes=3, groups=25, clips=1)
+    path = write_features(tmp_path / "f.h5", keys, {"fc6": x})
+    result = cli(path, "--layer", "fc7")
+    assert result.exit_code == 1 and "has no layer 'fc7'; it holds fc6" in result.output
+    one_class = write_features(tmp_path / "one.h5", [k for k in keys if k.startswith("Class0")],
+                               {"fc6": x[:25]})
+    result = cli(one_class)
+    assert result.exit_code == 1 and "at least 2" in result.output
+    early = [k for k in keys if int(k.split("_g")[1][:2]) > 7]  # no test group of split 1
+    result = cli(write_features(tmp_path / "early.h5", early, {"fc6": x[:len(early)]}))
+    assert result.exit_code == 1 and "no test video" in result.output
+    odd = write_features(tmp_path / "odd.h5", ["a.mp4", "b.mp4"], {"fc6": x[:2]})
+    result = cli(odd)
+    assert result.exit_code == 1 and "cannot tell the dataset" in result.output
+
+
+def test_videos_missing_from_the_file_are_reported(tmp_path):
+    keys, labels, x = ucf_like()
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} Class{i}\n" for i in range(5)))
+    (lists / "trainlist01.txt").write_text("".join(f"{k} {labels[i] + 1}\n" for i, k in enumerate(keys)
+                                                   if int(k.split("_g")[1][:2]) > 7))
+    test_keys = [k for k in keys if int(k.split("_g")[1][:2]) <= 7] + ["Class1/v_Class1_g01_c09.avi"]
+    (lists / "testlist01.txt").write_text("\n".join(test_keys))
+    path = write_features(tmp_path / "f.h5", keys, {"fc6": x})
+    result = cli(path, "--splits-dir", lists, "--json", tmp_path / "r.json")
+    assert result.exit_code == 0 and "1 video(s) of the split files are not in the feature file" in result.output
+    assert "v_Class1_g01_c09" in result.output
+    assert json.loads((tmp_path / "r.json").read_text())["results"][0]["missing"]["count"] == 1
