@@ -24,11 +24,11 @@ from throughput import machine  # noqa: E402
 from c3d_extract.store import FeatureStore  # noqa: E402
 
 
-def write(path: str, dim: int = 4096, classes: int = 101, seed: int = 0) -> int:
+def write(path: str, dim: int = 4096, classes: int = 101, videos: int = 13320, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     centres = rng.random((classes, dim), dtype=np.float32)
     keys, labels = [], []
-    per_class = [13320 // classes + (1 if c < 13320 % classes else 0) for c in range(classes)]
+    per_class = [videos // classes + (1 if c < videos % classes else 0) for c in range(classes)]
     for c, count in enumerate(per_class):
         for i in range(count):
             keys.append(f"Class{c:03d}/v_Class{c:03d}_g{i % 25 + 1:02d}_c{i // 25 + 1:02d}.avi")
@@ -49,11 +49,12 @@ def main() -> None:
         path = os.path.join(tmp, "ucf101_size.h5")
         n = write(path)
         started = time.perf_counter()
-        run = subprocess.run(["c3d-svm", path, "--split", "1"], capture_output=True, text=True, check=True)
+        run = subprocess.run([sys.executable, "-m", "c3d_extract.svm_cli", path, "--split", "1"],
+                             capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - started
     line = run.stdout.strip().splitlines()[-1]
     table = (f"### {datetime.date.today()} — c3d-svm, UCF101 size — {machine()}\n\n"
-             f"{n} videos x 4096-d, 101 classes, split 1 (9,537-ish train / 3,783-ish test by group), "
+             f"{n} videos x 4096-d, 101 classes, split 1 by group number (counts below), "
              f"one-vs-rest LinearSVC (dual, C=1), --jobs {os.cpu_count()}: **{seconds:.0f} s** end to end "
              f"(reading the file included).\n\n    {line}\n\n")
     print(table)

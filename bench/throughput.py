@@ -23,7 +23,7 @@ from c3d_extract.models import get_spec
 from c3d_extract.pipeline import Network, extract
 from c3d_extract.runtime import Runtime, cpu_has_fast_bf16
 from c3d_extract.store import FeatureStore
-from c3d_extract.weights import build_network
+from c3d_extract.weights import load_weights
 
 
 def machine() -> str:
@@ -41,7 +41,7 @@ def machine() -> str:
 
 def network_only(model: str, precision: str, batch: int = 4, reps: int = 6) -> float:
     spec = get_spec(model)
-    net, _ = build_network(spec, "random")
+    net = load_weights("random", model).net
     network = Network(net, list(spec.default_layers), spec.input, Runtime(torch.device("cpu"), precision), batch)
     clips = [torch.randint(0, 256, (spec.input.frames, *spec.input.crop, 3), dtype=torch.uint8)
              for _ in range(batch)]
@@ -55,7 +55,7 @@ def network_only(model: str, precision: str, batch: int = 4, reps: int = 6) -> f
 
 def end_to_end(model: str, precision: str, video_dir: str, workers: int, batch: int = 4) -> tuple[float, int]:
     spec = get_spec(model)
-    net, _ = build_network(spec, "random")
+    net = load_weights("random", model).net
     network = Network(net, list(spec.default_layers), spec.input, Runtime(torch.device("cpu"), precision), batch)
     jobs, _ = find_videos([video_dir])
     shapes = spec.layer_shapes(list(spec.default_layers))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 from typing import Optional
 
@@ -29,6 +30,18 @@ class Refused(click.ClickException):
     """The run cannot start (weights, output file, settings): exit status 2, nothing written."""
 
     exit_code = 2
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT: stop decoding, keep what is finished."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
 
 
 def _say(message: str) -> None:
@@ -189,13 +202,19 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
         network = Network(loaded.net, list(shapes), spec.input, runtime,
                           batch_size or (32 if runtime.device.type == "cuda" else 4))
+        previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video)
-        except KeyboardInterrupt:
+        except Stopped as stop:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             bar.close()
-            _say(f"interrupted: {len(store.done)} video(s) are safe in {output}; "
+            _say(f"stopped by {stop}: saving the {len(keys & store.done)} finished video(s) into {output}; "
                  f"run the same command again to continue")
-            sys.exit(130)
+            store.close()  # the fold is atomic: a second signal here leaves the journal to the next run
+            sys.exit(stop.exit_code)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         bar.close()
         still_failed = keys & set(store.failed)
         if not quiet:

@@ -3,7 +3,7 @@
 Layout (README "The feature file"):
     videos                 (N,) UTF-8    key of each video: its path relative to the input root
     features/<layer>       (N, D) f32    mean over clips, L2-normalised; attr clip_shape
-    num_frames, num_clips  (N,) int64    frames the container reports, clips that were averaged
+    num_frames, num_clips  (N,) int64    frames decoded, clips that were averaged
     fps                    (N,) f64
     height, width          (N,) int32    decoded frame size before the resize
     status                 (N,) UTF-8    "ok", or how the video was padded ("short:loop", ...)
@@ -11,10 +11,13 @@ Layout (README "The feature file"):
     root attributes        provenance (version, model, weights sha256, clip settings, precision,
                            device, decoder, command line) and `settings`, the JSON that must match
                            for a later run to add to the file.
-Row i of every per-video dataset belongs to videos[i]. Rows are added as videos finish.
-"""
+Rows are sorted by key, so the file does not depend on the order videos finished in.
 
-from __future__ import annotations
+Crash safety: the HDF5 file is never modified in place. A run appends finished videos to the
+journal beside it (journal.py) and, when it ends or is stopped, writes a new HDF5 file with the old
+rows and the journal's merged in key order, fsyncs it and renames it over the old one. A kill at
+any moment leaves the old file whole and the journal's complete records; the next run folds them.
+"""
 
 import json
 import os
@@ -23,6 +26,8 @@ from typing import Mapping
 
 import h5py
 import numpy as np
+
+from c3d_extract.journal import FAILURE, VIDEO, Journal, JournalBusy, journal_path
 
 FORMAT = "c3d_extract.features"
 FORMAT_VERSION = 1
@@ -53,16 +58,41 @@ def _append(dataset: h5py.Dataset, value) -> None:
     dataset[n] = value
 
 
-class FeatureStore:
-    """Appends finished videos and failures to the feature file and knows which keys it holds."""
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    def __init__(self, path: str, h5: h5py.File):
+
+def _replace_atomically(tmp: str, path: str) -> None:
+    """Make `tmp` durable, then rename it over `path` (and make the rename durable)."""
+    _fsync_path(tmp)
+    os.replace(tmp, path)
+    _fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+class FeatureStore:
+    """Adds finished videos and failures to a feature file, crash-safely, and knows what it holds."""
+
+    def __init__(self, path: str, journal: Journal, provenance: Mapping):
         self.path = path
-        self._h5 = h5
-        self.done: set[str] = set(_strings(h5["videos"]))
-        self.failed: dict[str, tuple[str, str]] = {
-            video: (stage, error) for video, stage, error in zip(
-                *(_strings(h5["failures"][name]) for name in _FAILURE_FIELDS))}
+        self._journal = journal
+        self._provenance = dict(provenance)
+        with h5py.File(path, "r") as h5:
+            self.layers: list[str] = list(h5["features"])
+            self.done: set[str] = set(_strings(h5["videos"]))
+            self.failed: dict[str, tuple[str, str]] = {
+                video: (stage, error) for video, stage, error in zip(
+                    *(_strings(h5["failures"][name]) for name in _FAILURE_FIELDS))}
+        for record in journal:  # replay what the last run did not fold in
+            key = record.meta["key"]
+            if record.kind == VIDEO:
+                self.done.add(key)
+                self.failed.pop(key, None)
+            elif record.kind == FAILURE and key not in self.done:
+                self.failed[key] = (record.meta["stage"], record.meta["error"])
 
     @classmethod
     def open(cls, path: str, settings: Mapping, layer_shapes: Mapping[str, tuple[int, ...]],
@@ -72,41 +102,42 @@ class FeatureStore:
         An existing file is replaced only with `overwrite`; one with other settings, or that is not a
         feature file, is refused with a StoreError that says what differs.
         """
-        if os.path.exists(path) and not overwrite:
-            h5 = cls._open_existing(path)
-            try:
-                cls._check_settings(path, h5, settings)
-            except StoreError:
-                h5.close()
-                raise
-            h5.attrs["last_run"] = json.dumps(dict(provenance), default=str)
-            h5.flush()
-            return cls(path, h5)
+        exists = os.path.exists(path)
+        if exists and not overwrite:
+            cls._check_existing(path, settings)
         try:
-            h5 = h5py.File(path, "w")
+            journal = Journal(journal_path(path))
+        except JournalBusy:
+            raise StoreError(f"{path}: another c3d-extract run is writing this file (two runs cannot "
+                             f"write one file; use another output, or --shard and merge)") from None
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the feature file: {exc}") from None
-        cls._create_layout(h5, settings, layer_shapes, provenance)
-        return cls(path, h5)
+        if overwrite or not exists:
+            if overwrite and journal.records:
+                journal.remove()
+                journal = Journal(journal_path(path))
+            tmp = f"{path}.tmp-{os.getpid()}"
+            try:
+                with h5py.File(tmp, "w") as h5:
+                    cls._create_layout(h5, settings, layer_shapes, provenance)
+                _replace_atomically(tmp, path)
+            except OSError as exc:
+                journal.close()
+                raise StoreError(f"{path}: cannot create the feature file: {exc}") from None
+        return cls(path, journal, provenance)
 
     @staticmethod
-    def _open_existing(path: str) -> h5py.File:
+    def _check_existing(path: str, settings: Mapping) -> None:
         try:
-            return h5py.File(path, "r+")
+            h5 = h5py.File(path, "r")
         except (OSError, RuntimeError) as exc:
-            text = str(exc)
-            if "lock" in text.lower():
-                raise StoreError(f"{path}: the file is open for writing in another process "
-                                 f"(two runs cannot write one file; use another output or --shard)") from None
-            raise StoreError(f"{path}: exists but is not a readable HDF5 file ({text}); "
+            raise StoreError(f"{path}: exists but is not a readable HDF5 file ({exc}); "
                              f"use --overwrite to replace it") from None
-
-    @staticmethod
-    def _check_settings(path: str, h5: h5py.File, settings: Mapping) -> None:
-        if h5.attrs.get("format") != FORMAT:
-            raise StoreError(f"{path}: exists and is not a c3d_extract feature file; "
-                             f"use --overwrite to replace it or choose another output")
-        stored = json.loads(h5.attrs["settings"])
+        with h5:
+            if h5.attrs.get("format") != FORMAT:
+                raise StoreError(f"{path}: exists and is not a c3d_extract feature file; "
+                                 f"use --overwrite to replace it or choose another output")
+            stored = json.loads(h5.attrs["settings"])
         wanted = json.loads(json.dumps(dict(settings)))
         diffs = [f"{key} {stored.get(key)!r} in the file, {wanted.get(key)!r} now"
                  for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
@@ -116,73 +147,103 @@ class FeatureStore:
 
     @staticmethod
     def _create_layout(h5: h5py.File, settings: Mapping, layer_shapes: Mapping[str, tuple[int, ...]],
-                       provenance: Mapping) -> None:
+                       provenance: Mapping, rows: int = 0, failures: int = 0) -> None:
         h5.attrs["format"] = FORMAT
         h5.attrs["format_version"] = FORMAT_VERSION
         h5.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         h5.attrs["settings"] = json.dumps(dict(settings), sort_keys=True)
         for key, value in {**settings, **provenance}.items():
             h5.attrs[key] = _attr(value)
-        h5.create_dataset("videos", (0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
+        h5.create_dataset("videos", (rows,), maxshape=(None,), dtype=_STR, chunks=(1024,))
         for name, dtype in _PER_VIDEO.items():
-            h5.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+            h5.create_dataset(name, (rows,), maxshape=(None,), dtype=dtype, chunks=(1024,))
         features = h5.create_group("features")
         for layer, shape in layer_shapes.items():
             dim = int(np.prod(shape))
-            rows = max(1, 2**20 // (4 * dim))  # ~1 MiB chunks: one chunk fits h5py's default cache
-            ds = features.create_dataset(layer, (0, dim), maxshape=(None, dim), dtype=np.float32,
-                                         chunks=(rows, dim))
+            chunk_rows = max(1, 2**20 // (4 * dim))  # ~1 MiB chunks: one chunk fits h5py's default cache
+            ds = features.create_dataset(layer, (rows, dim), maxshape=(None, dim), dtype=np.float32,
+                                         chunks=(chunk_rows, dim))
             ds.attrs["clip_shape"] = np.asarray(shape, dtype=np.int64)
-        failures = h5.create_group("failures")
+        group = h5.create_group("failures")
         for name in _FAILURE_FIELDS:
-            failures.create_dataset(name, (0,), maxshape=(None,), dtype=_STR, chunks=(256,))
-        h5.flush()
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self._h5["features"])
+            group.create_dataset(name, (failures,), maxshape=(None,), dtype=_STR, chunks=(256,))
 
     def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping) -> None:
-        """Write one finished video (all layers and facts) and flush it to disk."""
+        """Record one finished video durably (journal + fsync); it is in the file after the fold."""
         if key in self.done:
             raise ValueError(f"{key} is already in {self.path}")
-        for layer in self.layers:
-            _append(self._h5["features"][layer], np.asarray(features[layer], dtype=np.float32))
-        for name in _PER_VIDEO:
-            _append(self._h5[name], facts[name])
-        _append(self._h5["videos"], key)
-        self._h5.flush()
+        missing = [layer for layer in self.layers if layer not in features]
+        if missing:
+            raise ValueError(f"{key}: no values for layer(s) {', '.join(missing)}")
+        self._journal.append_video(key, {n: facts[n] for n in _PER_VIDEO},
+                                   {layer: features[layer] for layer in self.layers})
         self.done.add(key)
-        if key in self.failed:
-            self._drop_failures({key})
+        self.failed.pop(key, None)
 
     def add_failure(self, key: str, stage: str, error: str) -> None:
         """Record a video that could not be processed (replacing an older record of it)."""
-        if key in self.failed:
-            self._drop_failures({key})
-        for name, value in zip(_FAILURE_FIELDS, (key, stage, error)):
-            _append(self._h5["failures"][name], value)
-        self._h5.flush()
+        self._journal.append_failure(key, stage, error)
         self.failed[key] = (stage, error)
 
-    def _drop_failures(self, keys: set[str]) -> None:
-        group = self._h5["failures"]
-        rows = list(zip(*(_strings(group[name]) for name in _FAILURE_FIELDS)))
-        kept = [row for row in rows if row[0] not in keys]
-        for i, name in enumerate(_FAILURE_FIELDS):
-            group[name].resize(len(kept), axis=0)
-            if kept:
-                group[name][:] = [row[i] for row in kept]
-        for key in keys:
-            self.failed.pop(key, None)
-        self._h5.flush()
+    def fold(self) -> None:
+        """Write the old rows and the journal's into a new file, sorted by key, and swap it in."""
+        videos = {}
+        for record in self._journal:
+            if record.kind == VIDEO:
+                videos[record.meta["key"]] = record
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with h5py.File(self.path, "r") as old, h5py.File(tmp, "w") as new:
+            old_keys = _strings(old["videos"])
+            new_keys = sorted(k for k in videos if k not in set(old_keys))
+            order = sorted([(k, "old", i) for i, k in enumerate(old_keys)] + [(k, "new", k) for k in new_keys])
+            failures = sorted((k, *v) for k, v in self.failed.items() if k not in self.done)
+            shapes = {n: tuple(old["features"][n].attrs["clip_shape"]) for n in old["features"]}
+            settings = json.loads(old.attrs["settings"])
+            kept = {k: v for k, v in old.attrs.items() if k not in settings and k != "settings"}
+            self._create_layout(new, settings, shapes, {}, rows=len(order), failures=len(failures))
+            for k, v in kept.items():
+                new.attrs[k] = v
+            new.attrs["last_run"] = json.dumps(self._provenance, default=str)
+            new.attrs["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            new["videos"][:] = [k for k, _, _ in order] if order else []
+            for name in _PER_VIDEO:
+                column = old[name][()]
+                values = [column[src] if kind == "old" else videos[src].meta["facts"][name] for _, kind, src in order]
+                if order:
+                    new[name][:] = values
+            for layer in shapes:
+                self._copy_layer(old["features"][layer], new["features"][layer], order, videos, layer)
+            for i, name in enumerate(_FAILURE_FIELDS):
+                if failures:
+                    new["failures"][name][:] = [row[i] for row in failures]
+        _replace_atomically(tmp, self.path)
+
+    def _copy_layer(self, source: h5py.Dataset, target: h5py.Dataset, order: list, videos: dict, layer: str,
+                    block: int = 256) -> None:
+        """Fill `target` in key order, a block of rows at a time (memory O(block), not O(N))."""
+        for start in range(0, len(order), block):
+            part = order[start: start + block]
+            rows = np.empty((len(part), target.shape[1]), np.float32)
+            old = [(i, src) for i, (_, kind, src) in enumerate(part) if kind == "old"]
+            if old:
+                rows[[i for i, _ in old]] = source[[src for _, src in old]]  # increasing: old rows are sorted
+            for i, (_, kind, src) in enumerate(part):
+                if kind == "new":
+                    rows[i] = self._journal.features(videos[src])[layer]
+            target[start: start + len(part)] = rows
 
     def close(self) -> None:
-        if self._h5.id.valid:
-            self._h5.close()
+        """Fold the journal into the file (if it holds anything) and remove it."""
+        if self._journal is None:
+            return
+        if self._journal.records:
+            self.fold()
+        self._journal.remove()
+        self._journal = None
 
     def __enter__(self) -> "FeatureStore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+

@@ -252,3 +252,7 @@ def main(files, layer, dataset, splits_dir, split, folds, C, cv_C, pca, renormal
                        "results": reports}, handle, indent=1)
     if csv_path:
         _write_csv(csv_path, reports, bool(aslan_pairs))
+
+
+if __name__ == "__main__":
+    main()

@@ -108,3 +108,7 @@ def info_command(file: str) -> None:
     for key, tensor in converted.state_dict.items():
         if not key.endswith("num_batches_tracked"):
             click.echo(f"  {key:<32} {list(tensor.shape)}")
+
+
+if __name__ == "__main__":
+    main()

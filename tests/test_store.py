@@ -79,15 +79,17 @@ def test_foreign_and_broken_files_are_refused(tmp_path):
         make(tmp_path / "no" / "such" / "dir.h5")
 
 
-def test_a_file_open_for_writing_elsewhere_is_refused(tmp_path):
+def test_a_second_writer_is_refused_until_the_first_is_gone(tmp_path):
     make(tmp_path / "f.h5").close()
-    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r+'); "
-                               "print('open', flush=True); time.sleep(60)", str(tmp_path / "f.h5")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from tests.test_store import make\n"
+                               "store = make(sys.argv[1]); print('open', flush=True); time.sleep(60)",
+                               str(tmp_path / "f.h5")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        with pytest.raises(StoreError, match="open for writing in another process"):
+        with pytest.raises(StoreError, match="another c3d-extract run is writing this file"):
             make(tmp_path / "f.h5")
     finally:
         holder.kill()
         holder.wait()
+    make(tmp_path / "f.h5").close()  # a killed writer leaves no stale lock
