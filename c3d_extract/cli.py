@@ -14,12 +14,12 @@ from tqdm import tqdm
 
 from c3d_extract import __version__
 from c3d_extract.clips import SHORT_RULES
-from c3d_extract.inputs import VIDEO_EXTENSIONS, find_videos, parse_extensions
+from c3d_extract.inputs import VIDEO_EXTENSIONS, find_videos, parse_extensions, parse_shard, shard_of
 from c3d_extract.manifest import cache_dir
 from c3d_extract.models import MODELS, SPECS
 from c3d_extract.pipeline import Failed, Network, Summary, extract
 from c3d_extract.runtime import PRECISIONS, Runtime, resolve_device, resolve_precision
-from c3d_extract.store import FeatureStore, StoreError
+from c3d_extract.store import FeatureStore, StoreError, merge
 from c3d_extract.video import DECODER
 from c3d_extract.weights import RANDOM, WeightsError, load_weights, spec_mean
 
@@ -116,6 +116,8 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                    "deepest directory holding all inputs).")
 @click.option("--ext", metavar="EXTS", help=f"Extensions to look for in directories "
                                             f"(default: {','.join(VIDEO_EXTENSIONS)}).")
+@click.option("--shard", metavar="I/N", help="Process only shard I of N (0-based; a stable hash of each key), "
+                                             "for N jobs writing N files; combine them with `merge`.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (otherwise runs add to it).")
 @click.option("--retry-failed", is_flag=True, help="Process only the videos OUTPUT lists as failed.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors still go to stderr).")
@@ -123,9 +125,9 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
                     workers: int, device: str, precision: str, root: Optional[str], ext: Optional[str],
-                    overwrite: bool, retry_failed: bool, quiet: bool) -> None:
-    """Extract one descriptor per video from INPUTS (directories, searched recursively, or files)
-    into the HDF5 file OUTPUT.
+                    shard: Optional[str], overwrite: bool, retry_failed: bool, quiet: bool) -> None:
+    """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or
+    @LIST files of paths) into the HDF5 file OUTPUT.
 
     Every video is cut into windows of 16 frames every 8 frames; each clip goes through the network;
     a video's descriptor is the mean of its clips' activations, L2-normalised, per layer. Re-running
@@ -134,6 +136,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
     """
     try:
         extensions = parse_extensions(ext)
+        shard_index, shard_count = parse_shard(shard) if shard else (0, 1)
         target = resolve_device(device)
         runtime = Runtime(target, resolve_precision(precision, target))
     except ValueError as exc:
@@ -164,10 +167,12 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
         _say(f"warning: {path}: {problem}")
     if not jobs:
         raise Refused(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
+    if shard:
+        jobs = [job for job in jobs if shard_of(job.key, shard_count) == shard_index]
 
     settings = {"model": spec.model, "spec": spec.name, "weights_sha256": loaded.identity,
                 "layers": list(shapes), **spec.input.settings(), "short_videos": short,
-                "precision": runtime.precision}
+                "precision": runtime.precision, **({"shard": f"{shard_index}/{shard_count}"} if shard else {})}
     provenance = {"c3d_extract_version": __version__,
                   "weights": loaded.path,
                   "device": str(runtime.device), "decoder": DECODER, "torch_version": torch.__version__,
@@ -223,3 +228,29 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                  f"{runtime.device} {runtime.precision}), {summary.failed} failed; "
                  f"{len(keys & store.done)} of {len(keys)} input video(s) are in the file")
     sys.exit(1 if still_failed else 0)
+
+
+@main.command("merge")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def merge_command(output: str, parts: tuple[str, ...], overwrite: bool) -> None:
+    """Combine the feature files PARTS (e.g. the shards of one job) into OUTPUT, sorted by key.
+
+    Parts with other models, weights, layers or settings are refused. Videos found in several parts
+    are reported (kept once), and so are shards of I/N that no part covers (exit status 1).
+    """
+    try:
+        report = merge(output, list(parts), overwrite=overwrite)
+    except StoreError as exc:
+        raise Refused(str(exc)) from None
+    click.echo(f"{output}: {report.videos} video(s) and {report.failures} failure(s) from {len(parts)} part(s)")
+    if report.duplicates:
+        _say(f"{len(report.duplicates)} video(s) were in several parts with identical features (kept once): "
+             f"{', '.join(report.duplicates[:5])}{' ...' if len(report.duplicates) > 5 else ''}")
+    if report.conflicts:
+        _say(f"{len(report.conflicts)} video(s) were in several parts with different features (the first "
+             f"part's kept): {', '.join(report.conflicts[:5])}{' ...' if len(report.conflicts) > 5 else ''}")
+    if report.missing_shards:
+        _say(f"missing shard(s) {', '.join(map(str, report.missing_shards))}: the merged file is incomplete")
+    sys.exit(1 if report.missing_shards or report.conflicts else 0)

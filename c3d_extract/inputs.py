@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -24,6 +26,38 @@ def parse_extensions(text: Optional[str]) -> tuple[str, ...]:
     if not exts:
         raise ValueError(f"no extension in {text!r}")
     return exts
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"I/N"` -> (I, N) with 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be I/N (e.g. 0/8), not {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: I must be between 0 and N-1")
+    return index, count
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard of a video: a stable hash of its key, so adding videos never moves the others."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % count
+
+
+def read_list(path: str) -> list[str]:
+    """Paths from a list file: one per line, or a CSV with a `path` column (which can quote names
+    holding commas or newlines). Relative paths are relative to the current directory."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ValueError(f"@{path}: cannot read the list ({exc.strerror or exc})") from None
+    first = text.splitlines()[0] if text.strip() else ""
+    if "," in first and "path" in [c.strip().lower() for c in next(csv.reader([first]))]:
+        rows = list(csv.DictReader(text.splitlines(keepends=True)))
+        column = next(c for c in rows[0] if c.strip().lower() == "path") if rows else "path"
+        return [row[column] for row in rows if row.get(column)]
+    return [line.rstrip("\r") for line in text.split("\n") if line.rstrip("\r")]
 
 
 def _walk(directory: str, extensions: tuple[str, ...], problems: list[tuple[str, str]]) -> list[str]:
@@ -57,11 +91,16 @@ def find_videos(inputs: Iterable[str], root: Optional[str] = None,
                 extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> tuple[list[VideoJob], list[tuple[str, str]]]:
     """Jobs for every video under the input directories and every input file, sorted by key.
 
-    Files named directly are taken whatever their extension, and a path that does not exist still
-    becomes a job, so it is reported as a failure like any other bad input. Returns the jobs and
-    the (path, problem) pairs of directories that could not be read.
+    Files named directly (or in an `@list` file) are taken whatever their extension, and a path that
+    does not exist still becomes a job, so it is reported as a failure like any other bad input.
+    Returns the jobs and the (path, problem) pairs of directories that could not be read.
     """
-    inputs = list(inputs)
+    expanded: list[str] = []
+    for item in inputs:
+        expanded.extend(read_list(item[1:]) if item.startswith("@") else [item])
+    inputs = expanded
+    if not inputs:
+        return [], []
     root = os.path.abspath(root) if root else default_root(inputs)
     problems: list[tuple[str, str]] = []
     paths: list[str] = []

@@ -21,6 +21,7 @@ any moment leaves the old file whole and the journal's complete records; the nex
 
 import json
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
 
@@ -187,50 +188,17 @@ class FeatureStore:
 
     def fold(self) -> None:
         """Write the old rows and the journal's into a new file, sorted by key, and swap it in."""
-        videos = {}
-        for record in self._journal:
-            if record.kind == VIDEO:
-                videos[record.meta["key"]] = record
+        videos = {r.meta["key"]: r for r in self._journal if r.kind == VIDEO}
         tmp = f"{self.path}.tmp-{os.getpid()}"
-        with h5py.File(self.path, "r") as old, h5py.File(tmp, "w") as new:
-            old_keys = _strings(old["videos"])
-            new_keys = sorted(k for k in videos if k not in set(old_keys))
-            order = sorted([(k, "old", i) for i, k in enumerate(old_keys)] + [(k, "new", k) for k in new_keys])
-            failures = sorted((k, *v) for k, v in self.failed.items() if k not in self.done)
-            shapes = {n: tuple(old["features"][n].attrs["clip_shape"]) for n in old["features"]}
-            settings = json.loads(old.attrs["settings"])
-            kept = {k: v for k, v in old.attrs.items() if k not in settings and k != "settings"}
-            self._create_layout(new, settings, shapes, {}, rows=len(order), failures=len(failures))
-            for k, v in kept.items():
-                new.attrs[k] = v
-            new.attrs["last_run"] = json.dumps(self._provenance, default=str)
-            new.attrs["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            new["videos"][:] = [k for k, _, _ in order] if order else []
-            for name in _PER_VIDEO:
-                column = old[name][()]
-                values = [column[src] if kind == "old" else videos[src].meta["facts"][name] for _, kind, src in order]
-                if order:
-                    new[name][:] = values
-            for layer in shapes:
-                self._copy_layer(old["features"][layer], new["features"][layer], order, videos, layer)
-            for i, name in enumerate(_FAILURE_FIELDS):
-                if failures:
-                    new["failures"][name][:] = [row[i] for row in failures]
+        with h5py.File(self.path, "r") as old:
+            old_source = H5Rows(old)
+            journal_source = JournalRows(self._journal, videos)
+            order = [(k, old_source, i) for i, k in enumerate(old_source.keys)]
+            order += [(k, journal_source, k) for k in videos if k not in set(old_source.keys)]
+            failures = [(k, *v) for k, v in self.failed.items() if k not in self.done]
+            attrs = {**dict(old.attrs), "last_run": json.dumps(self._provenance, default=str)}
+            write_sorted(tmp, attrs, old_source.shapes, order, failures)
         _replace_atomically(tmp, self.path)
-
-    def _copy_layer(self, source: h5py.Dataset, target: h5py.Dataset, order: list, videos: dict, layer: str,
-                    block: int = 256) -> None:
-        """Fill `target` in key order, a block of rows at a time (memory O(block), not O(N))."""
-        for start in range(0, len(order), block):
-            part = order[start: start + block]
-            rows = np.empty((len(part), target.shape[1]), np.float32)
-            old = [(i, src) for i, (_, kind, src) in enumerate(part) if kind == "old"]
-            if old:
-                rows[[i for i, _ in old]] = source[[src for _, src in old]]  # increasing: old rows are sorted
-            for i, (_, kind, src) in enumerate(part):
-                if kind == "new":
-                    rows[i] = self._journal.features(videos[src])[layer]
-            target[start: start + len(part)] = rows
 
     def close(self) -> None:
         """Fold the journal into the file (if it holds anything) and remove it."""
@@ -247,3 +215,148 @@ class FeatureStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+class H5Rows:
+    """Rows of an existing feature file, as a source for write_sorted."""
+
+    def __init__(self, h5: h5py.File):
+        self.h5 = h5
+        self.keys = _strings(h5["videos"])
+        self.shapes = {n: tuple(int(v) for v in h5["features"][n].attrs["clip_shape"]) for n in h5["features"]}
+        self._facts = {name: h5[name][()] for name in _PER_VIDEO}
+
+    def facts(self, row: int) -> dict:
+        return {name: column[row] for name, column in self._facts.items()}
+
+    def features(self, layer: str, rows: list) -> np.ndarray:
+        order = np.argsort(rows)
+        data = self.h5["features"][layer][np.asarray(rows)[order]]  # h5py reads increasing indices
+        out = np.empty_like(data)
+        out[order] = data
+        return out
+
+
+class JournalRows:
+    """Video records of a journal, as a source for write_sorted (rows are keys)."""
+
+    def __init__(self, journal: Journal, videos: dict):
+        self.journal, self.videos = journal, videos
+
+    def facts(self, key: str) -> dict:
+        return self.videos[key].meta["facts"]
+
+    def features(self, layer: str, keys: list) -> np.ndarray:
+        return np.stack([self.journal.features(self.videos[k])[layer] for k in keys])
+
+
+def write_sorted(path: str, attrs: Mapping, shapes: Mapping[str, tuple[int, ...]], order: list,
+                 failures: list[tuple[str, str, str]], block: int = 256) -> None:
+    """Write a feature file at `path` from rows (key, source, row) in key order, a block at a time
+    (memory O(block), not O(N)), with `attrs` (which hold `settings`) and the given failures."""
+    order = sorted(order, key=lambda item: item[0])
+    failures = sorted(failures)
+    settings = json.loads(attrs["settings"])
+    with h5py.File(path, "w") as new:
+        FeatureStore._create_layout(new, settings, shapes, {}, rows=len(order), failures=len(failures))
+        for key, value in attrs.items():
+            if key not in ("created", "format", "format_version"):
+                new.attrs[key] = value
+        new.attrs["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if order:
+            new["videos"][:] = [k for k, _, _ in order]
+            facts = [source.facts(row) for _, source, row in order]
+            for name in _PER_VIDEO:
+                new[name][:] = [f[name] for f in facts]
+        for layer in shapes:
+            target = new["features"][layer]
+            for start in range(0, len(order), block):
+                part = order[start: start + block]
+                rows = np.empty((len(part), target.shape[1]), np.float32)
+                by_source: dict[int, tuple] = {}
+                for i, (_, source, row) in enumerate(part):
+                    by_source.setdefault(id(source), (source, [], []))
+                    by_source[id(source)][1].append(i)
+                    by_source[id(source)][2].append(row)
+                for source, positions, source_rows in by_source.values():
+                    rows[positions] = source.features(layer, source_rows)
+                target[start: start + len(part)] = rows
+        for i, name in enumerate(_FAILURE_FIELDS):
+            if failures:
+                new["failures"][name][:] = [row[i] for row in failures]
+
+
+@dataclass
+class MergeReport:
+    videos: int
+    duplicates: list[str]          # keys found in several parts with identical features (kept once)
+    conflicts: list[str]           # keys found in several parts with different features (first kept)
+    missing_shards: list[int]      # shard indices of I/N that no part covers
+    failures: int
+
+
+def merge(out: str, parts: list[str], overwrite: bool = False) -> MergeReport:
+    """Combine feature files of one setting (shards of a job) into `out`, sorted by key.
+
+    Parts with other settings (model, weights, layers, clip settings, precision) are refused; the
+    `shard` setting alone may differ and is dropped. Duplicates and missing shards are reported.
+    """
+    if os.path.exists(out) and not overwrite:
+        raise StoreError(f"{out}: exists; use --overwrite to replace it")
+    if not parts:
+        raise StoreError("no part to merge")
+    files = []
+    try:
+        for part in parts:
+            if os.path.exists(journal_path(part)):
+                raise StoreError(f"{part}: has a journal from a run that did not finish; run that command "
+                                 f"again to complete it before merging")
+            try:
+                h5 = h5py.File(part, "r")
+            except OSError as exc:
+                raise StoreError(f"{part}: not a readable HDF5 file ({exc})") from None
+            files.append(h5)
+            if h5.attrs.get("format") != FORMAT:
+                raise StoreError(f"{part}: not a c3d_extract feature file")
+        settings = [json.loads(h5.attrs["settings"]) for h5 in files]
+        shards = [s.pop("shard", None) for s in settings]
+        for part, setting in zip(parts[1:], settings[1:]):
+            diffs = [f"{k} {settings[0].get(k)!r} vs {setting.get(k)!r}"
+                     for k in sorted(set(settings[0]) | set(setting)) if settings[0].get(k) != setting.get(k)]
+            if diffs:
+                raise StoreError(f"{part}: other settings than {parts[0]} ({'; '.join(diffs)}); not merged")
+        sources = [H5Rows(h5) for h5 in files]
+        order, seen, duplicates, conflicts = [], {}, [], []
+        for source in sources:
+            for row, key in enumerate(source.keys):
+                if key in seen:
+                    first, first_row = seen[key]
+                    same = all(np.array_equal(first.features(n, [first_row]), source.features(n, [row]))
+                               for n in source.shapes)
+                    (duplicates if same else conflicts).append(key)
+                    continue
+                seen[key] = (source, row)
+                order.append((key, source, row))
+        failures = {}
+        for h5 in files:
+            for key, stage, error in zip(*(_strings(h5["failures"][n]) for n in _FAILURE_FIELDS)):
+                if key not in seen:
+                    failures.setdefault(key, (key, stage, error))
+        counts = {int(s.split("/")[1]) for s in shards if s}
+        missing: list[int] = []
+        if len(counts) > 1:
+            raise StoreError(f"the parts come from different shard counts: {sorted(counts)}")
+        if counts:
+            count = counts.pop()
+            have = {int(s.split("/")[0]) for s in shards if s}
+            missing = [i for i in range(count) if i not in have]
+        attrs = {k: v for k, v in files[0].attrs.items() if k not in ("shard", "last_run")}
+        attrs["settings"] = json.dumps(settings[0], sort_keys=True)
+        attrs["merged_from"] = json.dumps([os.path.abspath(p) for p in parts])
+        tmp = f"{out}.tmp-{os.getpid()}"
+        write_sorted(tmp, attrs, sources[0].shapes, order, list(failures.values()))
+    finally:
+        for h5 in files:
+            h5.close()
+    _replace_atomically(tmp, out)
+    return MergeReport(len(order), duplicates, conflicts, missing, len(failures))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from c3d_extract.journal import journal_path
-from c3d_extract.store import FeatureStore
+from c3d_extract.store import FeatureStore, JournalRows
 from tests.test_store import FACTS, SHAPES, SETTINGS, make
 from tests.videos import moving_frames, write_video
 
@@ -121,7 +121,7 @@ def test_a_fold_that_dies_halfway_leaves_the_old_file_and_the_journal(tmp_path, 
     def die(*args, **kwargs):
         raise OSError("disk full (simulated mid-fold)")
 
-    monkeypatch.setattr(FeatureStore, "_copy_layer", die)
+    monkeypatch.setattr(JournalRows, "features", die)
     with pytest.raises(OSError, match="simulated"):
         store.close()
     store._journal.close()
