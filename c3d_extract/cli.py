@@ -120,12 +120,16 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                                              "for N jobs writing N files; combine them with `merge`.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (otherwise runs add to it).")
 @click.option("--retry-failed", is_flag=True, help="Process only the videos OUTPUT lists as failed.")
+@click.option("--verify", type=click.IntRange(1), metavar="N",
+              help="Re-extract N videos already in OUTPUT (a seeded sample) and compare with the stored rows; "
+                   "OUTPUT is not changed. Exit 0 when they are reproduced.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors still go to stderr).")
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
                     workers: int, device: str, precision: str, root: Optional[str], ext: Optional[str],
-                    shard: Optional[str], overwrite: bool, retry_failed: bool, quiet: bool) -> None:
+                    shard: Optional[str], overwrite: bool, retry_failed: bool, verify: Optional[int],
+                    quiet: bool) -> None:
     """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or
     @LIST files of paths) into the HDF5 file OUTPUT.
 
@@ -177,6 +181,16 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                   "weights": loaded.path,
                   "device": str(runtime.device), "decoder": DECODER, "torch_version": torch.__version__,
                   "command_line": shlex.join(sys.argv)}
+    network = Network(loaded.net, list(shapes), spec.input, runtime,
+                      batch_size or (32 if runtime.device.type == "cuda" else 4))
+    if verify:
+        if not os.path.exists(output):
+            raise Refused(f"{output}: no such feature file to verify")
+        try:
+            FeatureStore._check_existing(output, settings)
+        except StoreError as exc:
+            raise Refused(str(exc)) from None
+        sys.exit(_verify(output, jobs, network, verify, seed, short, workers))
     try:
         store = FeatureStore.open(output, settings, shapes, provenance, overwrite=overwrite)
     except StoreError as exc:
@@ -205,8 +219,6 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
             if elapsed:
                 bar.set_postfix_str(f"{summary.clips / elapsed:.1f} clips/s", refresh=False)
 
-        network = Network(loaded.net, list(shapes), spec.input, runtime,
-                          batch_size or (32 if runtime.device.type == "cuda" else 4))
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video)
@@ -228,6 +240,50 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                  f"{runtime.device} {runtime.precision}), {summary.failed} failed; "
                  f"{len(keys & store.done)} of {len(keys)} input video(s) are in the file")
     sys.exit(1 if still_failed else 0)
+
+
+class _Collected:
+    """An in-memory destination for extract(): what --verify recomputes, kept out of the file."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+        self.failed: dict[str, tuple[str, str]] = {}
+
+    def add_video(self, key: str, features: dict, facts: dict) -> None:
+        self.rows[key] = features
+
+    def add_failure(self, key: str, stage: str, error: str) -> None:
+        self.failed[key] = (stage, error)
+
+
+def _verify(output: str, jobs: list, network: Network, count: int, seed: int, short: str, workers: int) -> int:
+    """Re-extract a sample of stored videos and compare; returns the exit status."""
+    import random
+
+    import numpy as np
+
+    from c3d_extract import features
+
+    stored = {layer: features.load(output, layer) for layer in network.layers}
+    rows = {key: i for i, key in enumerate(next(iter(stored.values())).keys)}
+    candidates = sorted((job for job in jobs if job.key in rows), key=lambda job: job.key)
+    if not candidates:
+        raise Refused(f"{output}: none of the input videos is in the file: nothing to verify")
+    sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
+    sink = _Collected()
+    extract(sample, network, sink, short=short, workers=workers)  # type: ignore[arg-type]
+    worst_diff, worst_cos = 0.0, 1.0
+    for key, recomputed in sink.rows.items():
+        for layer, value in recomputed.items():
+            old = stored[layer].matrix[rows[key]]
+            worst_diff = max(worst_diff, float(np.abs(old - value).max()))
+            worst_cos = min(worst_cos, float(np.dot(old, value)))  # unit rows
+    exact = network.runtime.precision == "fp32"
+    ok = not sink.failed and (worst_diff <= 1e-5 if exact else worst_cos >= 0.999)
+    click.echo(f"{output}: re-extracted {len(sink.rows)} of {len(sample)} sampled video(s) "
+               f"({len(sink.failed)} failed now); largest difference {worst_diff:.3g}, lowest cosine "
+               f"{worst_cos:.6f}: {'reproduced' if ok else 'NOT reproduced'}")
+    return 0 if ok else 1
 
 
 @main.command("merge")

@@ -103,3 +103,18 @@ def test_symlink_loops_are_reported_not_fatal(tmp_path):
     jobs, problems = find_videos([str(tmp_path / "d")])
     assert [j.key for j in jobs] == ["sub/x.mp4"]
     assert problems and "symbolic link loop" in problems[0][1]
+
+
+def test_verify_reproduces_a_sample_and_catches_a_changed_row(folder, tmp_path):
+    out = tmp_path / "v.h5"
+    run(folder, out, *BASE)
+    before = out.read_bytes()
+    result = run(folder, out, *BASE, "--verify", 3)
+    assert result.exit_code == 0 and "re-extracted 3 of 3" in result.output and "reproduced" in result.output
+    assert out.read_bytes() == before  # verifying writes nothing
+    with h5py.File(out, "r+") as f:  # someone edits the features afterwards
+        f["features/pool5"][0] = f["features/pool5"][1]
+    result = run(folder, out, *BASE, "--verify", 7)
+    assert result.exit_code == 1 and "NOT reproduced" in result.output
+    result = run(folder, out, *BASE[:-1], "--seed", "5", "-q", "--verify", 1)
+    assert result.exit_code == 2 and "other settings" in result.stderr
