@@ -108,6 +108,8 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @click.option("--workers", type=click.IntRange(1), default=max(1, min(4, (os.cpu_count() or 2) // 2)),
               show_default=True,
               help="Decoding threads (they share the CPU with the network: half the cores, at most 4).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds a decoder may go without progress before its video is abandoned as failed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units (cosine >= 0.999 to fp32, tested), else fp32.")
@@ -127,7 +129,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: int, device: str, precision: str, root: Optional[str], ext: Optional[str],
+                    workers: int, timeout: float, device: str, precision: str, root: Optional[str], ext: Optional[str],
                     shard: Optional[str], overwrite: bool, retry_failed: bool, verify: Optional[int],
                     quiet: bool) -> None:
     """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or
@@ -190,7 +192,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
             FeatureStore._check_existing(output, settings)
         except StoreError as exc:
             raise Refused(str(exc)) from None
-        sys.exit(_verify(output, jobs, network, verify, seed, short, workers))
+        sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout))
     try:
         store = FeatureStore.open(output, settings, shapes, provenance, overwrite=overwrite)
     except StoreError as exc:
@@ -221,7 +223,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video)
+            summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video, timeout=timeout)
         except Stopped as stop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -256,7 +258,8 @@ class _Collected:
         self.failed[key] = (stage, error)
 
 
-def _verify(output: str, jobs: list, network: Network, count: int, seed: int, short: str, workers: int) -> int:
+def _verify(output: str, jobs: list, network: Network, count: int, seed: int, short: str, workers: int,
+            timeout: float) -> int:
     """Re-extract a sample of stored videos and compare; returns the exit status."""
     import random
 
@@ -271,7 +274,7 @@ def _verify(output: str, jobs: list, network: Network, count: int, seed: int, sh
         raise Refused(f"{output}: none of the input videos is in the file: nothing to verify")
     sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
     sink = _Collected()
-    extract(sample, network, sink, short=short, workers=workers)  # type: ignore[arg-type]
+    extract(sample, network, sink, short=short, workers=workers, timeout=timeout)  # type: ignore[arg-type]
     worst_diff, worst_cos = 0.0, 1.0
     for key, recomputed in sink.rows.items():
         for layer, value in recomputed.items():

@@ -3,11 +3,9 @@ mean per video -> L2 -> feature file. A video is written the moment its last cli
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,6 +17,7 @@ from c3d_extract.preprocess import InputSpec
 from c3d_extract.runtime import Runtime
 from c3d_extract.store import FeatureStore
 from c3d_extract.video import VideoError, VideoReader
+from c3d_extract.workers import DecodePool
 
 
 @dataclass
@@ -71,68 +70,6 @@ def decode_video(job: VideoJob, spec: InputSpec, short: str) -> Iterator[Item]:
         yield Failed(job.key, exc.stage, str(exc))
     except Exception as exc:  # a bug or a decoder surprise must cost one video, not the run
         yield Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}")
-
-
-class DecodePool:
-    """Threads that decode videos in parallel into one bounded queue (decord releases the GIL).
-
-    The queue bound keeps memory flat: workers wait while the network is behind.
-    """
-
-    _END = object()
-
-    def __init__(self, jobs: Iterable[VideoJob], decode: Callable[[VideoJob], Iterator[Item]],
-                 workers: int, max_items: int):
-        self._jobs = iter(jobs)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, max_items))
-        self._decode = decode
-        self._threads = [threading.Thread(target=self._work, daemon=True, name=f"decode-{i}")
-                         for i in range(max(1, workers))]
-        for thread in self._threads:
-            thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            while not self._stop.is_set():
-                with self._lock:
-                    job = next(self._jobs, None)
-                if job is None:
-                    break
-                for item in self._decode(job):
-                    if not self._put(item):
-                        return
-        finally:
-            self._put(self._END)
-
-    def __iter__(self) -> Iterator[Item]:
-        running = len(self._threads)
-        while running:
-            item = self._queue.get()
-            if item is self._END:
-                running -= 1
-            else:
-                yield item
-
-    def close(self) -> None:
-        """Stop the workers (they finish their current read) and release their queue slots."""
-        self._stop.set()
-        for thread in self._threads:
-            while thread.is_alive():
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
 
 
 @dataclass
@@ -218,8 +155,12 @@ class Summary:
 
 
 def extract(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, short: str = "loop",
-            workers: int = 1, on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None) -> Summary:
+            workers: int = 1, on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
+            timeout: float = 300.0) -> Summary:
     """Run every job through the network into `store`; failures are recorded, never raised.
+
+    Decoding runs in `workers` processes; a video whose decoder makes no progress for `timeout`
+    seconds, or whose decoder process dies, is recorded as failed and the run goes on.
 
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
     """
@@ -248,8 +189,7 @@ def extract(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, sho
         for key in dict.fromkeys(keys):
             write_if_finished(key)
 
-    depth = network.batch_size * 2 + 16
-    pool = DecodePool(jobs, lambda job: decode_video(job, network.spec, short), workers, depth)
+    pool = DecodePool(jobs, network.spec, short, workers, timeout)
     try:
         for item in pool:
             if isinstance(item, Clip):
@@ -257,9 +197,11 @@ def extract(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, sho
                 if len(pending) == network.batch_size:
                     run_batch()
             elif isinstance(item, Finished):
+                if item.key in failed:
+                    continue
                 aggregator.expect(item.key, item.num_clips, item.facts)
                 write_if_finished(item.key)
-            else:
+            elif item.key not in failed:
                 failed.add(item.key)
                 aggregator.drop(item.key)
                 store.add_failure(item.key, item.stage, item.error)

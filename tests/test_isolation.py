@@ -1,0 +1,102 @@
+"""Fault isolation and bounded memory: a hanging decoder is abandoned after --timeout, a decoder
+process that dies costs one video, and reading a long video costs what a short one does."""
+
+import os
+import signal
+import threading
+import time
+
+import h5py
+import pytest
+from click.testing import CliRunner
+
+from c3d_extract.cli import main
+from c3d_extract.inputs import find_videos
+from c3d_extract.models import RES3D_SPORTS1M
+from c3d_extract.pipeline import Network, extract
+from c3d_extract.runtime import Runtime
+from c3d_extract.weights import load_weights
+from tests.test_bench import load
+from tests.videos import moving_frames, write_video
+
+
+def test_a_hanging_input_is_abandoned_after_the_timeout(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(folder / "stuck.mp4")  # opening it for reading waits forever for a writer
+    write_video(folder / "good.mp4", moving_frames(20, 64, 96))
+    started = time.time()
+    result = CliRunner().invoke(main, [str(folder), str(tmp_path / "o.h5"), "--model", "res3d", "--layers", "pool5",
+                                       "--weights", "random", "--workers", "1", "--timeout", "3", "-q"])
+    assert result.exit_code == 1 and "no progress for 3 s" in result.stderr
+    assert time.time() - started < 60
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert f["videos"].asstr()[()].tolist() == ["good.mp4"]
+        assert f["failures/video"].asstr()[()].tolist() == ["stuck.mp4"]
+
+
+def _decode_workers() -> list[int]:
+    """Our spawned decoder processes (children running multiprocessing's spawn_main)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if ppid == os.getpid() and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_video(folder / "a_long.mp4", moving_frames(1200, 48, 64, seed=1))
+    for i in range(2):
+        write_video(folder / f"b_short{i}.mp4", moving_frames(20, 48, 64, seed=2 + i))
+    jobs, _ = find_videos([str(folder)])
+    network = Network(load_weights("random", "res3d").net, ["pool5"], RES3D_SPORTS1M.input,
+                      Runtime(__import__("torch").device("cpu"), "fp32"), 2)
+
+    class Sink:
+        def __init__(self):
+            self.rows, self.failed = {}, {}
+
+        def add_video(self, key, features, facts):
+            self.rows[key] = features
+
+        def add_failure(self, key, stage, error):
+            self.failed[key] = error
+
+    def crash_the_decoder():  # as a segfault in FFmpeg would: the process is gone mid-video
+        deadline = time.time() + 30
+        while time.time() < deadline and not _decode_workers():
+            time.sleep(0.1)
+        time.sleep(1.0)
+        for pid in _decode_workers():
+            os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=crash_the_decoder)
+    killer.start()
+    sink = Sink()
+    extract(jobs, network, sink, workers=1)
+    killer.join()
+    assert "killed by SIGKILL" in sink.failed["a_long.mp4"]
+    assert sorted(sink.rows) == ["b_short0.mp4", "b_short1.mp4"]
+
+
+@pytest.mark.slow
+def test_reading_a_long_video_costs_what_a_short_one_does(tmp_path):
+    bench = load("memory")
+    short, long = tmp_path / "short.mp4", tmp_path / "long.mp4"
+    bench.write_long_video(str(short), 500)
+    bench.write_long_video(str(long), 15000)  # 10 minutes: 15000 x 112 x 112 x 3 = 538 MiB if held at once
+    short_clips, short_rss, _ = bench.peak(str(short))
+    long_clips, long_rss, _ = bench.peak(str(long))
+    assert long_clips == (15000 - 16) // 8 + 1 and short_clips == (500 - 16) // 8 + 1
+    assert long_rss - short_rss < 80, (short_rss, long_rss)
