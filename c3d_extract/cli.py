@@ -110,6 +110,11 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
               help="Decoding threads (they share the CPU with the network: half the cores, at most 4).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds a decoder may go without progress before its video is abandoned as failed.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU tasks, the network "
+                   "as GPU actors), local or on a cluster; needs the [ray] extra.")
+@click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
+                                                    "default: a local Ray.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units (cosine >= 0.999 to fp32, tested), else fp32.")
@@ -129,7 +134,8 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: int, timeout: float, device: str, precision: str, root: Optional[str], ext: Optional[str],
+                    workers: int, timeout: float, engine: str, ray_address: Optional[str], device: str,
+                    precision: str, root: Optional[str], ext: Optional[str],
                     shard: Optional[str], overwrite: bool, retry_failed: bool, verify: Optional[int],
                     quiet: bool) -> None:
     """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or
@@ -147,6 +153,11 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
         runtime = Runtime(target, resolve_precision(precision, target))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if engine == "ray":
+        try:
+            import ray.data  # noqa: F401
+        except ImportError:
+            raise Refused("--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)") from None
     try:
         loaded = load_weights(weights, model, seed, quiet=quiet, warn=_say)
         spec = spec_mean(loaded.spec, mean_text)
@@ -223,7 +234,13 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video, timeout=timeout)
+            if engine == "ray":
+                from c3d_extract.engine_ray import extract_ray
+
+                summary = extract_ray(todo, network, store, short=short, address=ray_address, on_video=on_video)
+            else:
+                summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video,
+                                  timeout=timeout)
         except Stopped as stop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -154,6 +154,50 @@ class Summary:
     seconds: float = 0.0
 
 
+class Collector:
+    """Turns the stream of network outputs, finished and failed videos into rows of the store.
+
+    Items of one video may come in any order (clip outputs after its Finished, say); a video is
+    written once all its clips are in, and nothing of a failed video is written. Both engines use it.
+    """
+
+    def __init__(self, store: FeatureStore, on_video: Optional[Callable[[str, Optional[Failed], "Summary"], None]]):
+        self.store, self.on_video = store, on_video
+        self.summary = Summary()
+        self.aggregator = Aggregator()
+        self.failed: set[str] = set()
+
+    def clip(self, key: str, outputs: dict[str, np.ndarray]) -> None:
+        """One clip's activations (layer -> 1-D array)."""
+        if key not in self.failed:
+            self.aggregator.add(key, outputs)
+            self.summary.clips += 1
+            self._write_if_finished(key)
+
+    def finished(self, item: Finished) -> None:
+        if item.key not in self.failed:
+            self.aggregator.expect(item.key, item.num_clips, item.facts)
+            self._write_if_finished(item.key)
+
+    def fail(self, item: Failed) -> None:
+        if item.key in self.failed:
+            return
+        self.failed.add(item.key)
+        self.aggregator.drop(item.key)
+        self.store.add_failure(item.key, item.stage, item.error)
+        self.summary.failed += 1
+        if self.on_video:
+            self.on_video(item.key, item, self.summary)
+
+    def _write_if_finished(self, key: str) -> None:
+        done = self.aggregator.pop_finished(key)
+        if done is not None:
+            self.store.add_video(key, *done)
+            self.summary.written += 1
+            if self.on_video:
+                self.on_video(key, None, self.summary)
+
+
 def extract(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, short: str = "loop",
             workers: int = 1, on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
             timeout: float = 300.0) -> Summary:
@@ -164,53 +208,31 @@ def extract(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, sho
 
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
     """
-    summary = Summary()
     started = time.perf_counter()
-    aggregator = Aggregator()
-    failed: set[str] = set()
+    collector = Collector(store, on_video)
     pending: list[Clip] = []
-
-    def write_if_finished(key: str) -> None:
-        done = aggregator.pop_finished(key)
-        if done is not None:
-            store.add_video(key, *done)
-            summary.written += 1
-            if on_video:
-                on_video(key, None, summary)
 
     def run_batch() -> None:
         outputs = network([clip.frames for clip in pending])
-        keys = [clip.key for clip in pending]
+        for i, clip in enumerate(pending):
+            collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()})
         pending.clear()
-        for i, key in enumerate(keys):
-            if key not in failed:
-                aggregator.add(key, {layer: value[i] for layer, value in outputs.items()})
-                summary.clips += 1
-        for key in dict.fromkeys(keys):
-            write_if_finished(key)
 
     pool = DecodePool(jobs, network.spec, short, workers, timeout)
     try:
         for item in pool:
             if isinstance(item, Clip):
-                pending.append(item)
+                if item.key not in collector.failed:
+                    pending.append(item)
                 if len(pending) == network.batch_size:
                     run_batch()
             elif isinstance(item, Finished):
-                if item.key in failed:
-                    continue
-                aggregator.expect(item.key, item.num_clips, item.facts)
-                write_if_finished(item.key)
-            elif item.key not in failed:
-                failed.add(item.key)
-                aggregator.drop(item.key)
-                store.add_failure(item.key, item.stage, item.error)
-                summary.failed += 1
-                if on_video:
-                    on_video(item.key, item, summary)
+                collector.finished(item)
+            else:
+                collector.fail(item)
         if pending:
             run_batch()
     finally:
         pool.close()
-        summary.seconds = time.perf_counter() - started
-    return summary
+        collector.summary.seconds = time.perf_counter() - started
+    return collector.summary
