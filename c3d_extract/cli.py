@@ -123,6 +123,10 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                    "deepest directory holding all inputs).")
 @click.option("--ext", metavar="EXTS", help=f"Extensions to look for in directories "
                                             f"(default: {','.join(VIDEO_EXTENSIONS)}).")
+@click.option("--per-clip", is_flag=True, help="Also store every clip's activations with its first and last "
+                                                "frame and time (clips/<layer>, indexed by clip_offset).")
+@click.option("--segments", type=click.IntRange(1), metavar="K",
+              help="Also store the clips pooled into K segments, each L2-normalised (UCF-Crime uses 32).")
 @click.option("--shard", metavar="I/N", help="Process only shard I of N (0-based; a stable hash of each key), "
                                              "for N jobs writing N files; combine them with `merge`.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (otherwise runs add to it).")
@@ -136,7 +140,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
                     workers: int, timeout: float, engine: str, ray_address: Optional[str], device: str,
                     precision: str, root: Optional[str], ext: Optional[str],
-                    shard: Optional[str], overwrite: bool, retry_failed: bool, verify: Optional[int],
+                    per_clip: bool, segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool, verify: Optional[int],
                     quiet: bool) -> None:
     """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or
     @LIST files of paths) into the HDF5 file OUTPUT.
@@ -189,7 +193,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
     settings = {"model": spec.model, "spec": spec.name, "weights_sha256": loaded.identity,
                 "layers": list(shapes), **spec.input.settings(), "short_videos": short,
-                "precision": runtime.precision, **({"shard": f"{shard_index}/{shard_count}"} if shard else {})}
+                "precision": runtime.precision, **({"shard": f"{shard_index}/{shard_count}"} if shard else {}),
+                **({"per_clip": True} if per_clip else {}), **({"segments": segments} if segments else {})}
     provenance = {"c3d_extract_version": __version__,
                   "weights": loaded.path,
                   "device": str(runtime.device), "decoder": DECODER, "torch_version": torch.__version__,

@@ -42,13 +42,13 @@ class _Decode:
     def __call__(self, row: dict):
         for item in decode_video(VideoJob(row["key"], row["path"]), self.spec, self.short):
             if isinstance(item, Clip):
-                yield {"key": item.key, "kind": "clip", "meta": "", "frames": item.frames.numpy()}
+                yield {"key": item.key, "kind": "clip", "meta": "", "start": item.start, "frames": item.frames.numpy()}
             elif isinstance(item, Finished):
                 meta = json.dumps({"num_clips": item.num_clips, "facts": item.facts})
-                yield {"key": item.key, "kind": "done", "meta": meta, "frames": self.blank}
+                yield {"key": item.key, "kind": "done", "meta": meta, "start": 0, "frames": self.blank}
             else:
                 meta = json.dumps({"stage": item.stage, "error": item.error})
-                yield {"key": item.key, "kind": "fail", "meta": meta, "frames": self.blank}
+                yield {"key": item.key, "kind": "fail", "meta": meta, "start": 0, "frames": self.blank}
 
 
 class _Forward:
@@ -64,7 +64,7 @@ class _Forward:
         import torch
 
         clips = np.flatnonzero(batch["kind"] == "clip")
-        out = {"key": batch["key"], "kind": batch["kind"], "meta": batch["meta"]}
+        out = {"key": batch["key"], "kind": batch["kind"], "meta": batch["meta"], "start": batch["start"]}
         values = self.network([torch.from_numpy(batch["frames"][i]) for i in clips]) if len(clips) else {}
         for layer in self.network.layers:
             column = np.zeros((len(batch["key"]), 1), np.float32)
@@ -113,7 +113,8 @@ def _run(ray, jobs, network, store, short, on_video, started) -> Summary:
         for i, (key, kind, meta) in enumerate(zip(batch["key"], batch["kind"], batch["meta"])):
             key = str(key)
             if kind == "clip":
-                collector.clip(key, {layer: batch[f"out_{layer}"][i] for layer in network.layers})
+                collector.clip(key, {layer: batch[f"out_{layer}"][i] for layer in network.layers},
+                               int(batch["start"][i]))
             elif kind == "done":
                 info = json.loads(meta)
                 collector.finished(Finished(key, info["num_clips"], info["facts"]))

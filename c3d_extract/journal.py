@@ -74,10 +74,12 @@ class Journal:
             pos += HEADER.size + length
         return records, pos
 
-    def append_video(self, key: str, facts: Mapping, features: Mapping[str, np.ndarray]) -> None:
+    def append_video(self, key: str, facts: Mapping, features: Mapping[str, np.ndarray],
+                     extra: Optional[Mapping] = None) -> None:
+        """One finished video: its facts, named float32 arrays (flattened) and any extra metadata."""
         layers = list(features)
         meta = {"key": key, "facts": dict(facts), "layers": layers,
-                "dims": [int(np.asarray(features[n]).size) for n in layers]}
+                "dims": [int(np.asarray(features[n]).size) for n in layers], **(extra or {})}
         blobs = b"".join(np.ascontiguousarray(features[n], dtype="<f4").tobytes() for n in layers)
         self._append(VIDEO, meta, blobs)
 

@@ -78,15 +78,29 @@ class _Running:
     clips: int = 0
     expected: Optional[int] = None
     facts: Optional[dict] = None
+    kept: list = field(default_factory=list)  # (start frame, outputs) when clips are kept
+
+
+@dataclass
+class ClipRows:
+    """One video's clips in time order: their first frames and each layer's (clips, D) activations."""
+
+    starts: list[int]
+    layers: dict[str, np.ndarray]
 
 
 class Aggregator:
-    """Running float64 sums of clip activations per video; mean and L2 once all clips are in."""
+    """Running float64 sums of clip activations per video; mean and L2 once all clips are in.
 
-    def __init__(self) -> None:
+    With `keep_clips` (per-clip features or segment pooling) the clips themselves are kept too, so a
+    video in flight costs O(its clips); otherwise O(1).
+    """
+
+    def __init__(self, keep_clips: bool = False) -> None:
         self._videos: dict[str, _Running] = {}
+        self.keep_clips = keep_clips
 
-    def add(self, key: str, outputs: dict[str, np.ndarray]) -> None:
+    def add(self, key: str, outputs: dict[str, np.ndarray], start: int = 0) -> None:
         state = self._videos.setdefault(key, _Running())
         for layer, value in outputs.items():
             if layer in state.sums:
@@ -94,6 +108,8 @@ class Aggregator:
             else:
                 state.sums[layer] = value.astype(np.float64)
         state.clips += 1
+        if self.keep_clips:
+            state.kept.append((start, {layer: np.array(v, np.float32) for layer, v in outputs.items()}))
 
     def expect(self, key: str, num_clips: int, facts: dict) -> None:
         state = self._videos.setdefault(key, _Running())
@@ -102,14 +118,19 @@ class Aggregator:
     def drop(self, key: str) -> None:
         self._videos.pop(key, None)
 
-    def pop_finished(self, key: str) -> Optional[tuple[dict[str, np.ndarray], dict]]:
-        """(L2-normalised mean per layer, facts) when every clip of `key` is in, else None."""
+    def pop_finished(self, key: str) -> Optional[tuple[dict[str, np.ndarray], dict, Optional[ClipRows]]]:
+        """(L2-normalised mean per layer, facts, kept clips or None) once every clip of `key` is in."""
         state = self._videos.get(key)
         if state is None or state.expected is None or state.clips < state.expected:
             return None
         del self._videos[key]
-        return {layer: l2_normalize(total / state.clips) for layer, total in state.sums.items()}, \
-            {**state.facts, "num_clips": state.clips}
+        clips = None
+        if self.keep_clips:
+            kept = sorted(state.kept, key=lambda item: item[0])  # engines may deliver clips out of order
+            clips = ClipRows([start for start, _ in kept],
+                             {layer: np.stack([outputs[layer] for _, outputs in kept]) for layer in state.sums})
+        return ({layer: l2_normalize(total / state.clips) for layer, total in state.sums.items()},
+                {**state.facts, "num_clips": state.clips}, clips)
 
 
 def l2_normalize(vector: np.ndarray) -> np.ndarray:
@@ -164,13 +185,13 @@ class Collector:
     def __init__(self, store: FeatureStore, on_video: Optional[Callable[[str, Optional[Failed], "Summary"], None]]):
         self.store, self.on_video = store, on_video
         self.summary = Summary()
-        self.aggregator = Aggregator()
+        self.aggregator = Aggregator(keep_clips=getattr(store, "wants_clips", False))
         self.failed: set[str] = set()
 
-    def clip(self, key: str, outputs: dict[str, np.ndarray]) -> None:
-        """One clip's activations (layer -> 1-D array)."""
+    def clip(self, key: str, outputs: dict[str, np.ndarray], start: int = 0) -> None:
+        """One clip's activations (layer -> 1-D array) and the video frame it starts at."""
         if key not in self.failed:
-            self.aggregator.add(key, outputs)
+            self.aggregator.add(key, outputs, start)
             self.summary.clips += 1
             self._write_if_finished(key)
 
@@ -192,7 +213,11 @@ class Collector:
     def _write_if_finished(self, key: str) -> None:
         done = self.aggregator.pop_finished(key)
         if done is not None:
-            self.store.add_video(key, *done)
+            features, facts, clips = done
+            if clips is None:
+                self.store.add_video(key, features, facts)
+            else:
+                self.store.add_video(key, features, facts, clips=clips)
             self.summary.written += 1
             if self.on_video:
                 self.on_video(key, None, self.summary)
@@ -215,7 +240,7 @@ def extract(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, sho
     def run_batch() -> None:
         outputs = network([clip.frames for clip in pending])
         for i, clip in enumerate(pending):
-            collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()})
+            collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()}, clip.start)
         pending.clear()
 
     pool = DecodePool(jobs, network.spec, short, workers, timeout)

@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from c3d_extract.journal import FAILURE, VIDEO, Journal, JournalBusy, journal_path
+from c3d_extract.pooling import segment_pool
 
 FORMAT = "c3d_extract.features"
 FORMAT_VERSION = 1
@@ -82,6 +83,10 @@ class FeatureStore:
         self._journal = journal
         self._provenance = dict(provenance)
         with h5py.File(path, "r") as h5:
+            settings = json.loads(h5.attrs["settings"])
+            self.per_clip = bool(settings.get("per_clip"))
+            self.segments = int(settings.get("segments", 0) or 0)
+            self.clip_len = int(settings.get("clip_len", 16))
             self.layers: list[str] = list(h5["features"])
             self.done: set[str] = set(_strings(h5["videos"]))
             self.failed: dict[str, tuple[str, str]] = {
@@ -168,16 +173,52 @@ class FeatureStore:
         group = h5.create_group("failures")
         for name in _FAILURE_FIELDS:
             group.create_dataset(name, (failures,), maxshape=(None,), dtype=_STR, chunks=(256,))
+        segments = int(settings.get("segments", 0) or 0)
+        if segments:
+            pooled = h5.create_group("segments")
+            for layer, shape in layer_shapes.items():
+                dim = int(np.prod(shape))
+                pooled.create_dataset(layer, (rows, segments, dim), maxshape=(None, segments, dim),
+                                      dtype=np.float32, chunks=(1, segments, dim))
+            pooled.attrs["rule"] = "UCF-Crime: round(linspace(1, N, K+1)) boundaries, mean, L2 (c3d_extract/pooling.py)"
+        if settings.get("per_clip"):
+            h5.create_dataset("clip_offset", (rows,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
+            clips = h5.create_group("clips")
+            clips.attrs["index"] = "clips of video i: rows clip_offset[i] : clip_offset[i] + num_clips[i]"
+            for layer, shape in layer_shapes.items():
+                dim = int(np.prod(shape))
+                clips.create_dataset(layer, (0, dim), maxshape=(None, dim), dtype=np.float32,
+                                     chunks=(max(1, 2**20 // (4 * dim)), dim))
+            for name, dtype in (("first_frame", np.int64), ("last_frame", np.int64), ("time", np.float64)):
+                clips.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
 
-    def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping) -> None:
-        """Record one finished video durably (journal + fsync); it is in the file after the fold."""
+    @property
+    def wants_clips(self) -> bool:
+        """True when the file keeps per-clip rows or segments: add_video then needs `clips`."""
+        return self.per_clip or self.segments > 0
+
+    def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping, clips=None) -> None:
+        """Record one finished video durably (journal + fsync); it is in the file after the fold.
+
+        `clips` (a pipeline.ClipRows, in time order) is needed when the file keeps per-clip rows or
+        segments."""
         if key in self.done:
             raise ValueError(f"{key} is already in {self.path}")
         missing = [layer for layer in self.layers if layer not in features]
         if missing:
             raise ValueError(f"{key}: no values for layer(s) {', '.join(missing)}")
-        self._journal.append_video(key, {n: facts[n] for n in _PER_VIDEO},
-                                   {layer: features[layer] for layer in self.layers})
+        arrays = {layer: features[layer] for layer in self.layers}
+        extra = {}
+        if self.wants_clips:
+            if clips is None:
+                raise ValueError(f"{key}: {self.path} keeps per-clip rows or segments; pass the clips")
+            if self.per_clip:
+                arrays.update({f"clips/{layer}": clips.layers[layer] for layer in self.layers})
+                extra["clip_starts"] = [int(v) for v in clips.starts]
+            if self.segments:
+                arrays.update({f"segments/{layer}": segment_pool(clips.layers[layer], self.segments)
+                               for layer in self.layers})
+        self._journal.append_video(key, {n: facts[n] for n in _PER_VIDEO}, arrays, extra)
         self.done.add(key)
         self.failed.pop(key, None)
 
@@ -229,12 +270,19 @@ class H5Rows:
     def facts(self, row: int) -> dict:
         return {name: column[row] for name, column in self._facts.items()}
 
-    def features(self, layer: str, rows: list) -> np.ndarray:
+    def read(self, path: str, rows: list) -> np.ndarray:
+        """Rows of a per-video dataset such as features/fc6 or segments/fc6."""
         order = np.argsort(rows)
-        data = self.h5["features"][layer][np.asarray(rows)[order]]  # h5py reads increasing indices
+        data = self.h5[path][np.asarray(rows)[order]]  # h5py reads increasing indices
         out = np.empty_like(data)
         out[order] = data
         return out
+
+    def clips(self, row: int, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(first frames, layer -> (clips, D)) of one video's per-clip rows."""
+        start, count = int(self.h5["clip_offset"][row]), int(self.h5["num_clips"][row])
+        return (self.h5["clips/first_frame"][start: start + count],
+                {layer: self.h5[f"clips/{layer}"][start: start + count] for layer in layers})
 
 
 class JournalRows:
@@ -246,8 +294,17 @@ class JournalRows:
     def facts(self, key: str) -> dict:
         return self.videos[key].meta["facts"]
 
-    def features(self, layer: str, keys: list) -> np.ndarray:
-        return np.stack([self.journal.features(self.videos[k])[layer] for k in keys])
+    def read(self, path: str, keys: list) -> np.ndarray:
+        """features/<layer> is stored under the layer name; segments/<layer> under its path."""
+        name = path.split("/", 1)[1] if path.startswith("features/") else path
+        rows = [self.journal.features(self.videos[k])[name] for k in keys]
+        return np.stack(rows)
+
+    def clips(self, key: str, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        record = self.videos[key]
+        arrays = self.journal.features(record)
+        starts = np.asarray(record.meta["clip_starts"], np.int64)
+        return starts, {layer: arrays[f"clips/{layer}"].reshape(len(starts), -1) for layer in layers}
 
 
 def write_sorted(path: str, attrs: Mapping, shapes: Mapping[str, tuple[int, ...]], order: list,
@@ -268,22 +325,49 @@ def write_sorted(path: str, attrs: Mapping, shapes: Mapping[str, tuple[int, ...]
             facts = [source.facts(row) for _, source, row in order]
             for name in _PER_VIDEO:
                 new[name][:] = [f[name] for f in facts]
-        for layer in shapes:
-            target = new["features"][layer]
+        paths = [f"features/{layer}" for layer in shapes]
+        if "segments" in new:
+            paths += [f"segments/{layer}" for layer in shapes]
+        for path in paths:
+            target = new[path]
             for start in range(0, len(order), block):
                 part = order[start: start + block]
-                rows = np.empty((len(part), target.shape[1]), np.float32)
+                rows = np.empty((len(part), *target.shape[1:]), np.float32)
                 by_source: dict[int, tuple] = {}
                 for i, (_, source, row) in enumerate(part):
                     by_source.setdefault(id(source), (source, [], []))
                     by_source[id(source)][1].append(i)
                     by_source[id(source)][2].append(row)
                 for source, positions, source_rows in by_source.values():
-                    rows[positions] = source.features(layer, source_rows)
+                    rows[positions] = source.read(path, source_rows).reshape(len(source_rows), *target.shape[1:])
                 target[start: start + len(part)] = rows
+        if "clips" in new:
+            _write_clips(new, order, facts, list(shapes), int(settings.get("clip_len", 16)))
         for i, name in enumerate(_FAILURE_FIELDS):
             if failures:
                 new["failures"][name][:] = [row[i] for row in failures]
+
+
+def _write_clips(new: h5py.File, order: list, facts: list[dict], layers: list[str], clip_len: int) -> None:
+    """Per-clip rows in video order: clip_offset per video, frames and time per clip."""
+    counts = np.array([f["num_clips"] for f in facts], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else np.zeros(0, np.int64)
+    total = int(counts.sum())
+    if len(counts):
+        new["clip_offset"][:] = offsets
+    group = new["clips"]
+    for name in [*layers, "first_frame", "last_frame", "time"]:
+        group[name].resize(total, axis=0)
+    for (key, source, row), fact, offset in zip(order, facts, offsets):
+        starts, arrays = source.clips(row, layers)
+        end = offset + len(starts)
+        for layer in layers:
+            group[layer][offset:end] = arrays[layer]
+        last = np.minimum(np.asarray(starts) + clip_len - 1, int(fact["num_frames"]) - 1)
+        group["first_frame"][offset:end] = starts
+        group["last_frame"][offset:end] = last
+        fps = float(fact["fps"])
+        group["time"][offset:end] = np.asarray(starts) / fps if fps > 0 else np.nan
 
 
 @dataclass

@@ -121,7 +121,7 @@ def test_a_fold_that_dies_halfway_leaves_the_old_file_and_the_journal(tmp_path, 
     def die(*args, **kwargs):
         raise OSError("disk full (simulated mid-fold)")
 
-    monkeypatch.setattr(JournalRows, "features", die)
+    monkeypatch.setattr(JournalRows, "read", die)
     with pytest.raises(OSError, match="simulated"):
         store.close()
     store._journal.close()
