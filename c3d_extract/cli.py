@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import sys
 from typing import Optional
 
 import click
-import torch
 from tqdm import tqdm
 
-from c3d_extract import __version__
+from c3d_extract import __version__, api
 from c3d_extract.clips import SHORT_RULES
-from c3d_extract.inputs import VIDEO_EXTENSIONS, find_videos, parse_extensions, parse_shard, shard_of
+from c3d_extract.inputs import VIDEO_EXTENSIONS, parse_shard
 from c3d_extract.manifest import cache_dir
 from c3d_extract.models import MODELS, SPECS
 from c3d_extract.pipeline import Failed, Network, Summary, extract
-from c3d_extract.runtime import PRECISIONS, Runtime, resolve_device, resolve_precision
+from c3d_extract.runtime import PRECISIONS
 from c3d_extract.store import FeatureStore, StoreError, merge
-from c3d_extract.video import DECODER
-from c3d_extract.weights import RANDOM, WeightsError, load_weights, spec_mean
+from c3d_extract.weights import WeightsError
 
 PROG = "c3d-extract"
 
@@ -150,76 +147,44 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
     the same command skips the videos already in OUTPUT. Exit status: 0 when every video is in
     OUTPUT, 1 when any failed (see OUTPUT's `failures`), 2 when the run could not start.
     """
-    try:
-        extensions = parse_extensions(ext)
-        shard_index, shard_count = parse_shard(shard) if shard else (0, 1)
-        target = resolve_device(device)
-        runtime = Runtime(target, resolve_precision(precision, target))
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
     if engine == "ray":
         try:
             import ray.data  # noqa: F401
         except ImportError:
             raise Refused("--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)") from None
     try:
-        loaded = load_weights(weights, model, seed, quiet=quiet, warn=_say)
-        spec = spec_mean(loaded.spec, mean_text)
+        shard = "/".join(map(str, parse_shard(shard))) if shard else None
+        extractor = api.build_extractor(
+            model=model, layers=_layers(layers), weights=weights, seed=seed, mean=mean_text, clip_len=clip_len,
+            stride=stride, frame_step=frame_step, short=short, device=device, precision=precision,
+            batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard, quiet=quiet, warn=_say)
     except WeightsError as exc:
         raise Refused(str(exc)) from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    changes = {k: v for k, v in (("clip_len", clip_len), ("stride", stride), ("frame_step", frame_step))
-               if v is not None}
     try:
-        spec = spec.with_input(**changes) if changes else spec
-        shapes = spec.layer_shapes(_layers(layers) or list(spec.default_layers),
-                                   num_classes=loaded.net.fc8.out_features)
+        jobs = api.find_jobs(inputs, root, ext, shard, warn=_say)
     except ValueError as exc:
+        if str(exc).startswith("no video found"):
+            raise Refused(str(exc)) from None
         raise click.UsageError(str(exc)) from None
-    if weights == RANDOM:
-        _say(f"warning: random weights (seed {seed}): the features are meaningless outside smoke tests")
-
-    try:
-        jobs, problems = find_videos(inputs, root, extensions)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    for path, problem in problems:
-        _say(f"warning: {path}: {problem}")
-    if not jobs:
-        raise Refused(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
-    if shard:
-        jobs = [job for job in jobs if shard_of(job.key, shard_count) == shard_index]
-
-    settings = {"model": spec.model, "spec": spec.name, "weights_sha256": loaded.identity,
-                "layers": list(shapes), **spec.input.settings(), "short_videos": short,
-                "precision": runtime.precision, **({"shard": f"{shard_index}/{shard_count}"} if shard else {}),
-                **({"per_clip": True} if per_clip else {}), **({"segments": segments} if segments else {})}
-    provenance = {"c3d_extract_version": __version__,
-                  "weights": loaded.path,
-                  "device": str(runtime.device), "decoder": DECODER, "torch_version": torch.__version__,
-                  "command_line": shlex.join(sys.argv)}
-    network = Network(loaded.net, list(shapes), spec.input, runtime,
-                      batch_size or (32 if runtime.device.type == "cuda" else 4))
+    network, runtime = extractor.network, extractor.network.runtime
     if verify:
         if not os.path.exists(output):
             raise Refused(f"{output}: no such feature file to verify")
         try:
-            FeatureStore._check_existing(output, settings)
+            FeatureStore._check_existing(output, extractor.settings)
         except StoreError as exc:
             raise Refused(str(exc)) from None
         sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout))
     try:
-        store = FeatureStore.open(output, settings, shapes, provenance, overwrite=overwrite)
+        store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
+                                  overwrite=overwrite)
     except StoreError as exc:
         raise Refused(str(exc)) from None
-
     with store:
         keys = {job.key for job in jobs}
-        if retry_failed:
-            todo = [job for job in jobs if job.key in store.failed]
-        else:
-            todo = [job for job in jobs if job.key not in store.done and job.key not in store.failed]
+        todo = api.pending_jobs(jobs, store, retry_failed)
         skipped_done = len(keys & store.done)
         skipped_failed = 0 if retry_failed else len(keys & set(store.failed))
         if not quiet and (skipped_done or skipped_failed):
@@ -239,13 +204,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            if engine == "ray":
-                from c3d_extract.engine_ray import extract_ray
-
-                summary = extract_ray(todo, network, store, short=short, address=ray_address, on_video=on_video)
-            else:
-                summary = extract(todo, network, store, short=short, workers=workers, on_video=on_video,
-                                  timeout=timeout)
+            summary = api.run_jobs(todo, extractor, store, short, workers, timeout, engine, ray_address, on_video)
         except Stopped as stop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -335,3 +294,93 @@ def merge_command(output: str, parts: tuple[str, ...], overwrite: bool) -> None:
     if report.missing_shards:
         _say(f"missing shard(s) {', '.join(map(str, report.missing_shards))}: the merged file is incomplete")
     sys.exit(1 if report.missing_shards or report.conflicts else 0)
+
+
+@main.command("info")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def info_command(file: str, as_json: bool) -> None:
+    """A short report on a feature file: model, weights, settings, counts, layers, failures."""
+    import json
+
+    try:
+        report = api.FeatureFile(file).info()
+    except (StoreError, KeyError, OSError) as exc:
+        raise Refused(f"{file}: not a readable feature file ({exc})") from None
+    if as_json:
+        click.echo(json.dumps(report, indent=1, default=str))
+        return
+    settings = report["settings"]
+    click.echo(f"{file}\n  model    {report['model']} ({report['spec']}), {report['precision']} on {report['device']}")
+    click.echo(f"  weights  {report['weights']} (sha256 {report['weights_sha256']})")
+    click.echo(f"  clips    {settings.get('clip_len')} frames every {settings.get('stride')}, step "
+               f"{settings.get('frame_step')}, short videos: {settings.get('short_videos')}")
+    click.echo(f"  mean     {settings.get('mean')}")
+    click.echo(f"  videos   {report['videos']} ({report['clips']} clips, {report['frames']} frames, "
+               f"{report['padded_short_videos']} padded short)")
+    for name, layer in report["layers"].items():
+        click.echo(f"  layer    {name}: {layer['dim']} values per video (clip shape {layer['clip_shape']})")
+    if report["per_clip"] or report["segments"]:
+        click.echo(f"  extra    per-clip rows: {'yes' if report['per_clip'] else 'no'}; segments: "
+                   f"{report['segments'] or 'no'}")
+    failures = report["failures"]
+    click.echo(f"  failures {failures['count']}" + (f" ({failures['by_stage']})" if failures["count"] else ""))
+    for row in failures["first"]:
+        click.echo(f"           {row['video']}: {row['stage']}: {row['error']}")
+    if report["unfinished_run"]:
+        click.echo("  note     a journal from an unfinished run is waiting: re-run its command to fold it in")
+    click.echo(f"  written  by c3d_extract {report['version']} with {report['decoder']}, {report['created']}")
+
+
+@main.command("export")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--layer", help="Layer to export (default: the file's first).")
+def export_command(file: str, folder: str, layer: Optional[str]) -> None:
+    """One FOLDER/<key>.npy per video: (clips, D) when FILE has per-clip rows, else (D,)."""
+    from c3d_extract.interop import export_npy
+
+    try:
+        count = export_npy(file, folder, layer)
+    except (StoreError, KeyError) as exc:
+        raise Refused(str(exc)) from None
+    click.echo(f"{folder}: {count} .npy file(s)")
+
+
+@main.command("import-npy")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--layer", required=True, help="Name of the layer the arrays hold (e.g. fc6).")
+@click.option("--model", default="unknown", show_default=True, help="What computed them (recorded).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def import_npy_command(folder: str, output: str, layer: str, model: str, overwrite: bool) -> None:
+    """Every FOLDER/**/*.npy into a feature file: (T, D) arrays as per-clip rows, (D,) as descriptors."""
+    from c3d_extract.interop import import_npy
+
+    try:
+        count = import_npy(folder, output, layer, model, overwrite)
+    except StoreError as exc:
+        raise Refused(str(exc)) from None
+    click.echo(f"{output}: {count} video(s) imported")
+
+
+@main.command("import-blobs")
+@click.argument("prefix_list", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--blob", "blobs", multiple=True, default=("fc6-1",), show_default=True,
+              help="Blob name(s) to read (<prefix>.<blob>); fc6-1 is stored as layer fc6.")
+@click.option("--clip-len", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--model", default="c3d", show_default=True, help="What computed them (recorded).")
+@click.option("--root", type=click.Path(file_okay=False), help="Keys are the prefix folders relative to this.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def import_blobs_command(prefix_list: str, output: str, blobs: tuple[str, ...], clip_len: int, model: str,
+                         root: Optional[str], overwrite: bool) -> None:
+    """The original C3D tool's output (one <prefix>.fc6-1 file per clip, prefixes listed one per line
+    in PREFIX_LIST, e.g. output/c3d/v_X/000016) into a feature file, one row per prefix folder."""
+    from c3d_extract.interop import import_blobs
+
+    try:
+        count = import_blobs(prefix_list, output, list(blobs), clip_len, model, root, overwrite)
+    except (StoreError, OSError) as exc:
+        raise Refused(str(exc)) from None
+    click.echo(f"{output}: {count} video(s) imported")

@@ -363,7 +363,9 @@ def _write_clips(new: h5py.File, order: list, facts: list[dict], layers: list[st
         end = offset + len(starts)
         for layer in layers:
             group[layer][offset:end] = arrays[layer]
-        last = np.minimum(np.asarray(starts) + clip_len - 1, int(fact["num_frames"]) - 1)
+        last = np.asarray(starts) + clip_len - 1
+        if int(fact["num_frames"]) > 0:  # imported clips may not know the video's length
+            last = np.minimum(last, int(fact["num_frames"]) - 1)
         group["first_frame"][offset:end] = starts
         group["last_frame"][offset:end] = last
         fps = float(fact["fps"])
@@ -415,8 +417,8 @@ def merge(out: str, parts: list[str], overwrite: bool = False) -> MergeReport:
             for row, key in enumerate(source.keys):
                 if key in seen:
                     first, first_row = seen[key]
-                    same = all(np.array_equal(first.features(n, [first_row]), source.features(n, [row]))
-                               for n in source.shapes)
+                    same = all(np.array_equal(first.read(f"features/{n}", [first_row]),
+                                              source.read(f"features/{n}", [row])) for n in source.shapes)
                     (duplicates if same else conflicts).append(key)
                     continue
                 seen[key] = (source, row)

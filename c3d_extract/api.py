@@ -1,0 +1,263 @@
+"""The Python API: what the command line does, callable from a script or a notebook.
+
+    from c3d_extract import api
+    api.extract(["videos/"], "out.h5", model="res3d", weights="random")   # a feature file
+    arrays = api.extract(["a.mp4", "b.mp4"], weights="random")           # or arrays in memory
+    features = api.FeatureFile("out.h5")
+    x, labels = features.matrix("res5b"), features.labels()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Callable, Optional, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from c3d_extract import __version__
+from c3d_extract.inputs import VideoJob, find_videos, parse_extensions, parse_shard, shard_of
+from c3d_extract.models import ModelSpec
+from c3d_extract.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
+from c3d_extract.runtime import Runtime, resolve_device, resolve_precision
+from c3d_extract.store import FeatureStore, StoreError
+from c3d_extract.video import DECODER
+from c3d_extract.weights import RANDOM, Loaded, WeightsError, load_weights, spec_mean
+
+Warn = Callable[[str], None]
+
+
+@dataclass
+class Extractor:
+    """A network ready to run with the exact settings a feature file records."""
+
+    spec: ModelSpec
+    network: Network
+    loaded: Loaded
+    settings: dict
+    provenance: dict
+    shapes: dict
+
+
+def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]] = None,
+                    weights: Optional[str] = None, seed: int = 0, mean: Optional[str] = None,
+                    clip_len: Optional[int] = None, stride: Optional[int] = None, frame_step: Optional[int] = None,
+                    short: str = "loop", device: str = "auto", precision: str = "auto",
+                    batch_size: Optional[int] = None, per_clip: bool = False, segments: Optional[int] = None,
+                    shard: Optional[str] = None, quiet: bool = True, warn: Warn = lambda message: None) -> Extractor:
+    """Resolve weights, spec, layers, device and precision. Raises ValueError for bad arguments and
+    WeightsError for weights that cannot be had or do not fit."""
+    target = resolve_device(device)
+    runtime = Runtime(target, resolve_precision(precision, target))
+    if shard:
+        parse_shard(shard)
+    loaded = load_weights(weights, model, seed, quiet=quiet, warn=warn)
+    spec = spec_mean(loaded.spec, mean)
+    changes = {k: v for k, v in (("clip_len", clip_len), ("stride", stride), ("frame_step", frame_step))
+               if v is not None}
+    spec = spec.with_input(**changes) if changes else spec
+    shapes = spec.layer_shapes(list(layers or spec.default_layers), num_classes=loaded.net.fc8.out_features)
+    if weights == RANDOM:
+        warn(f"warning: random weights (seed {seed}): the features are meaningless outside smoke tests")
+    settings = {"model": spec.model, "spec": spec.name, "weights_sha256": loaded.identity,
+                "layers": list(shapes), **spec.input.settings(), "short_videos": short,
+                "precision": runtime.precision, **({"shard": shard} if shard else {}),
+                **({"per_clip": True} if per_clip else {}), **({"segments": segments} if segments else {})}
+    provenance = {"c3d_extract_version": __version__, "weights": loaded.path, "device": str(runtime.device),
+                  "decoder": DECODER, "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
+    network = Network(loaded.net, list(shapes), spec.input, runtime,
+                      batch_size or (32 if runtime.device.type == "cuda" else 4))
+    return Extractor(spec, network, loaded, settings, provenance, shapes)
+
+
+def find_jobs(inputs: Sequence[str], root: Optional[str] = None, ext: Optional[str] = None,
+              shard: Optional[str] = None, warn: Warn = lambda message: None) -> list[VideoJob]:
+    """The videos of directories, files and @lists, keyed relative to `root`, optionally one shard."""
+    extensions = parse_extensions(ext)
+    jobs, problems = find_videos(inputs, root, extensions)
+    for path, problem in problems:
+        warn(f"warning: {path}: {problem}")
+    if not jobs:
+        raise ValueError(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
+    if shard:
+        index, count = parse_shard(shard)
+        jobs = [job for job in jobs if shard_of(job.key, count) == index]
+    return jobs
+
+
+class Arrays:
+    """An in-memory destination for extraction (what `extract(..., output=None)` returns)."""
+
+    def __init__(self, layers: Sequence[str], keep_clips: bool = False):
+        self.layers, self.wants_clips = list(layers), keep_clips
+        self.rows: dict[str, dict[str, np.ndarray]] = {}
+        self.clip_rows: dict[str, ClipRows] = {}
+        self.failed: dict[str, tuple[str, str]] = {}
+
+    def add_video(self, key: str, features: dict, facts: dict, clips: Optional[ClipRows] = None) -> None:
+        self.rows[key] = features
+        if clips is not None:
+            self.clip_rows[key] = clips
+
+    def add_failure(self, key: str, stage: str, error: str) -> None:
+        self.failed[key] = (stage, error)
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self.rows)
+
+    def matrix(self, layer: Optional[str] = None) -> np.ndarray:
+        """(N, D) rows in `keys` order."""
+        layer = layer or self.layers[0]
+        return np.stack([self.rows[k][layer] for k in self.keys]) if self.rows else np.zeros((0, 0), np.float32)
+
+
+def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Optional[str] = None,
+            ext: Optional[str] = None, overwrite: bool = False, retry_failed: bool = False, workers: int = 1,
+            timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
+            on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
+            warn: Warn = lambda message: None, **options) -> "Summary | Arrays":
+    """Extract descriptors of `videos` (paths, directories, @lists). With `output`, into that feature
+    file (resuming it; crash-safe) and return a Summary; without, return an `Arrays` in memory.
+    `options` are those of build_extractor (model, layers, weights, ...)."""
+    extractor = build_extractor(warn=warn, **options)
+    jobs = find_jobs(videos, root, ext, options.get("shard"), warn)
+    short = options.get("short", "loop")
+    if output is None:
+        sink = Arrays(extractor.network.layers, keep_clips=bool(options.get("per_clip") or options.get("segments")))
+        run_local(jobs, extractor.network, sink, short=short, workers=workers, timeout=timeout)  # type: ignore[arg-type]
+        return sink
+    with FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance, overwrite) as store:
+        todo = pending_jobs(jobs, store, retry_failed)
+        return run_jobs(todo, extractor, store, short, workers, timeout, engine, ray_address, on_video)
+
+
+def pending_jobs(jobs: Sequence[VideoJob], store: FeatureStore, retry_failed: bool = False) -> list[VideoJob]:
+    """What a run still has to do: the failed videos with `retry_failed`, else those not in the file."""
+    if retry_failed:
+        return [job for job in jobs if job.key in store.failed]
+    return [job for job in jobs if job.key not in store.done and job.key not in store.failed]
+
+
+def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, short: str, workers: int,
+             timeout: float, engine: str, ray_address: Optional[str], on_video) -> Summary:
+    """Run the chosen engine over `todo` into an open store."""
+    if engine == "ray":
+        from c3d_extract.engine_ray import extract_ray
+
+        return extract_ray(todo, extractor.network, store, short=short, address=ray_address, on_video=on_video)
+    if engine != "local":
+        raise ValueError(f"unknown engine {engine!r}; use local or ray")
+    return run_local(todo, extractor.network, store, short=short, workers=workers, on_video=on_video, timeout=timeout)
+
+
+@dataclass
+class ClipSequence:
+    """One video's clips over time: frames, seconds and activations (clips, D)."""
+
+    first_frame: np.ndarray
+    last_frame: np.ndarray
+    time: np.ndarray
+    features: np.ndarray
+
+
+@dataclass
+class FeatureFile:
+    """A feature file, read with h5py only when asked: matrices, labels, clip sequences, facts."""
+
+    path: str
+    keys: list[str] = field(init=False)
+    layers: list[str] = field(init=False)
+    attrs: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        with self._open() as f:
+            self.keys = f["videos"].asstr()[()].tolist()
+            self.layers = list(f["features"])
+            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        self._rows = {key: i for i, key in enumerate(self.keys)}
+
+    def _open(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot open as HDF5 ({exc})") from None
+
+    def _layer(self, layer: Optional[str]) -> str:
+        layer = layer or self.layers[0]
+        if layer not in self.layers:
+            raise KeyError(f"{self.path} has no layer {layer!r}; it has {', '.join(self.layers)}")
+        return layer
+
+    def matrix(self, layer: Optional[str] = None) -> np.ndarray:
+        """(N, D) video descriptors, row i for keys[i]."""
+        with self._open() as f:
+            return f["features"][self._layer(layer)][()]
+
+    def labels(self) -> list[str]:
+        """The class of each video taken from its first folder (folder-per-class datasets)."""
+        return [PurePosixPath(key).parts[0] if "/" in key else "" for key in self.keys]
+
+    def clips(self, key: str, layer: Optional[str] = None) -> ClipSequence:
+        """One video's per-clip activations (files written with --per-clip)."""
+        with self._open() as f:
+            if "clips" not in f:
+                raise KeyError(f"{self.path} has no per-clip features (extract with --per-clip)")
+            row = self._rows[key]
+            start, count = int(f["clip_offset"][row]), int(f["num_clips"][row])
+            part = slice(start, start + count)
+            return ClipSequence(f["clips/first_frame"][part], f["clips/last_frame"][part], f["clips/time"][part],
+                                f["clips"][self._layer(layer)][part])
+
+    def segments(self, key: str, layer: Optional[str] = None) -> np.ndarray:
+        """One video's (K, D) pooled segments (files written with --segments K)."""
+        with self._open() as f:
+            if "segments" not in f:
+                raise KeyError(f"{self.path} has no segments (extract with --segments K)")
+            return f["segments"][self._layer(layer)][self._rows[key]]
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        with self._open() as f:
+            return list(zip(*(f["failures"][n].asstr()[()].tolist() for n in ("video", "stage", "error"))))
+
+    def info(self) -> dict:
+        """A summary: model, weights, settings, counts, layers and shapes, failures."""
+        with self._open() as f:
+            shapes = {n: [int(v) for v in f["features"][n].attrs["clip_shape"]] for n in self.layers}
+            frames, clips = f["num_frames"][()], f["num_clips"][()]
+            status = f["status"].asstr()[()].tolist()
+        failures = self.failures()
+        pending = os.path.exists(self.path + ".journal")
+        return {"file": self.path, "model": self.attrs.get("model"), "spec": self.attrs.get("spec"),
+                "weights": self.attrs.get("weights"), "weights_sha256": self.attrs.get("weights_sha256"),
+                "precision": self.attrs.get("precision"), "device": self.attrs.get("device"),
+                "decoder": self.attrs.get("decoder"), "version": self.attrs.get("c3d_extract_version"),
+                "settings": json.loads(self.attrs["settings"]),
+                "videos": len(self.keys), "clips": int(clips.sum()), "frames": int(frames.sum()),
+                "padded_short_videos": sum(s != "ok" for s in status),
+                "layers": {n: {"clip_shape": shapes[n], "dim": int(np.prod(shapes[n]))} for n in self.layers},
+                "per_clip": "clips" in self._datasets(), "segments": self.attrs.get("segments"),
+                "failures": {"count": len(failures), "by_stage": _count(s for _, s, _ in failures),
+                             "first": [{"video": v, "stage": s, "error": e} for v, s, e in failures[:5]]},
+                "unfinished_run": pending, "created": self.attrs.get("created"), "updated": self.attrs.get("updated")}
+
+    def _datasets(self) -> list[str]:
+        with self._open() as f:
+            return list(f)
+
+
+def _count(values) -> dict:
+    out: dict = {}
+    for value in values:
+        out[value] = out.get(value, 0) + 1
+    return out
+
+
+__all__ = ["Arrays", "ClipSequence", "Extractor", "FeatureFile", "StoreError", "WeightsError", "build_extractor",
+           "extract", "find_jobs", "pending_jobs", "run_jobs"]
