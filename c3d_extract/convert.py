@@ -163,9 +163,9 @@ def _torch_load(path: str):
 
 def _fit(spec: ModelSpec, state: dict, origin: Mapping[str, str], path: str) -> dict:
     """Check every parameter against the spec's network; errors name the source layer."""
-    fc8 = state.get("fc8.weight")
+    head = state.get(f"{spec.classifier}.weight")
     with torch.device("meta"):
-        net = spec.build(num_classes=fc8.shape[0]) if fc8 is not None else spec.build()
+        net = spec.build(num_classes=head.shape[0]) if head is not None else spec.build()
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -180,6 +180,7 @@ def _fit(spec: ModelSpec, state: dict, origin: Mapping[str, str], path: str) -> 
 
 
 def _plain_spec(state: Mapping[str, torch.Tensor]) -> Optional[ModelSpec]:
+    """The spec a plain state dict under this package's names belongs to (T3D files must be wrapped)."""
     if "conv1a.weight" in state:
         return SPECS["c3d-sports1m"]
     if "conv1.conv.weight" in state:

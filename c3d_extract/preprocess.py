@@ -41,9 +41,9 @@ class InputSpec:
     clip_len: int
     stride: int
     frame_step: int
-    resize: tuple[int, int]
+    resize: Optional[tuple[int, int]]        # fixed (H, W), or None with short_side
     crop: tuple[int, int]
-    crop_offset: tuple[int, int]
+    crop_offset: Optional[tuple[int, int]]   # None: centred
     channels: str  # "BGR" or "RGB"
     value_scale: float
     mean: tuple[float, float, float]
@@ -52,6 +52,8 @@ class InputSpec:
     # Optional full mean cube (3, clip frames, resize H, resize W) in `channels` order, subtracted
     # at the crop offsets instead of `mean` (Caffe C3D v1.0). Set by the weights readers.
     mean_cube: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    # Resize so the shorter side has this many pixels (aspect kept) instead of a fixed `resize`.
+    short_side: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.clip_len < 1 or self.stride < 1 or self.frame_step < 1:
@@ -60,10 +62,17 @@ class InputSpec:
             raise ValueError(f"clip_len {self.clip_len} is not a multiple of frame_step {self.frame_step}")
         if self.channels not in ("BGR", "RGB"):
             raise ValueError(f"channels must be BGR or RGB, not {self.channels!r}")
-        bottom, right = (o + c for o, c in zip(self.crop_offset, self.crop))
-        if bottom > self.resize[0] or right > self.resize[1]:
-            raise ValueError(f"crop {self.crop} at {self.crop_offset} does not fit in {self.resize}")
+        if (self.resize is None) == (self.short_side is None):
+            raise ValueError("give either a fixed resize or a short_side")
+        if self.resize is not None:
+            bottom, right = (o + c for o, c in zip(self.offset(self.resize), self.crop))
+            if bottom > self.resize[0] or right > self.resize[1]:
+                raise ValueError(f"crop {self.crop} at {self.crop_offset} does not fit in {self.resize}")
+        elif self.short_side < max(self.crop):
+            raise ValueError(f"crop {self.crop} does not fit in a short side of {self.short_side}")
         if self.mean_cube is not None:
+            if self.resize is None:
+                raise ValueError("a mean cube needs a fixed resize")
             expected = (3, self.frames, *self.resize)
             if tuple(self.mean_cube.shape) != expected:
                 raise ValueError(f"mean cube has shape {tuple(self.mean_cube.shape)}, expected {expected}")
@@ -73,10 +82,24 @@ class InputSpec:
         """Number of frames in one network input clip."""
         return self.clip_len // self.frame_step
 
+    def size_for(self, height: int, width: int) -> tuple[int, int]:
+        """The resized frame size for a decoded frame size."""
+        if self.resize is not None:
+            return self.resize
+        scale = self.short_side / min(height, width)
+        return (max(self.short_side, round(height * scale)), max(self.short_side, round(width * scale)))
+
+    def offset(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Where the crop starts in a resized frame: the spec's offset, else centred (integer division)."""
+        if self.crop_offset is not None:
+            return self.crop_offset
+        return ((size[0] - self.crop[0]) // 2, (size[1] - self.crop[1]) // 2)
+
     def crop_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Decoded uint8 RGB frames (N, H, W, 3) -> resized and cropped uint8 (N, ch, cw, 3)."""
-        frames = resize_bilinear(frames, self.resize)
-        top, left = self.crop_offset
+        size = self.size_for(frames.shape[1], frames.shape[2])
+        frames = resize_bilinear(frames, size)
+        top, left = self.offset(size)
         return frames[:, top: top + self.crop[0], left: left + self.crop[1]]
 
     def normalize(self, clips: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -110,7 +133,8 @@ class InputSpec:
         """The clip and pixel settings as plain values (provenance and compatibility checks)."""
         return {
             "clip_len": self.clip_len, "stride": self.stride, "frame_step": self.frame_step,
-            "resize": list(self.resize), "crop": list(self.crop), "crop_offset": list(self.crop_offset),
+            "resize": list(self.resize) if self.resize else f"short side {self.short_side}",
+            "crop": list(self.crop), "crop_offset": list(self.crop_offset) if self.crop_offset else "centre",
             "channels": self.channels, "value_scale": self.value_scale,
             "mean": self.describe_mean(), "std": list(self.std),
         }

@@ -77,6 +77,9 @@ def _installed_or_fetched(entry: Entry, fetch: bool, quiet: bool, warn: Callable
     found = installed(entry)
     if found is not None:
         return found
+    if not entry.urls:
+        raise WeightsError(f"{entry.name}: no published weights ({entry.notes}); pass --weights PATH (a state "
+                           f"dict in this package's layout) or --weights random")
     if not fetch:
         raise WeightsError(f"{entry.name} is not installed (looked in {cache_dir()}); "
                            f"run: c3d-weights fetch {entry.name}")
@@ -111,6 +114,8 @@ def load_weights(weights: Optional[str], model: Optional[str], seed: int = 0, fe
     manifest = load_manifest()
     if weights is None:
         weights = (wanted or get_spec("c3d")).weights_name
+        if weights not in manifest:
+            raise WeightsError(f"{weights}: not in the weights manifest; pass --weights PATH or --weights random")
         path = str(_installed_or_fetched(manifest[weights], fetch, quiet, warn))
     elif weights in manifest and not os.path.exists(weights):
         if manifest[weights].is_mean:
@@ -122,8 +127,8 @@ def load_weights(weights: Optional[str], model: Optional[str], seed: int = 0, fe
     if wanted is not None and wanted.model != converted.spec.model:
         raise WeightsError(f"{path}: weights of a {converted.spec.model} network ({converted.spec.name}), "
                            f"but --model {model} asks for {wanted.model}")
-    fc8 = converted.state_dict["fc8.weight"]
-    net = converted.spec.build(num_classes=fc8.shape[0])
+    head = converted.state_dict[f"{converted.spec.classifier}.weight"]
+    net = converted.spec.build(num_classes=head.shape[0])
     net.load_state_dict(converted.state_dict, strict=True)
     identity = converted.source_sha256 or file_sha256(path)
     return Loaded(converted.spec, net.eval(), identity, os.path.abspath(path))
@@ -132,7 +137,9 @@ def load_weights(weights: Optional[str], model: Optional[str], seed: int = 0, fe
 def spec_mean(spec: ModelSpec, mean: Optional[str]) -> ModelSpec:
     """Apply `--mean` (a cube file or "B,G,R" values), else the installed mean cube that the
     spec's published weights name in the manifest; without either the spec is unchanged."""
-    expected = (3, spec.input.frames, *spec.input.resize)
+    if mean is not None and os.path.isfile(mean) and spec.input.resize is None:
+        raise WeightsError(f"{mean}: {spec.name} resizes by its short side; a mean cube needs a fixed frame size")
+    expected = (3, spec.input.frames, *(spec.input.resize or (0, 0)))
     if mean is not None and os.path.isfile(mean):
         cube = read_mean(mean, expected)
         return spec.with_input(mean_cube=cube, mean_note=f"{os.path.basename(mean)} sha256 {file_sha256(mean)}")

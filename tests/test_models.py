@@ -104,5 +104,5 @@ def test_random_init_is_deterministic_and_input_dependent():
 
 def test_get_spec_accepts_model_and_spec_names():
     assert get_spec("c3d") is C3D_SPORTS1M and get_spec("res3d-sports1m") is RES3D_SPORTS1M
-    with pytest.raises(KeyError, match="known: c3d, res3d, c3d-sports1m"):
+    with pytest.raises(KeyError, match="known: c3d, res3d, densenet3d-121, t3d-121"):
         get_spec("i3d")

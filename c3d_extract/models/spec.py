@@ -22,6 +22,7 @@ class ModelSpec:
     default_layers: tuple[str, ...]
     weights_name: str            # file stem of installed weights, e.g. "c3d-sports1m.pt"
     description: str
+    classifier: str = "fc8"      # the last fully connected stage: its width is the class count
 
     def with_input(self, **changes) -> "ModelSpec":
         """A copy with some input settings changed (clip length, stride, mean, ...)."""
