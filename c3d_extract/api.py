@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -38,11 +39,12 @@ class Extractor:
     """A network ready to run with the exact settings a feature file records."""
 
     spec: ModelSpec
-    network: Network
+    network: Network          # the first replica
     loaded: Loaded
     settings: dict
     provenance: dict
     shapes: dict
+    replicas: list = field(default_factory=list)  # one Network per device, the first is `network`
 
 
 def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]] = None,
@@ -51,10 +53,13 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
                     short: str = "loop", device: str = "auto", precision: str = "auto",
                     batch_size: Optional[int] = None, per_clip: bool = False, segments: Optional[int] = None,
                     shard: Optional[str] = None, quiet: bool = True, warn: Warn = lambda message: None) -> Extractor:
-    """Resolve weights, spec, layers, device and precision. Raises ValueError for bad arguments and
-    WeightsError for weights that cannot be had or do not fit."""
-    target = resolve_device(device)
-    runtime = Runtime(target, resolve_precision(precision, target))
+    """Resolve weights, spec, layers, devices and precision. `device` may list several devices
+    ("cuda:0,cuda:1"): one replica each. Raises ValueError for bad arguments and WeightsError for
+    weights that cannot be had or do not fit."""
+    targets = [resolve_device(name.strip()) for name in device.split(",")]
+    if len({t.type for t in targets}) > 1:
+        raise ValueError(f"--device {device}: mix of CPU and CUDA devices")
+    runtime = Runtime(targets[0], resolve_precision(precision, targets[0]))
     if shard:
         parse_shard(shard)
     loaded = load_weights(weights, model, seed, quiet=quiet, warn=warn)
@@ -70,11 +75,14 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
                 "layers": list(shapes), **spec.input.settings(), "short_videos": short,
                 "precision": runtime.precision, **({"shard": shard} if shard else {}),
                 **({"per_clip": True} if per_clip else {}), **({"segments": segments} if segments else {})}
-    provenance = {"c3d_extract_version": __version__, "weights": loaded.path, "device": str(runtime.device),
+    provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
+                  "device": ",".join(str(t) for t in targets),
                   "decoder": DECODER, "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
-    network = Network(loaded.net, list(shapes), spec.input, runtime,
-                      batch_size or (32 if runtime.device.type == "cuda" else 4))
-    return Extractor(spec, network, loaded, settings, provenance, shapes)
+    batch = batch_size or (32 if runtime.device.type == "cuda" else 4)
+    copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
+    replicas = [Network(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch)
+                for net, target in zip([loaded.net, *copies], targets)]
+    return Extractor(spec, replicas[0], loaded, settings, provenance, shapes, replicas)
 
 
 def find_jobs(inputs: Sequence[str], root: Optional[str] = None, ext: Optional[str] = None,
@@ -132,7 +140,7 @@ def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Option
     short = options.get("short", "loop")
     if output is None:
         sink = Arrays(extractor.network.layers, keep_clips=bool(options.get("per_clip") or options.get("segments")))
-        run_local(jobs, extractor.network, sink, short=short, workers=workers, timeout=timeout)  # type: ignore[arg-type]
+        run_local(jobs, extractor.replicas, sink, short=short, workers=workers, timeout=timeout)  # type: ignore[arg-type]
         return sink
     with FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance, overwrite) as store:
         todo = pending_jobs(jobs, store, retry_failed)
@@ -155,7 +163,8 @@ def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore
         return extract_ray(todo, extractor.network, store, short=short, address=ray_address, on_video=on_video)
     if engine != "local":
         raise ValueError(f"unknown engine {engine!r}; use local or ray")
-    return run_local(todo, extractor.network, store, short=short, workers=workers, on_video=on_video, timeout=timeout)
+    return run_local(todo, extractor.replicas or extractor.network, store, short=short, workers=workers,
+                     on_video=on_video, timeout=timeout)
 
 
 @dataclass

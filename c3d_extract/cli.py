@@ -112,7 +112,8 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                    "as GPU actors), local or on a cluster; needs the [ray] extra.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
                                                     "default: a local Ray.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units (cosine >= 0.999 to fp32, tested), else fp32.")
 @click.option("--root", type=click.Path(file_okay=False),

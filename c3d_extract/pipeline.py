@@ -4,6 +4,8 @@ mean per video -> L2 -> feature file. A video is written the moment its last cli
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -175,6 +177,41 @@ class Summary:
     seconds: float = 0.0
 
 
+class Replicas:
+    """One network replica per device (`--device cuda:0,cuda:1`, or `cpu,cpu` as a stand-in), fed
+    batches round-robin from one decoding pool. Results are taken in the order batches were given,
+    so the running sums, and the features, do not depend on the number of replicas. Each replica
+    runs in a thread of its own (PyTorch releases the GIL), which also overlaps the network with
+    the reading of clips for a single device."""
+
+    def __init__(self, networks: Sequence[Network]):
+        self.networks = list(networks)
+        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"replica{i}") for i in range(len(networks))]
+        self._next = 0
+        self._in_flight: "deque[tuple[Future, list]]" = deque()
+
+    @property
+    def batch_size(self) -> int:
+        return self.networks[0].batch_size
+
+    def submit(self, clips: list) -> None:
+        i, self._next = self._next, (self._next + 1) % len(self.networks)
+        frames = [clip.frames for clip in clips]
+        self._in_flight.append((self._threads[i].submit(self.networks[i], frames), clips))
+
+    def results(self, wait: bool = False) -> Iterator[tuple[dict[str, np.ndarray], list]]:
+        """Finished batches in submission order; with `wait`, all of them, else those done (and the
+        oldest whenever more than two per replica are in flight, to bound memory)."""
+        while self._in_flight and (wait or self._in_flight[0][0].done()
+                                   or len(self._in_flight) > 2 * len(self.networks)):
+            future, clips = self._in_flight.popleft()
+            yield future.result(), clips
+
+    def close(self) -> None:
+        for thread in self._threads:
+            thread.shutdown(wait=True, cancel_futures=True)
+
+
 class Collector:
     """Turns the stream of network outputs, finished and failed videos into rows of the store.
 
@@ -223,8 +260,9 @@ class Collector:
                 self.on_video(key, None, self.summary)
 
 
-def extract(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, short: str = "loop",
-            workers: int = 1, on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
+def extract(jobs: Sequence[VideoJob], network: "Network | Sequence[Network]", store: FeatureStore,
+            short: str = "loop", workers: int = 1,
+            on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
             timeout: float = 300.0) -> Summary:
     """Run every job through the network into `store`; failures are recorded, never raised.
 
@@ -234,30 +272,35 @@ def extract(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, sho
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
     """
     started = time.perf_counter()
+    replicas = Replicas(network if isinstance(network, (list, tuple)) else [network])
     collector = Collector(store, on_video)
     pending: list[Clip] = []
 
-    def run_batch() -> None:
-        outputs = network([clip.frames for clip in pending])
-        for i, clip in enumerate(pending):
-            collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()}, clip.start)
-        pending.clear()
+    def take(wait: bool = False) -> None:
+        for outputs, clips in replicas.results(wait):
+            for i, clip in enumerate(clips):
+                collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()}, clip.start)
 
-    pool = DecodePool(jobs, network.spec, short, workers, timeout)
+    pool = DecodePool(jobs, replicas.networks[0].spec, short, workers, timeout)
     try:
         for item in pool:
             if isinstance(item, Clip):
-                if item.key not in collector.failed:
-                    pending.append(item)
-                if len(pending) == network.batch_size:
-                    run_batch()
-            elif isinstance(item, Finished):
+                if item.key in collector.failed:
+                    continue
+                pending.append(item)
+                if len(pending) == replicas.batch_size:
+                    replicas.submit(pending)
+                    pending = []
+            elif isinstance(item, Finished):  # written once its last clip is back (Aggregator)
                 collector.finished(item)
             else:
                 collector.fail(item)
+            take()
         if pending:
-            run_batch()
+            replicas.submit(pending)
+        take(wait=True)
     finally:
         pool.close()
+        replicas.close()
         collector.summary.seconds = time.perf_counter() - started
     return collector.summary

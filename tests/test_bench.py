@@ -4,6 +4,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from c3d_extract.inputs import find_videos
+from tests.videos import moving_frames, write_video
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -22,6 +25,13 @@ def test_throughput_script_measures_a_network(tmp_path):
     throughput = load("throughput")
     assert "CPUs" in throughput.machine()
     assert throughput.network_only("res3d", "fp32", batch=1, reps=1) > 0
+    folder = tmp_path / "v"
+    folder.mkdir()
+    write_video(folder / "a.mp4", moving_frames(24, 64, 96))
+    jobs, _ = find_videos([str(folder)])
+    fps, clips = throughput.decode_only("res3d", jobs)
+    rate, naive_clips = throughput.naive("res3d", jobs)
+    assert clips == naive_clips == 2 and fps > 0 and rate > 0
 
 
 def test_svm_benchmark_writes_a_ucf101_named_file(tmp_path):

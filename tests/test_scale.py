@@ -118,3 +118,14 @@ def test_verify_reproduces_a_sample_and_catches_a_changed_row(folder, tmp_path):
     assert result.exit_code == 1 and "NOT reproduced" in result.output
     result = run(folder, out, *BASE[:-1], "--seed", "5", "-q", "--verify", 1)
     assert result.exit_code == 2 and "other settings" in result.stderr
+
+
+def test_two_replicas_write_what_one_device_writes(folder, tmp_path):
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    assert run(folder, one, *BASE, "--batch-size", "2").exit_code == 1
+    result = run(folder, two, *BASE, "--batch-size", "2", "--device", "cpu,cpu")
+    assert result.exit_code == 1, result.stderr
+    with h5py.File(two) as f:
+        assert f.attrs["device"] == "cpu,cpu"
+    assert_same_file(one, two)
+    assert run(folder, tmp_path / "x.h5", *BASE, "--device", "cpu,cuda").exit_code == 2
