@@ -10,19 +10,16 @@
 from __future__ import annotations
 
 import copy
-import json
-import os
 import shlex
 import sys
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Callable, Optional, Sequence
 
-import h5py
 import numpy as np
 import torch
 
 from c3d_extract import __version__
+from c3d_extract.features import ClipSequence, FeatureFile
 from c3d_extract.inputs import VideoJob, find_videos, parse_extensions, parse_shard, shard_of
 from c3d_extract.models import ModelSpec
 from c3d_extract.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
@@ -165,108 +162,6 @@ def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore
         raise ValueError(f"unknown engine {engine!r}; use local or ray")
     return run_local(todo, extractor.replicas or extractor.network, store, short=short, workers=workers,
                      on_video=on_video, timeout=timeout)
-
-
-@dataclass
-class ClipSequence:
-    """One video's clips over time: frames, seconds and activations (clips, D)."""
-
-    first_frame: np.ndarray
-    last_frame: np.ndarray
-    time: np.ndarray
-    features: np.ndarray
-
-
-@dataclass
-class FeatureFile:
-    """A feature file, read with h5py only when asked: matrices, labels, clip sequences, facts."""
-
-    path: str
-    keys: list[str] = field(init=False)
-    layers: list[str] = field(init=False)
-    attrs: dict = field(init=False)
-
-    def __post_init__(self) -> None:
-        with self._open() as f:
-            self.keys = f["videos"].asstr()[()].tolist()
-            self.layers = list(f["features"])
-            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        self._rows = {key: i for i, key in enumerate(self.keys)}
-
-    def _open(self) -> h5py.File:
-        try:
-            return h5py.File(self.path, "r")
-        except OSError as exc:
-            raise StoreError(f"{self.path}: cannot open as HDF5 ({exc})") from None
-
-    def _layer(self, layer: Optional[str]) -> str:
-        layer = layer or self.layers[0]
-        if layer not in self.layers:
-            raise KeyError(f"{self.path} has no layer {layer!r}; it has {', '.join(self.layers)}")
-        return layer
-
-    def matrix(self, layer: Optional[str] = None) -> np.ndarray:
-        """(N, D) video descriptors, row i for keys[i]."""
-        with self._open() as f:
-            return f["features"][self._layer(layer)][()]
-
-    def labels(self) -> list[str]:
-        """The class of each video taken from its first folder (folder-per-class datasets)."""
-        return [PurePosixPath(key).parts[0] if "/" in key else "" for key in self.keys]
-
-    def clips(self, key: str, layer: Optional[str] = None) -> ClipSequence:
-        """One video's per-clip activations (files written with --per-clip)."""
-        with self._open() as f:
-            if "clips" not in f:
-                raise KeyError(f"{self.path} has no per-clip features (extract with --per-clip)")
-            row = self._rows[key]
-            start, count = int(f["clip_offset"][row]), int(f["num_clips"][row])
-            part = slice(start, start + count)
-            return ClipSequence(f["clips/first_frame"][part], f["clips/last_frame"][part], f["clips/time"][part],
-                                f["clips"][self._layer(layer)][part])
-
-    def segments(self, key: str, layer: Optional[str] = None) -> np.ndarray:
-        """One video's (K, D) pooled segments (files written with --segments K)."""
-        with self._open() as f:
-            if "segments" not in f:
-                raise KeyError(f"{self.path} has no segments (extract with --segments K)")
-            return f["segments"][self._layer(layer)][self._rows[key]]
-
-    def failures(self) -> list[tuple[str, str, str]]:
-        with self._open() as f:
-            return list(zip(*(f["failures"][n].asstr()[()].tolist() for n in ("video", "stage", "error"))))
-
-    def info(self) -> dict:
-        """A summary: model, weights, settings, counts, layers and shapes, failures."""
-        with self._open() as f:
-            shapes = {n: [int(v) for v in f["features"][n].attrs["clip_shape"]] for n in self.layers}
-            frames, clips = f["num_frames"][()], f["num_clips"][()]
-            status = f["status"].asstr()[()].tolist()
-        failures = self.failures()
-        pending = os.path.exists(self.path + ".journal")
-        return {"file": self.path, "model": self.attrs.get("model"), "spec": self.attrs.get("spec"),
-                "weights": self.attrs.get("weights"), "weights_sha256": self.attrs.get("weights_sha256"),
-                "precision": self.attrs.get("precision"), "device": self.attrs.get("device"),
-                "decoder": self.attrs.get("decoder"), "version": self.attrs.get("c3d_extract_version"),
-                "settings": json.loads(self.attrs["settings"]),
-                "videos": len(self.keys), "clips": int(clips.sum()), "frames": int(frames.sum()),
-                "padded_short_videos": sum(s != "ok" for s in status),
-                "layers": {n: {"clip_shape": shapes[n], "dim": int(np.prod(shapes[n]))} for n in self.layers},
-                "per_clip": "clips" in self._datasets(), "segments": self.attrs.get("segments"),
-                "failures": {"count": len(failures), "by_stage": _count(s for _, s, _ in failures),
-                             "first": [{"video": v, "stage": s, "error": e} for v, s, e in failures[:5]]},
-                "unfinished_run": pending, "created": self.attrs.get("created"), "updated": self.attrs.get("updated")}
-
-    def _datasets(self) -> list[str]:
-        with self._open() as f:
-            return list(f)
-
-
-def _count(values) -> dict:
-    out: dict = {}
-    for value in values:
-        out[value] = out.get(value, 0) + 1
-    return out
 
 
 __all__ = ["Arrays", "ClipSequence", "Extractor", "FeatureFile", "StoreError", "WeightsError", "build_extractor",

@@ -17,6 +17,7 @@ from c3d_extract.manifest import cache_dir
 from c3d_extract.models import MODELS, SPECS
 from c3d_extract.pipeline import Failed, Network, Summary, extract
 from c3d_extract.runtime import PRECISIONS
+from c3d_extract.features import FeatureFileError
 from c3d_extract.store import FeatureStore, StoreError, merge
 from c3d_extract.weights import WeightsError
 
@@ -306,8 +307,8 @@ def info_command(file: str, as_json: bool) -> None:
 
     try:
         report = api.FeatureFile(file).info()
-    except (StoreError, KeyError, OSError) as exc:
-        raise Refused(f"{file}: not a readable feature file ({exc})") from None
+    except (FeatureFileError, OSError) as exc:
+        raise Refused(str(exc)) from None
     if as_json:
         click.echo(json.dumps(report, indent=1, default=str))
         return
@@ -343,7 +344,7 @@ def export_command(file: str, folder: str, layer: Optional[str]) -> None:
 
     try:
         count = export_npy(file, folder, layer)
-    except (StoreError, KeyError) as exc:
+    except (StoreError, FeatureFileError) as exc:
         raise Refused(str(exc)) from None
     click.echo(f"{folder}: {count} .npy file(s)")
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Optional
 
 import h5py
@@ -11,7 +14,7 @@ import numpy as np
 from c3d_extract.models import SPECS
 
 
-class FeatureFileError(Exception):
+class FeatureFileError(ValueError):
     """A feature file that cannot serve the request (missing, not ours, no such layer)."""
 
 
@@ -26,16 +29,123 @@ class Features:
     attrs: dict
 
 
+@dataclass
+class ClipSequence:
+    """One video's clips over time: frames, seconds and activations (clips, D)."""
+
+    first_frame: np.ndarray
+    last_frame: np.ndarray
+    time: np.ndarray
+    features: np.ndarray
+
+
+@dataclass
+class FeatureFile:
+    """A feature file, read with h5py only when asked: matrices, labels, clip sequences, facts."""
+
+    path: str
+    keys: list[str] = field(init=False)
+    layers: list[str] = field(init=False)
+    attrs: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        with self._open() as f:
+            self.keys = f["videos"].asstr()[()].tolist()
+            self.layers = list(f["features"])
+            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        self._rows = {key: i for i, key in enumerate(self.keys)}
+
+    def _open(self) -> h5py.File:
+        return _open(self.path)
+
+    def _layer(self, layer: Optional[str]) -> str:
+        layer = layer or self.layers[0]
+        if layer not in self.layers:
+            raise FeatureFileError(f"{self.path}: has no layer {layer!r}; it holds {', '.join(self.layers) or 'none'}")
+        return layer
+
+    def matrix(self, layer: Optional[str] = None) -> np.ndarray:
+        """(N, D) video descriptors, row i for keys[i]."""
+        with self._open() as f:
+            return f["features"][self._layer(layer)][()]
+
+    def labels(self) -> list[str]:
+        """The class of each video taken from its first folder (folder-per-class datasets)."""
+        return [PurePosixPath(key).parts[0] if "/" in key else "" for key in self.keys]
+
+    def clips(self, key: str, layer: Optional[str] = None) -> ClipSequence:
+        """One video's per-clip activations (files written with --per-clip)."""
+        with self._open() as f:
+            if "clips" not in f:
+                raise FeatureFileError(f"{self.path}: has no per-clip features (extract with --per-clip)")
+            row = self._rows[key]
+            start, count = int(f["clip_offset"][row]), int(f["num_clips"][row])
+            part = slice(start, start + count)
+            return ClipSequence(f["clips/first_frame"][part], f["clips/last_frame"][part], f["clips/time"][part],
+                                f["clips"][self._layer(layer)][part])
+
+    def segments(self, key: str, layer: Optional[str] = None) -> np.ndarray:
+        """One video's (K, D) pooled segments (files written with --segments K)."""
+        with self._open() as f:
+            if "segments" not in f:
+                raise FeatureFileError(f"{self.path}: has no segments (extract with --segments K)")
+            return f["segments"][self._layer(layer)][self._rows[key]]
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        with self._open() as f:
+            return list(zip(*(f["failures"][n].asstr()[()].tolist() for n in ("video", "stage", "error"))))
+
+    def info(self) -> dict:
+        """A summary: model, weights, settings, counts, layers and shapes, failures."""
+        with self._open() as f:
+            shapes = {n: [int(v) for v in f["features"][n].attrs["clip_shape"]] for n in self.layers}
+            frames, clips = f["num_frames"][()], f["num_clips"][()]
+            status = f["status"].asstr()[()].tolist()
+        failures = self.failures()
+        pending = os.path.exists(self.path + ".journal")
+        return {"file": self.path, "model": self.attrs.get("model"), "spec": self.attrs.get("spec"),
+                "weights": self.attrs.get("weights"), "weights_sha256": self.attrs.get("weights_sha256"),
+                "precision": self.attrs.get("precision"), "device": self.attrs.get("device"),
+                "decoder": self.attrs.get("decoder"), "version": self.attrs.get("c3d_extract_version"),
+                "settings": json.loads(self.attrs["settings"]),
+                "videos": len(self.keys), "clips": int(clips.sum()), "frames": int(frames.sum()),
+                "padded_short_videos": sum(s != "ok" for s in status),
+                "layers": {n: {"clip_shape": shapes[n], "dim": int(np.prod(shapes[n]))} for n in self.layers},
+                "per_clip": self.has_clips, "segments": self.attrs.get("segments"),
+                "failures": {"count": len(failures), "by_stage": _count(s for _, s, _ in failures),
+                             "first": [{"video": v, "stage": s, "error": e} for v, s, e in failures[:5]]},
+                "unfinished_run": pending, "created": self.attrs.get("created"), "updated": self.attrs.get("updated")}
+
+    @property
+    def has_clips(self) -> bool:
+        """True for files written with --per-clip."""
+        with self._open() as f:
+            return "clips" in f
+
+
+def _count(values) -> dict:
+    out: dict = {}
+    for value in values:
+        out[value] = out.get(value, 0) + 1
+    return out
+
+
+
+
 def layers_of(path: str) -> list[str]:
     """The feature layers a file holds, in the order the network computes them."""
-    with _open(path) as f:
-        return list(f["features"])
+    return FeatureFile(path).layers
+
+
+def file_attrs(path: str) -> dict:
+    """The root attributes of a feature file (model, spec, weights, settings, ...)."""
+    return FeatureFile(path).attrs
 
 
 def _open(path: str) -> h5py.File:
     try:
         f = h5py.File(path, "r")
-    except (OSError, FileNotFoundError) as exc:
+    except OSError as exc:
         raise FeatureFileError(f"{path}: cannot open as HDF5 ({exc})") from None
     if "features" not in f or "videos" not in f:
         f.close()
@@ -43,32 +153,19 @@ def _open(path: str) -> h5py.File:
     return f
 
 
-def file_attrs(path: str) -> dict:
-    """The root attributes of a feature file (model, spec, weights, settings, ...)."""
-    with _open(path) as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-
-
 def default_layer(path: str) -> str:
     """The spec's default feature (fc6 for C3D, res5b for Res3D) when the file has it, else its first."""
-    with _open(path) as f:
-        names = list(f["features"])
-        spec = SPECS.get(str(f.attrs.get("spec", "")))
-    if not names:
+    features = FeatureFile(path)
+    if not features.layers:
         raise FeatureFileError(f"{path}: holds no feature layer")
-    for layer in (spec.default_layers if spec else ()):
-        if layer in names:
-            return layer
-    return names[0]
+    spec = SPECS.get(str(features.attrs.get("spec", "")))
+    return next((layer for layer in (spec.default_layers if spec else ()) if layer in features.layers),
+                features.layers[0])
 
 
 def load(path: str, layer: Optional[str] = None) -> Features:
     """Load one layer (default: `default_layer`) and the keys of its rows."""
+    features = FeatureFile(path)
     layer = layer or default_layer(path)
-    with _open(path) as f:
-        if layer not in f["features"]:
-            raise FeatureFileError(f"{path}: has no layer {layer!r}; it holds {', '.join(f['features']) or 'none'}")
-        keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in f["videos"][()]]
-        matrix = f["features"][layer][()].astype(np.float32, copy=False)
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    return Features(path, layer, keys, matrix, attrs)
+    matrix = features.matrix(layer).astype(np.float32, copy=False)
+    return Features(path, layer, features.keys, matrix, features.attrs)

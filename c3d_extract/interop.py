@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from c3d_extract.features import FeatureFile
 from c3d_extract.pipeline import ClipRows, l2_normalize
 from c3d_extract.store import FeatureStore, StoreError
 
@@ -81,14 +82,12 @@ def import_blobs(prefix_list: str, output: str, blobs: Sequence[str], clip_len: 
 def export_npy(path: str, folder: str, layer: Optional[str] = None) -> int:
     """One `<key without extension>.npy` per video: its (T, D) clip rows when the file has them,
     else its (D,) descriptor. Returns the number of files written."""
-    from c3d_extract.api import FeatureFile
-
     features = FeatureFile(path)
     layer = layer or features.layers[0]
     names = [str(PurePosixPath(k).with_suffix("")) + ".npy" for k in features.keys]
     if len(set(names)) != len(names):
         raise StoreError(f"{path}: two videos differ only by extension; their .npy names would collide")
-    has_clips = "clips" in features._datasets()
+    has_clips = features.has_clips
     matrix = None if has_clips else features.matrix(layer)
     for i, (key, name) in enumerate(zip(features.keys, names)):
         target = Path(folder) / name

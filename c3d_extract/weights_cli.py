@@ -21,6 +21,17 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def _read_any(path: str):
+    """(Converted, None) for a checkpoint, (None, cube) for a mean cube; exits 1 for anything else."""
+    try:
+        return read_checkpoint(path), None
+    except WeightsError as weights_error:
+        try:
+            return None, read_mean(path, MEAN_SHAPE)
+        except WeightsError:
+            _fail(str(weights_error))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=PROG)
 def main() -> None:
@@ -70,14 +81,11 @@ def fetch_command(name: str, quiet: bool) -> None:
 def convert_command(src: str, dst: str) -> None:
     """Convert SRC (.caffemodel v1.0/v1.1, c3d.pickle, torchvision r3d_18, or a mean cube in
     .binaryproto/.npy) into this package's layout at DST (.pt for weights, .npy for a mean)."""
-    try:
-        converted = read_checkpoint(src)
-    except WeightsError as weights_error:
-        try:
-            cube = read_mean(src, MEAN_SHAPE)
-        except WeightsError:
-            _fail(str(weights_error))
-        np.save(dst, cube) if dst.endswith(".npy") else _fail(f"{dst}: a mean cube is written as .npy")
+    converted, cube = _read_any(src)
+    if cube is not None:
+        if not dst.endswith(".npy"):
+            _fail(f"{dst}: a mean cube is written as .npy")
+        np.save(dst, cube)
         click.echo(f"{src}: mean cube {cube.shape} -> {dst}")
         return
     save_checkpoint(converted, dst, source=src, source_sha256=file_sha256(src))
@@ -89,13 +97,8 @@ def convert_command(src: str, dst: str) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def info_command(file: str) -> None:
     """Format, spec, layers and shapes, and sha256 of a checkpoint or mean cube."""
-    try:
-        converted = read_checkpoint(file)
-    except WeightsError as weights_error:
-        try:
-            cube = read_mean(file, MEAN_SHAPE)
-        except WeightsError:
-            _fail(str(weights_error))
+    converted, cube = _read_any(file)
+    if cube is not None:
         click.echo(f"file:    {file}\nformat:  mean cube\nshape:   {cube.shape}\n"
                    f"channel means: {[round(float(v), 4) for v in cube.mean(axis=(1, 2, 3))]}\n"
                    f"sha256:  {file_sha256(file)}")

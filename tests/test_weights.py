@@ -269,3 +269,16 @@ def test_extract_runs_end_to_end_on_a_caffemodel(tmp_path, res3d_files, video_di
         assert f.attrs["spec"] == "res3d-sports1m" and f.attrs["weights_sha256"] == file_sha256(path)
         assert f["features/res5b"].shape == (3, 25088)
         assert np.allclose(np.linalg.norm(f["features/res5b"][:], axis=1), 1, atol=1e-5)
+
+
+def test_convert_and_info_of_a_mean_cube(tmp_path):
+    cube = np.random.default_rng(9).uniform(0, 255, (1, 3, 16, 128, 171)).astype(np.float32)
+    (tmp_path / "mean.binaryproto").write_bytes(ck.blob_v11(cube))
+    runner = CliRunner()
+    result = runner.invoke(weights_main, ["convert", str(tmp_path / "mean.binaryproto"), str(tmp_path / "mean.npy")])
+    assert result.exit_code == 0 and "mean cube (3, 16, 128, 171)" in result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "mean.npy"), cube[0])
+    info = runner.invoke(weights_main, ["info", str(tmp_path / "mean.npy")])
+    assert info.exit_code == 0 and "format:  mean cube" in info.output
+    bad = runner.invoke(weights_main, ["convert", str(tmp_path / "mean.binaryproto"), str(tmp_path / "mean.pt")])
+    assert bad.exit_code == 1 and "written as .npy" in bad.output
