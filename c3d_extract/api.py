@@ -49,10 +49,14 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
                     clip_len: Optional[int] = None, stride: Optional[int] = None, frame_step: Optional[int] = None,
                     short: str = "loop", device: str = "auto", precision: str = "auto",
                     batch_size: Optional[int] = None, per_clip: bool = False, segments: Optional[int] = None,
-                    shard: Optional[str] = None, quiet: bool = True, warn: Warn = lambda message: None) -> Extractor:
+                    shard: Optional[str] = None, resize_on: str = "auto", quiet: bool = True,
+                    warn: Warn = lambda message: None) -> Extractor:
     """Resolve weights, spec, layers, devices and precision. `device` may list several devices
     ("cuda:0,cuda:1"): one replica each. Raises ValueError for bad arguments and WeightsError for
-    weights that cannot be had or do not fit."""
+    weights that cannot be had or do not fit. `resize_on`: "workers" (decoder processes), "device"
+    (where the network runs: full frames travel, the GPU resizes), or "auto" (device on CUDA)."""
+    if resize_on not in ("auto", "workers", "device"):
+        raise ValueError(f"resize_on must be auto, workers or device, not {resize_on!r}")
     targets = [resolve_device(name.strip()) for name in device.split(",")]
     if len({t.type for t in targets}) > 1:
         raise ValueError(f"--device {device}: mix of CPU and CUDA devices")
@@ -77,7 +81,11 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
                   "decoder": DECODER, "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
     batch = batch_size or (32 if runtime.device.type == "cuda" else 4)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
-    replicas = [Network(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch)
+    on_device = resize_on == "device" or (resize_on == "auto" and runtime.device.type == "cuda")
+    # PyTorch's interpolation picks kernels by batch and thread count: the two places can differ by a
+    # grey level in a few pixels, so a file records where it resized and never mixes the two.
+    settings["resize_on"] = "device" if on_device else "workers"
+    replicas = [Network(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, on_device)
                 for net, target in zip([loaded.net, *copies], targets)]
     return Extractor(spec, replicas[0], loaded, settings, provenance, shapes, replicas)
 

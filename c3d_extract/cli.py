@@ -108,6 +108,9 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
               help="Decoding threads (they share the CPU with the network: half the cores, at most 4).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds a decoder may go without progress before its video is abandoned as failed.")
+@click.option("--resize-on", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
+              help="Where frames are resized and cropped: in the decoder processes, or on the network's device "
+                   "(full frames travel; cheaper with a GPU). auto: device on CUDA, workers on the CPU.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU tasks, the network "
                    "as GPU actors), local or on a cluster; needs the [ray] extra.")
@@ -137,7 +140,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: int, timeout: float, engine: str, ray_address: Optional[str], device: str,
+                    workers: int, timeout: float, resize_on: str, engine: str, ray_address: Optional[str], device: str,
                     precision: str, root: Optional[str], ext: Optional[str],
                     per_clip: bool, segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool, verify: Optional[int],
                     quiet: bool) -> None:
@@ -159,7 +162,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
         extractor = api.build_extractor(
             model=model, layers=_layers(layers), weights=weights, seed=seed, mean=mean_text, clip_len=clip_len,
             stride=stride, frame_step=frame_step, short=short, device=device, precision=precision,
-            batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard, quiet=quiet, warn=_say)
+            batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard,
+            resize_on="workers" if engine == "ray" else resize_on, quiet=quiet, warn=_say)
     except WeightsError as exc:
         raise Refused(str(exc)) from None
     except ValueError as exc:

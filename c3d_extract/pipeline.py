@@ -46,16 +46,18 @@ class Failed:
 Item = Union[Clip, Finished, Failed]
 
 
-def decode_video(job: VideoJob, spec: InputSpec, short: str) -> Iterator[Item]:
+def decode_video(job: VideoJob, spec: InputSpec, short: str, resize: bool = True) -> Iterator[Item]:
     """All clips of one video, then Finished with its facts, or Failed as soon as anything breaks.
 
+    With `resize` the clips are resized and cropped here; without, they keep the decoded frame size
+    and the network's device does it (Network with resize_on_device).
     A Failed after some clips means those clips must be discarded: a video is whole or absent.
     """
     try:
         reader = VideoReader(job.path)
         cutter = ClipCutter(spec.clip_len, spec.stride, spec.frame_step)
         for frames in reader.frames():
-            for start, clip in cutter.push(spec.crop_frames(frames)):
+            for start, clip in cutter.push(spec.crop_frames(frames) if resize else frames):
                 yield Clip(job.key, start, clip)
         status = "ok"
         if cutter.clips_cut == 0:
@@ -149,20 +151,26 @@ class Network:
     """
 
     def __init__(self, net: StagedNet, layers: Sequence[str], spec: InputSpec, runtime: Runtime,
-                 batch_size: int):
+                 batch_size: int, resize_on_device: bool = False):
         self.net = runtime.prepare(net)
         self.layers = list(layers)
         self.spec, self.runtime, self.batch_size = spec, runtime, batch_size
+        self.resize_on_device = resize_on_device
+
+    def _to_device(self, clip: torch.Tensor) -> torch.Tensor:
+        if self.runtime.device.type == "cuda":
+            return clip.pin_memory().to(self.runtime.device, non_blocking=True)
+        return clip
 
     def __call__(self, clips: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-        """uint8 clips -> per-layer float32 arrays (len(clips), D)."""
+        """uint8 clips (cropped, or full-size with resize_on_device) -> per-layer float32 (len(clips), D)."""
         n = len(clips)
-        batch = torch.stack(list(clips))
+        if self.resize_on_device:  # full-size frames of any size: resize and crop each clip where it runs
+            batch = torch.stack([self.spec.crop_frames(self._to_device(clip)) for clip in clips])
+        else:
+            batch = self._to_device(torch.stack(list(clips)))
         if n < self.batch_size:
             batch = torch.cat([batch, batch.new_zeros((self.batch_size - n, *batch.shape[1:]))])
-        device = self.runtime.device
-        if device.type == "cuda":
-            batch = batch.pin_memory().to(device, non_blocking=True)
         x = self.spec.normalize(batch, self.runtime.dtype).contiguous(memory_format=self.runtime.memory_format)
         with torch.inference_mode():
             out = self.net(x, self.layers)
@@ -281,7 +289,8 @@ def extract(jobs: Sequence[VideoJob], network: "Network | Sequence[Network]", st
             for i, clip in enumerate(clips):
                 collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()}, clip.start)
 
-    pool = DecodePool(jobs, replicas.networks[0].spec, short, workers, timeout)
+    pool = DecodePool(jobs, replicas.networks[0].spec, short, workers, timeout,
+                      resize=not replicas.networks[0].resize_on_device)
     try:
         for item in pool:
             if isinstance(item, Clip):

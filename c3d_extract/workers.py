@@ -28,7 +28,7 @@ from c3d_extract.preprocess import InputSpec
 _IDLE = "idle"
 
 
-def _worker_main(tasks, results, heartbeat, spec: InputSpec, short: str) -> None:
+def _worker_main(tasks, results, heartbeat, spec: InputSpec, short: str, resize: bool) -> None:
     """Decode the jobs received on `tasks` until None arrives; `results` is this worker's own pipe."""
     from c3d_extract.pipeline import Clip, decode_video
 
@@ -49,7 +49,7 @@ def _worker_main(tasks, results, heartbeat, spec: InputSpec, short: str) -> None
         if job is None:
             return
         heartbeat.value = time.time()
-        for item in decode_video(job, spec, short):
+        for item in decode_video(job, spec, short, resize):
             heartbeat.value = time.time()
             if isinstance(item, Clip):  # numpy pickles without torch's shared-memory machinery
                 item = Clip(item.key, item.start, item.frames.numpy())
@@ -70,10 +70,10 @@ class DecodePool:
     """Worker processes decoding `jobs`; iterate to get Clip/Finished/Failed items as they come."""
 
     def __init__(self, jobs: Iterable[VideoJob], spec: InputSpec, short: str, workers: int,
-                 timeout: float = 300.0):
+                 timeout: float = 300.0, resize: bool = True):
         self._ctx = mp.get_context("spawn")  # fork would copy torch's thread pools into the children
         self._jobs = iter(jobs)
-        self._spec, self._short, self._timeout = spec, short, timeout
+        self._spec, self._short, self._timeout, self._resize = spec, short, timeout, resize
         self._workers = [self._start() for _ in range(max(1, workers))]
 
     def _start(self) -> _Worker:
@@ -81,7 +81,8 @@ class DecodePool:
         result_reader, result_writer = self._ctx.Pipe(duplex=False)
         heartbeat = self._ctx.Value("d", time.time(), lock=False)
         process = self._ctx.Process(target=_worker_main, name="c3d-decode", daemon=True,
-                                    args=(task_reader, result_writer, heartbeat, self._spec, self._short))
+                                    args=(task_reader, result_writer, heartbeat, self._spec, self._short,
+                                          self._resize))
         process.start()
         task_reader.close()   # the child's ends: EOF reaches each side when the other goes
         result_writer.close()

@@ -3,6 +3,7 @@
 import os
 
 import h5py
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -129,3 +130,17 @@ def test_two_replicas_write_what_one_device_writes(folder, tmp_path):
         assert f.attrs["device"] == "cpu,cpu"
     assert_same_file(one, two)
     assert run(folder, tmp_path / "x.h5", *BASE, "--device", "cpu,cuda").exit_code == 2
+
+
+def test_resizing_on_the_device_writes_what_the_workers_write(folder, tmp_path):
+    workers, device = tmp_path / "w.h5", tmp_path / "d.h5"
+    run(folder, workers, *BASE, "--resize-on", "workers")
+    assert run(folder, device, *BASE, "--resize-on", "device", "--per-clip").exit_code == 1
+    with h5py.File(device) as f:
+        assert f.attrs["resize_on"] == "device" and f["clips/pool5"].shape[0] == f["num_clips"][()].sum()
+    with h5py.File(workers) as a, h5py.File(device) as b:
+        # the same to a grey level in a few pixels (PyTorch's interpolation kernels vary with batch size)
+        np.testing.assert_allclose(a["features/pool5"][()], b["features/pool5"][()], atol=1e-3)
+        assert a["videos"][()].tolist() == b["videos"][()].tolist()
+    result = run(folder, workers, *BASE, "--resize-on", "device")  # one file never mixes the two
+    assert result.exit_code == 2 and "resize_on 'workers' in the file, 'device' now" in result.stderr

@@ -155,6 +155,13 @@ def test_c3d_pickle_of_the_pytorch_port(tmp_path):
     assert converted.source_format == "c3d-pickle" and converted.spec.name == "c3d-sports1m"
     assert torch.equal(converted.state_dict["conv1a.weight"], port["conv1.weight"])
     assert torch.equal(converted.state_dict["fc6.weight"], port["fc6.weight"])
+    net = converted.spec.build()
+    net.load_state_dict(converted.state_dict)
+    x = torch.randn(1, 3, 16, 112, 112) * 50
+    with torch.no_grad():
+        ours, ref = net.eval()(x, ["pool5", "fc6", "prob"]), c3d_reference(raw, x)
+    for layer in ("pool5", "fc6", "prob"):  # Caffe's pool5 windows, not the port's padding
+        assert_layer_close(ours[layer], ref[layer], layer)
 
 
 def test_torchvision_r3d18_state_dict_is_its_own_spec(tmp_path):
@@ -193,6 +200,30 @@ def test_torchvision_r3d18_state_dict_is_its_own_spec(tmp_path):
     assert torch.equal(state["conv1.conv.weight"], sd["stem.0.weight"]) and torch.equal(state["fc8.bias"], sd["fc.bias"])
     spec = SPECS["r3d18-kinetics400"].input
     assert (spec.channels, spec.frame_step, spec.crop_offset, spec.value_scale) == ("RGB", 1, (8, 30), 1 / 255)
+    # the forward equals the reference written from the raw torchvision tensors (BN with scale factor 1)
+    raw = {"conv1": [sd["stem.0.weight"].numpy()], "bn_conv1": [sd["stem.1.running_mean"].numpy(),
+           sd["stem.1.running_var"].numpy(), np.ones(1, np.float32)],
+           "scale_conv1": [sd["stem.1.weight"].numpy(), sd["stem.1.bias"].numpy()],
+           "fc8": [sd["fc.weight"].numpy(), sd["fc.bias"].numpy()]}
+    for layer in (1, 2, 3, 4):
+        for block in (0, 1):
+            name = f"{layer + 1}{'ab'[block]}"
+            for part, (conv, bn) in {"branch2a": ("conv1.0", "conv1.1"), "branch2b": ("conv2.0", "conv2.1"),
+                                     "branch1": ("downsample.0", "downsample.1")}.items():
+                prefix = f"layer{layer}.{block}."
+                if prefix + conv + ".weight" not in sd:
+                    continue
+                raw[f"res{name}_{part}"] = [sd[prefix + conv + ".weight"].numpy()]
+                raw[f"bn{name}_{part}"] = [sd[prefix + bn + ".running_mean"].numpy(),
+                                           sd[prefix + bn + ".running_var"].numpy(), np.ones(1, np.float32)]
+                raw[f"scale{name}_{part}"] = [sd[prefix + bn + ".weight"].numpy(), sd[prefix + bn + ".bias"].numpy()]
+    net = converted.spec.build()
+    net.load_state_dict(state)
+    x = torch.randn(1, 3, 16, 112, 112)
+    with torch.no_grad():
+        ours, ref = net.eval()(x, ["res3a", "res5b", "pool5", "fc8"]), res3d_reference(raw, x)
+    for layer in ("res3a", "res5b", "pool5", "fc8"):
+        assert_layer_close(ours[layer], ref[layer], layer)
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
