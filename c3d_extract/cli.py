@@ -231,20 +231,6 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
     sys.exit(1 if still_failed else 0)
 
 
-class _Collected:
-    """An in-memory destination for extract(): what --verify recomputes, kept out of the file."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict] = {}
-        self.failed: dict[str, tuple[str, str]] = {}
-
-    def add_video(self, key: str, features: dict, facts: dict) -> None:
-        self.rows[key] = features
-
-    def add_failure(self, key: str, stage: str, error: str) -> None:
-        self.failed[key] = (stage, error)
-
-
 def _verify(output: str, jobs: list, network: Network, count: int, seed: int, short: str, workers: int,
             timeout: float) -> int:
     """Re-extract a sample of stored videos and compare; returns the exit status."""
@@ -260,7 +246,7 @@ def _verify(output: str, jobs: list, network: Network, count: int, seed: int, sh
     if not candidates:
         raise Refused(f"{output}: none of the input videos is in the file: nothing to verify")
     sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
-    sink = _Collected()
+    sink = api.Arrays(network.layers)
     extract(sample, network, sink, short=short, workers=workers, timeout=timeout)  # type: ignore[arg-type]
     worst_diff, worst_cos = 0.0, 1.0
     for key, recomputed in sink.rows.items():

@@ -54,12 +54,6 @@ def _attr(value):
     return value if isinstance(value, (int, float)) else json.dumps(value)
 
 
-def _append(dataset: h5py.Dataset, value) -> None:
-    n = dataset.shape[0]
-    dataset.resize(n + 1, axis=0)
-    dataset[n] = value
-
-
 def _fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
