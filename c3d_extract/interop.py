@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
+import h5py
 import numpy as np
 
 from c3d_extract.features import FeatureFile
@@ -87,12 +89,15 @@ def export_npy(path: str, folder: str, layer: Optional[str] = None) -> int:
     names = [str(PurePosixPath(k).with_suffix("")) + ".npy" for k in features.keys]
     if len(set(names)) != len(names):
         raise StoreError(f"{path}: two videos differ only by extension; their .npy names would collide")
-    has_clips = features.has_clips
-    matrix = None if has_clips else features.matrix(layer)
-    for i, (key, name) in enumerate(zip(features.keys, names)):
-        target = Path(folder) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, features.clips(key, layer).features if has_clips else matrix[i])
+    with h5py.File(path, "r") as f:  # once, not once per video
+        clips = f["clips"][layer] if "clips" in f else None
+        rows = f["features"][layer]
+        offsets, counts = (f["clip_offset"][()], f["num_clips"][()]) if clips is not None else (None, None)
+        for i, name in enumerate(names):
+            target = Path(folder) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            values = clips[offsets[i]: offsets[i] + counts[i]] if clips is not None else rows[i]
+            np.save(target, values)
     return len(names)
 
 
