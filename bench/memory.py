@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from throughput import machine  # noqa: E402
+from throughput import machine, report  # noqa: E402
 
 PROBE = """
 import resource, sys, time
@@ -75,9 +75,7 @@ def main() -> None:
     whole = frames * 112 * 112 * 3 / 2**20
     table = (f"### {datetime.date.today()} — memory of decode -> clips — {machine()}\n\n" + "\n".join(rows) +
              f"\n\nHolding the last video's cropped frames at once would take {whole:.0f} MiB.\n\n")
-    print(table)
-    with open(args.out, "a") as handle:
-        handle.write(table)
+    report(table, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from throughput import machine  # noqa: E402
+from throughput import machine, report  # noqa: E402
 
 from c3d_extract.store import FeatureStore  # noqa: E402
 
@@ -57,9 +57,7 @@ def main() -> None:
              f"{n} videos x 4096-d, 101 classes, split 1 by group number (counts below), "
              f"one-vs-rest LinearSVC (dual, C=1), --jobs {os.cpu_count()}: **{seconds:.0f} s** end to end "
              f"(reading the file included).\n\n    {line}\n\n")
-    print(table)
-    with open(args.out, "a") as handle:
-        handle.write(table)
+    report(table, args.out)
 
 
 if __name__ == "__main__":

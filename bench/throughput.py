@@ -20,7 +20,6 @@ import platform
 import time
 
 import decord
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +42,13 @@ def machine() -> str:
     return (f"{name}, {os.cpu_count()} CPUs, bf16 kernels {'yes' if cpu_has_fast_bf16() else 'no'}, "
             f"AMX {'yes' if amx else 'no'}, torch {torch.__version__}, "
             f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
+
+
+def report(text: str, out: str) -> None:
+    """Print a results section and append it to the results file."""
+    print(text)
+    with open(out, "a") as handle:
+        handle.write(text)
 
 
 def _network(model: str, precision: str, batch: int) -> Network:
@@ -143,10 +149,7 @@ def main() -> None:
                          f" | {max(e2e) / base:.1f}x |")
             print(lines[-1], flush=True)
         lines.append("")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    with open(args.out, "a") as handle:
-        handle.write(table)
+    report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,8 @@ def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Option
     """Extract descriptors of `videos` (paths, directories, @lists). With `output`, into that feature
     file (resuming it; crash-safe) and return a Summary; without, return an `Arrays` in memory.
     `options` are those of build_extractor (model, layers, weights, ...)."""
+    if output is None and engine != "local":
+        raise ValueError("extracting to arrays runs the local engine; give `output` for --engine ray")
     extractor = build_extractor(warn=warn, **options)
     jobs = find_jobs(videos, root, ext, options.get("shard"), warn)
     short = options.get("short", "loop")

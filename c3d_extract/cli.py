@@ -105,7 +105,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                                                            "32 on CUDA).")
 @click.option("--workers", type=click.IntRange(1), default=max(1, min(4, (os.cpu_count() or 2) // 2)),
               show_default=True,
-              help="Decoding threads (they share the CPU with the network: half the cores, at most 4).")
+              help="Decoder processes (they share the CPU with the network: half the cores, at most 4).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds a decoder may go without progress before its video is abandoned as failed.")
 @click.option("--resize-on", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
@@ -140,15 +140,16 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: int, timeout: float, resize_on: str, engine: str, ray_address: Optional[str], device: str,
-                    precision: str, root: Optional[str], ext: Optional[str],
-                    per_clip: bool, segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool, verify: Optional[int],
-                    quiet: bool) -> None:
+                    workers: int, timeout: float, resize_on: str, engine: str, ray_address: Optional[str],
+                    device: str, precision: str, root: Optional[str], ext: Optional[str], per_clip: bool,
+                    segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool,
+                    verify: Optional[int], quiet: bool) -> None:
     """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or
     @LIST files of paths) into the HDF5 file OUTPUT.
 
-    Every video is cut into windows of 16 frames every 8 frames; each clip goes through the network;
-    a video's descriptor is the mean of its clips' activations, L2-normalised, per layer. Re-running
+    Every video is cut into windows (C3D and Res3D: 16 frames every 8 frames); each clip goes
+    through the network; a video's descriptor is the mean of its clips' activations, L2-normalised,
+    per layer. Re-running
     the same command skips the videos already in OUTPUT. Exit status: 0 when every video is in
     OUTPUT, 1 when any failed (see OUTPUT's `failures`), 2 when the run could not start.
     """
@@ -179,7 +180,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
         if not os.path.exists(output):
             raise Refused(f"{output}: no such feature file to verify")
         try:
-            FeatureStore._check_existing(output, extractor.settings)
+            FeatureStore.check_existing(output, extractor.settings)
         except StoreError as exc:
             raise Refused(str(exc)) from None
         sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout))

@@ -26,7 +26,7 @@ from c3d_extract.workers import DecodePool
 class Clip:
     key: str
     start: int
-    frames: torch.Tensor  # uint8 (T, h, w, 3) RGB, cropped
+    frames: torch.Tensor  # uint8 (T, h, w, 3) RGB: cropped, or as decoded with resize_on_device
 
 
 @dataclass
@@ -156,6 +156,7 @@ class Network:
         self.layers = list(layers)
         self.spec, self.runtime, self.batch_size = spec, runtime, batch_size
         self.resize_on_device = resize_on_device
+        self._constants = spec.constants(runtime.device)  # the mean lives on the device once
 
     def _to_device(self, clip: torch.Tensor) -> torch.Tensor:
         if self.runtime.device.type == "cuda":
@@ -171,7 +172,8 @@ class Network:
             batch = self._to_device(torch.stack(list(clips)))
         if n < self.batch_size:
             batch = torch.cat([batch, batch.new_zeros((self.batch_size - n, *batch.shape[1:]))])
-        x = self.spec.normalize(batch, self.runtime.dtype).contiguous(memory_format=self.runtime.memory_format)
+        x = self.spec.normalize(batch, self.runtime.dtype, self._constants)
+        x = x.contiguous(memory_format=self.runtime.memory_format)
         with torch.inference_mode():
             out = self.net(x, self.layers)
         return {layer: value[:n].float().flatten(1).cpu().numpy() for layer, value in out.items()}

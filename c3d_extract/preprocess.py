@@ -102,25 +102,36 @@ class InputSpec:
         top, left = self.offset(size)
         return frames[:, top: top + self.crop[0], left: left + self.crop[1]]
 
-    def normalize(self, clips: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def constants(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The mean (per channel, or the cube cropped at the crop offset) and the std (None when 1),
+        as float32 tensors on `device` shaped to broadcast over (B, 3, T, h, w). Build them once."""
+        if self.mean_cube is not None:
+            top, left = self.offset(self.resize)
+            cube = self.mean_cube[:, :, top: top + self.crop[0], left: left + self.crop[1]]
+            mean = torch.as_tensor(np.ascontiguousarray(cube), dtype=torch.float32, device=device)[None]
+        else:
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1)
+        std = None if self.std == (1.0, 1.0, 1.0) else \
+            torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1)
+        return mean, std
+
+    def normalize(self, clips: torch.Tensor, dtype: torch.dtype = torch.float32,
+                  constants: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> torch.Tensor:
         """Cropped uint8 RGB clips (B, T, h, w, 3) -> network input (B, 3, T, h, w) of `dtype`.
 
         The arithmetic runs in float32 on the clips' device and is cast at the end, so a low
-        precision only rounds the final input once.
+        precision only rounds the final input once. Pass `constants` (from `constants(device)`) to
+        avoid rebuilding the mean for every batch.
         """
+        mean, std = constants if constants is not None else self.constants(clips.device)
         x = clips.permute(0, 4, 1, 2, 3).float()
         if self.channels == "BGR":
             x = x.flip(1)
         if self.value_scale != 1.0:
             x = x * self.value_scale
-        if self.mean_cube is not None:
-            top, left = self.crop_offset
-            cube = self.mean_cube[:, :, top: top + self.crop[0], left: left + self.crop[1]]
-            x = x - torch.as_tensor(np.ascontiguousarray(cube), dtype=torch.float32, device=x.device)
-        else:
-            x = x - torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1, 1)
-        if self.std != (1.0, 1.0, 1.0):
-            x = x / torch.tensor(self.std, device=x.device).view(1, 3, 1, 1, 1)
+        x = x - mean
+        if std is not None:
+            x = x / std
         return x.to(dtype)
 
     def describe_mean(self) -> str:

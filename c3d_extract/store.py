@@ -104,7 +104,7 @@ class FeatureStore:
         """
         exists = os.path.exists(path)
         if exists and not overwrite:
-            cls._check_existing(path, settings)
+            cls.check_existing(path, settings)
         try:
             journal = Journal(journal_path(path))
         except JournalBusy:
@@ -127,7 +127,8 @@ class FeatureStore:
         return cls(path, journal, provenance)
 
     @staticmethod
-    def _check_existing(path: str, settings: Mapping) -> None:
+    def check_existing(path: str, settings: Mapping) -> None:
+        """Raise StoreError unless `path` is a feature file written with these settings."""
         try:
             h5 = h5py.File(path, "r")
         except (OSError, RuntimeError) as exc:
@@ -260,9 +261,10 @@ class H5Rows:
         self.keys = _strings(h5["videos"])
         self.shapes = {n: tuple(int(v) for v in h5["features"][n].attrs["clip_shape"]) for n in h5["features"]}
         self._facts = {name: h5[name][()] for name in _PER_VIDEO}
+        self._offsets = h5["clip_offset"][()] if "clip_offset" in h5 else None
 
-    def facts(self, row: int) -> dict:
-        return {name: column[row] for name, column in self._facts.items()}
+    def fact(self, row: int, name: str):
+        return self._facts[name][row]
 
     def read(self, path: str, rows: list) -> np.ndarray:
         """Rows of a per-video dataset such as features/fc6 or segments/fc6."""
@@ -274,7 +276,7 @@ class H5Rows:
 
     def clips(self, row: int, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(first frames, layer -> (clips, D)) of one video's per-clip rows."""
-        start, count = int(self.h5["clip_offset"][row]), int(self.h5["num_clips"][row])
+        start, count = int(self._offsets[row]), int(self._facts["num_clips"][row])
         return (self.h5["clips/first_frame"][start: start + count],
                 {layer: self.h5[f"clips/{layer}"][start: start + count] for layer in layers})
 
@@ -284,27 +286,36 @@ class JournalRows:
 
     def __init__(self, journal: Journal, videos: dict):
         self.journal, self.videos = journal, videos
+        self._cache: dict[str, dict[str, np.ndarray]] = {}
 
-    def facts(self, key: str) -> dict:
-        return self.videos[key].meta["facts"]
+    def fact(self, key: str, name: str):
+        return self.videos[key].meta["facts"][name]
+
+    def _arrays(self, key: str) -> dict[str, np.ndarray]:
+        """A record's arrays, read from the journal once per block, not once per dataset."""
+        if key not in self._cache:
+            if len(self._cache) >= 512:
+                self._cache.clear()
+            self._cache[key] = self.journal.features(self.videos[key])
+        return self._cache[key]
 
     def read(self, path: str, keys: list) -> np.ndarray:
         """features/<layer> is stored under the layer name; segments/<layer> under its path."""
         name = path.split("/", 1)[1] if path.startswith("features/") else path
-        rows = [self.journal.features(self.videos[k])[name] for k in keys]
-        return np.stack(rows)
+        return np.stack([self._arrays(k)[name] for k in keys])
 
     def clips(self, key: str, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         record = self.videos[key]
-        arrays = self.journal.features(record)
+        arrays = self._arrays(key)
         starts = np.asarray(record.meta["clip_starts"], np.int64)
         return starts, {layer: arrays[f"clips/{layer}"].reshape(len(starts), -1) for layer in layers}
 
 
 def write_sorted(path: str, attrs: Mapping, shapes: Mapping[str, tuple[int, ...]], order: list,
                  failures: list[tuple[str, str, str]], block: int = 256) -> None:
-    """Write a feature file at `path` from rows (key, source, row) in key order, a block at a time
-    (memory O(block), not O(N)), with `attrs` (which hold `settings`) and the given failures."""
+    """Write a feature file at `path` from rows (key, source, row) in key order, with `attrs` (which
+    hold `settings`) and the given failures. Feature rows go a block at a time (memory O(block)); only
+    keys and per-video scalars are O(N)."""
     order = sorted(order, key=lambda item: item[0])
     failures = sorted(failures)
     settings = json.loads(attrs["settings"])
@@ -316,35 +327,36 @@ def write_sorted(path: str, attrs: Mapping, shapes: Mapping[str, tuple[int, ...]
         new.attrs["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if order:
             new["videos"][:] = [k for k, _, _ in order]
-            facts = [source.facts(row) for _, source, row in order]
-            for name in _PER_VIDEO:
-                new[name][:] = [f[name] for f in facts]
+            for name in _PER_VIDEO:  # a column at a time: no per-video dicts, memory O(N) scalars
+                new[name][:] = [source.fact(row, name) for _, source, row in order]
         paths = [f"features/{layer}" for layer in shapes]
         if "segments" in new:
             paths += [f"segments/{layer}" for layer in shapes]
-        for path in paths:
-            target = new[path]
-            for start in range(0, len(order), block):
-                part = order[start: start + block]
+        for start in range(0, len(order), block):  # block-major: each journal record is read once
+            part = order[start: start + block]
+            by_source: dict[int, tuple] = {}
+            for i, (_, source, row) in enumerate(part):
+                by_source.setdefault(id(source), (source, [], []))
+                by_source[id(source)][1].append(i)
+                by_source[id(source)][2].append(row)
+            for path in paths:
+                target = new[path]
                 rows = np.empty((len(part), *target.shape[1:]), np.float32)
-                by_source: dict[int, tuple] = {}
-                for i, (_, source, row) in enumerate(part):
-                    by_source.setdefault(id(source), (source, [], []))
-                    by_source[id(source)][1].append(i)
-                    by_source[id(source)][2].append(row)
                 for source, positions, source_rows in by_source.values():
                     rows[positions] = source.read(path, source_rows).reshape(len(source_rows), *target.shape[1:])
                 target[start: start + len(part)] = rows
         if "clips" in new:
-            _write_clips(new, order, facts, list(shapes), int(settings.get("clip_len", 16)))
+            _write_clips(new, order, list(shapes), int(settings.get("clip_len", 16)))
         for i, name in enumerate(_FAILURE_FIELDS):
             if failures:
                 new["failures"][name][:] = [row[i] for row in failures]
 
 
-def _write_clips(new: h5py.File, order: list, facts: list[dict], layers: list[str], clip_len: int) -> None:
-    """Per-clip rows in video order: clip_offset per video, frames and time per clip."""
-    counts = np.array([f["num_clips"] for f in facts], np.int64)
+def _write_clips(new: h5py.File, order: list, layers: list[str], clip_len: int) -> None:
+    """Per-clip rows in video order: clip_offset per video, frames and time per clip (the per-video
+    facts come from the datasets just written)."""
+    counts = new["num_clips"][()].astype(np.int64)
+    frames, rates = new["num_frames"][()], new["fps"][()]
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else np.zeros(0, np.int64)
     total = int(counts.sum())
     if len(counts):
@@ -352,18 +364,17 @@ def _write_clips(new: h5py.File, order: list, facts: list[dict], layers: list[st
     group = new["clips"]
     for name in [*layers, "first_frame", "last_frame", "time"]:
         group[name].resize(total, axis=0)
-    for (key, source, row), fact, offset in zip(order, facts, offsets):
+    for (key, source, row), num_frames, fps, offset in zip(order, frames, rates, offsets):
         starts, arrays = source.clips(row, layers)
         end = offset + len(starts)
         for layer in layers:
             group[layer][offset:end] = arrays[layer]
         last = np.asarray(starts) + clip_len - 1
-        if int(fact["num_frames"]) > 0:  # imported clips may not know the video's length
-            last = np.minimum(last, int(fact["num_frames"]) - 1)
+        if int(num_frames) > 0:  # imported clips may not know the video's length
+            last = np.minimum(last, int(num_frames) - 1)
         group["first_frame"][offset:end] = starts
         group["last_frame"][offset:end] = last
-        fps = float(fact["fps"])
-        group["time"][offset:end] = np.asarray(starts) / fps if fps > 0 else np.nan
+        group["time"][offset:end] = np.asarray(starts) / float(fps) if fps > 0 else np.nan
 
 
 @dataclass
