@@ -23,7 +23,7 @@ from c3d_extract.features import ClipSequence, FeatureFile
 from c3d_extract.inputs import VideoJob, find_videos, parse_extensions, parse_shard, shard_of
 from c3d_extract.models import ModelSpec
 from c3d_extract.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
-from c3d_extract.runtime import Runtime, resolve_device, resolve_precision
+from c3d_extract.runtime import Runtime, default_device, resolve_device, resolve_precision
 from c3d_extract.store import FeatureStore, StoreError
 from c3d_extract.video import DECODER
 from c3d_extract.weights import RANDOM, Loaded, WeightsError, load_weights, spec_mean
@@ -47,16 +47,17 @@ class Extractor:
 def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]] = None,
                     weights: Optional[str] = None, seed: int = 0, mean: Optional[str] = None,
                     clip_len: Optional[int] = None, stride: Optional[int] = None, frame_step: Optional[int] = None,
-                    short: str = "loop", device: str = "auto", precision: str = "auto",
+                    short: str = "loop", device: Optional[str] = None, precision: str = "auto",
                     batch_size: Optional[int] = None, per_clip: bool = False, segments: Optional[int] = None,
                     shard: Optional[str] = None, resize_on: str = "auto", quiet: bool = True,
                     warn: Warn = lambda message: None) -> Extractor:
     """Resolve weights, spec, layers, devices and precision. `device` may list several devices
-    ("cuda:0,cuda:1"): one replica each. Raises ValueError for bad arguments and WeightsError for
+    ("cuda:0,cuda:1"): one replica each; None means $C3D_EXTRACT_DEVICE, else auto. Raises ValueError for bad arguments and WeightsError for
     weights that cannot be had or do not fit. `resize_on`: "workers" (decoder processes), "device"
     (where the network runs: full frames travel, the GPU resizes), or "auto" (device on CUDA)."""
     if resize_on not in ("auto", "workers", "device"):
         raise ValueError(f"resize_on must be auto, workers or device, not {resize_on!r}")
+    device = device or default_device()
     targets = [resolve_device(name.strip()) for name in device.split(",")]
     if len({t.type for t in targets}) > 1:
         raise ValueError(f"--device {device}: mix of CPU and CUDA devices")

@@ -16,7 +16,7 @@ from c3d_extract.inputs import VIDEO_EXTENSIONS, parse_shard
 from c3d_extract.manifest import cache_dir
 from c3d_extract.models import MODELS, SPECS
 from c3d_extract.pipeline import Failed, Network, Summary, extract
-from c3d_extract.runtime import PRECISIONS
+from c3d_extract.runtime import DEVICE_ENV, PRECISIONS
 from c3d_extract.features import FeatureFileError
 from c3d_extract.store import FeatureStore, StoreError, merge
 from c3d_extract.weights import WeightsError
@@ -116,8 +116,9 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                    "as GPU actors), local or on a cluster; needs the [ray] extra.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
                                                     "default: a local Ray.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device.")
+@click.option("--device", envvar=DEVICE_ENV, show_envvar=True,
+              help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device. "
+                   "Default: auto (the first CUDA device when there is one, else the CPU).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units (cosine >= 0.999 to fp32, tested), else fp32.")
 @click.option("--root", type=click.Path(file_okay=False),
@@ -141,7 +142,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
                     workers: int, timeout: float, resize_on: str, engine: str, ray_address: Optional[str],
-                    device: str, precision: str, root: Optional[str], ext: Optional[str], per_clip: bool,
+                    device: Optional[str], precision: str, root: Optional[str], ext: Optional[str], per_clip: bool,
                     segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool,
                     verify: Optional[int], quiet: bool) -> None:
     """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or

@@ -6,55 +6,17 @@ import shutil
 import subprocess
 import sys
 
-import decord
 import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from click.testing import CliRunner
 
-from c3d_extract.cli import main
 from c3d_extract.models import c3d, res3d
 from c3d_extract.models.net import init_random
+from tests.helpers import recompute, rows, run
 from tests.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
 
 C3D_BGR_MEAN = (90.2516, 97.6570, 101.4083)
-
-
-def run(*args, env=None):
-    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def rows(path, layer):
-    with h5py.File(path, "r") as f:
-        return {k.decode(): f[f"features/{layer}"][i] for i, k in enumerate(f["videos"][:])}
-
-
-def recompute(path, net, layers, mean, frame_step):
-    """The paper's descriptor written out plainly: decode all, resize, crop, BGR - mean (three values or a
-    3x16x128x171 cube cropped at the same offsets), one forward per clip, mean over clips, L2.
-    Shares no code with the pipeline but the network."""
-    frames = decord.VideoReader(str(path), num_threads=1)
-    frames = frames.get_batch(list(range(len(frames)))).asnumpy()
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(128, 171), mode="bilinear", align_corners=False).round().clamp(0, 255)
-    x = x[:, :, 8:120, 29:141].flip(1)  # crop at (8, 29), RGB -> BGR
-    if isinstance(mean, np.ndarray):
-        subtract = torch.from_numpy(mean[:, :, 8:120, 29:141])  # (3, 16, 112, 112)
-    else:
-        subtract = torch.tensor(mean).view(3, 1, 1, 1)
-    sums = {}
-    starts = range(0, len(frames) - 16 + 1, 8)
-    with torch.no_grad():
-        for s in starts:
-            clip = x[s: s + 16: frame_step].permute(1, 0, 2, 3) - subtract  # (3, T, 112, 112)
-            for layer, value in net(clip[None], layers).items():
-                sums[layer] = sums.get(layer, 0) + value.double().flatten()
-    return {layer: (v / len(starts) / (v / len(starts)).norm()).numpy() for layer, v in sums.items()}
 
 
 @pytest.mark.slow
