@@ -109,8 +109,12 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds a decoder may go without progress before its video is abandoned as failed.")
 @click.option("--resize-on", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
-              help="Where frames are resized and cropped: in the decoder processes, or on the network's device "
-                   "(full frames travel; cheaper with a GPU). auto: device on CUDA, workers on the CPU.")
+              help="Where frames are resized and cropped: in the decoder processes with OpenCV (bit-exact, "
+                   "what Caffe did; auto), or on the network's device with a float resize (full frames travel; "
+                   "not bit-exact: a grey level off in some pixels, recorded in the file).")
+@click.option("--keep-partial", is_flag=True,
+              help="A video that breaks while decoding keeps the clips before the damage (status "
+                   "partial:<frames>) instead of failing; for collections where damaged files are common.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU tasks, the network "
                    "as GPU actors), local or on a cluster; needs the [ray] extra.")
@@ -141,7 +145,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: int, timeout: float, resize_on: str, engine: str, ray_address: Optional[str],
+                    workers: int, timeout: float, resize_on: str, keep_partial: bool, engine: str, ray_address: Optional[str],
                     device: Optional[str], precision: str, root: Optional[str], ext: Optional[str], per_clip: bool,
                     segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool,
                     verify: Optional[int], quiet: bool) -> None:
@@ -165,7 +169,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
             model=model, layers=_layers(layers), weights=weights, seed=seed, mean=mean_text, clip_len=clip_len,
             stride=stride, frame_step=frame_step, short=short, device=device, precision=precision,
             batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard,
-            resize_on="workers" if engine == "ray" else resize_on, quiet=quiet, warn=_say)
+            resize_on="workers" if engine == "ray" else resize_on, keep_partial=keep_partial, quiet=quiet,
+            warn=_say)
     except WeightsError as exc:
         raise Refused(str(exc)) from None
     except ValueError as exc:
@@ -184,7 +189,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
             FeatureStore.check_existing(output, extractor.settings)
         except StoreError as exc:
             raise Refused(str(exc)) from None
-        sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout))
+        sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout, keep_partial))
     try:
         store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
                                   overwrite=overwrite)
@@ -234,7 +239,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
 
 def _verify(output: str, jobs: list, network: Network, count: int, seed: int, short: str, workers: int,
-            timeout: float) -> int:
+            timeout: float, keep_partial: bool = False) -> int:
     """Re-extract a sample of stored videos and compare; returns the exit status."""
     import random
 
@@ -249,7 +254,8 @@ def _verify(output: str, jobs: list, network: Network, count: int, seed: int, sh
         raise Refused(f"{output}: none of the input videos is in the file: nothing to verify")
     sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
     sink = api.Arrays(network.layers)
-    extract(sample, network, sink, short=short, workers=workers, timeout=timeout)  # type: ignore[arg-type]
+    extract(sample, network, sink, short=short, workers=workers, timeout=timeout,  # type: ignore[arg-type]
+            keep_partial=keep_partial)
     worst_diff, worst_cos = 0.0, 1.0
     for key, recomputed in sink.rows.items():
         for layer, value in recomputed.items():
@@ -312,6 +318,9 @@ def info_command(file: str, as_json: bool) -> None:
     click.echo(f"  mean     {settings.get('mean')}")
     click.echo(f"  videos   {report['videos']} ({report['clips']} clips, {report['frames']} frames, "
                f"{report['padded_short_videos']} padded short)")
+    click.echo(f"  status   {report['status']}")
+    if report["decoders"]:
+        click.echo(f"  decoders {report['decoders']}")
     for name, layer in report["layers"].items():
         click.echo(f"  layer    {name}: {layer['dim']} values per video (clip shape {layer['clip_shape']})")
     if report["per_clip"] or report["segments"]:

@@ -6,7 +6,8 @@ Layout (README "The feature file"):
     num_frames, num_clips  (N,) int64    frames decoded, clips that were averaged
     fps                    (N,) f64
     height, width          (N,) int32    decoded frame size before the resize
-    status                 (N,) UTF-8    "ok", or how the video was padded ("short:loop", ...)
+    status                 (N,) UTF-8    "ok", or what happened: "short:loop", "repaired:3", "partial:28"
+    decoder                (N,) UTF-8    the decoder that read it ("decord 0.6.0", "pyav 18.1.0")
     failures/{video,stage,error} (F,)    every video that could not be processed
     root attributes        provenance (version, model, weights sha256, clip settings, precision,
                            device, decoder, command line) and `settings`, the JSON that must match
@@ -35,7 +36,9 @@ FORMAT = "c3d_extract.features"
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _PER_VIDEO = {"num_frames": np.int64, "num_clips": np.int64, "fps": np.float64,
-              "height": np.int32, "width": np.int32, "status": _STR}
+              "height": np.int32, "width": np.int32, "status": _STR, "decoder": _STR}
+# facts that files and journals written before them do not have, and what they read as
+_LATER_FACTS = {"decoder": ""}
 _FAILURE_FIELDS = ("video", "stage", "error")
 
 
@@ -213,6 +216,7 @@ class FeatureStore:
             if self.segments:
                 arrays.update({f"segments/{layer}": segment_pool(clips.layers[layer], self.segments)
                                for layer in self.layers})
+        facts = {**_LATER_FACTS, **facts}
         self._journal.append_video(key, {n: facts[n] for n in _PER_VIDEO}, arrays, extra)
         self.done.add(key)
         self.failed.pop(key, None)
@@ -260,7 +264,8 @@ class H5Rows:
         self.h5 = h5
         self.keys = _strings(h5["videos"])
         self.shapes = {n: tuple(int(v) for v in h5["features"][n].attrs["clip_shape"]) for n in h5["features"]}
-        self._facts = {name: h5[name][()] for name in _PER_VIDEO}
+        self._facts = {name: h5[name][()] if name in h5 else np.full(len(self.keys), _LATER_FACTS[name], object)
+                       for name in _PER_VIDEO}
         self._offsets = h5["clip_offset"][()] if "clip_offset" in h5 else None
 
     def fact(self, row: int, name: str):
@@ -289,7 +294,8 @@ class JournalRows:
         self._cache: dict[str, dict[str, np.ndarray]] = {}
 
     def fact(self, key: str, name: str):
-        return self.videos[key].meta["facts"][name]
+        facts = self.videos[key].meta["facts"]
+        return facts[name] if name in facts else _LATER_FACTS[name]
 
     def _arrays(self, key: str) -> dict[str, np.ndarray]:
         """A record's arrays, read from the journal once per block, not once per dataset."""

@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import decord
 import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
 
 from c3d_extract.cli import main as extract_main
@@ -60,13 +60,13 @@ def rows(path, layer) -> dict[str, np.ndarray]:
 
 
 def recompute(path, net, layers, mean, frame_step) -> dict[str, np.ndarray]:
-    """The paper's descriptor written out plainly: decode all, resize, crop, BGR - mean (three values or a
+    """The paper's descriptor written out plainly: decode all, cv2 INTER_LINEAR resize, crop, BGR - mean (three values or a
     3x16x128x171 cube cropped at the same offsets), one forward per clip, mean over clips, L2.
     Shares no code with the pipeline but the network."""
     frames = decord.VideoReader(str(path), num_threads=1)
     frames = frames.get_batch(list(range(len(frames)))).asnumpy()
+    frames = np.stack([cv2.resize(f, (171, 128), interpolation=cv2.INTER_LINEAR) for f in frames])  # Caffe's call
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(128, 171), mode="bilinear", align_corners=False).round().clamp(0, 255)
     x = x[:, :, 8:120, 29:141].flip(1)  # crop at (8, 29), RGB -> BGR
     if isinstance(mean, np.ndarray):
         subtract = torch.from_numpy(mean[:, :, 8:120, 29:141])  # (3, 16, 112, 112)
@@ -83,7 +83,7 @@ def recompute(path, net, layers, mean, frame_step) -> dict[str, np.ndarray]:
 
 
 # attributes that legitimately differ between two runs of the same job
-_RUN_ATTRS = {"created", "command_line", "c3d_extract_version", "torch_version"}
+_RUN_ATTRS = {"created", "updated", "last_run", "command_line", "c3d_extract_version", "torch_version"}
 
 
 def snapshot(path) -> dict:

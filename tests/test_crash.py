@@ -39,14 +39,14 @@ def finished_in_journal(out) -> int:
     path, count = journal_path(str(out)), 0
     if not os.path.exists(path):
         return 0
-    data = open(path, "rb").read()
+    data, header = open(path, "rb").read(), struct.Struct("<4sBBII")
     offset = 0
-    while offset + 12 <= len(data):
-        magic, _, kind, length, _ = struct.unpack_from("<4sBBII", data, offset)
-        if magic != b"C3DJ" or offset + 12 + length > len(data):
+    while offset + header.size <= len(data):
+        magic, _, kind, length, _ = header.unpack_from(data, offset)
+        if magic != b"C3DJ" or offset + header.size + length > len(data):
             break
         count += kind == 1
-        offset += 12 + length
+        offset += header.size + length
     return count
 
 

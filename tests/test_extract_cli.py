@@ -32,7 +32,8 @@ def test_c3d_rows_equal_an_independent_recomputation(video_dir, tmp_path):
     with h5py.File(out, "r") as f:
         assert sorted(k.decode() for k in f["videos"][:]) == ["h264.mp4", "sub/h264.mkv", "sub/xvid.avi"]
         assert f.attrs["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-        assert f.attrs["precision"] == "fp32" and f.attrs["decoder"] == "decord 0.6.0"
+        assert f.attrs["precision"] == "fp32" and f.attrs["decoder"].startswith("decord 0.6.0, then pyav ")
+        assert set(f["decoder"].asstr()[()]) == {"decord 0.6.0"}
         assert list(f["features"]) == ["fc6", "pool5", "prob"] and f["features/pool5"].shape[1] == 8192
         clips = dict(zip((k.decode() for k in f["videos"][:]), f["num_clips"][:]))
         assert clips == {"h264.mp4": 4, "sub/xvid.avi": 2, "sub/h264.mkv": 1}
@@ -71,7 +72,10 @@ def test_corrupt_real_video_among_good_ones(tmp_path):
     out = tmp_path / "out.h5"
     result = run(folder, out, "--model", "res3d", "--weights", "random")
     assert result.exit_code == 1
-    assert f"{folder / CORRUPT}: decode: decoding failed" in result.stderr
+    line = next(line for line in result.stderr.splitlines() if CORRUPT in line)
+    # one line that names both decoders and where each broke (frame 28 of 50)
+    assert line.startswith(f"c3d-extract: {folder / CORRUPT}: decode: decord 0.6.0: decoding failed in frames ")
+    assert "; pyav " in line and "decoding failed after frame 28" in line
     with h5py.File(out, "r") as f:
         assert [v.decode() for v in f["failures/video"][:]] == [CORRUPT]
         assert f["failures/stage"][0] == b"decode"
@@ -80,6 +84,15 @@ def test_corrupt_real_video_among_good_ones(tmp_path):
         assert done == {UCF_LIKE: (164, 19, "ok"), names[2]: (32, 3, "ok"),
                         names[3]: (3, 1, "short:loop")}
         assert np.allclose(np.linalg.norm(f["features/res5b"][:], axis=1), 1.0, atol=1e-5)
+    # --keep-partial keeps the 28 frames before the damage (3 clips) instead: a row that says so
+    kept = tmp_path / "kept.h5"
+    assert run(folder, kept, "--model", "res3d", "--layers", "pool5", "--weights", "random",
+               "--keep-partial", "-q").exit_code == 0
+    with h5py.File(kept, "r") as f:
+        row = f["videos"].asstr()[()].tolist().index(CORRUPT)
+        assert f["status"].asstr()[row] == "partial:28" and f["num_frames"][row] == 28
+        assert f["num_clips"][row] == 2 and f["decoder"].asstr()[row].startswith("pyav ")
+        assert "keep_partial" in f.attrs["settings"] and f["failures/video"].shape == (0,)
 
 
 def test_every_kind_of_bad_input_is_one_line_and_a_failure_row(tmp_path):
