@@ -210,3 +210,28 @@ def test_python_dash_m_version_and_help(tmp_path):
     helptext = subprocess.run([sys.executable, "-m", "c3d_extract", "extract", "--help"], capture_output=True, text=True)
     for flag in ("--model", "--layers", "--weights", "--precision", "--device", "--overwrite", "--short", "--quiet"):
         assert flag in helptext.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, layers, name", [
+    ("c3d", ["fc6"], "mmaction2__tests_data_rawvideo_dataset_part_0.mp4"),
+    ("res3d", ["res5b", "pool5"], UCF_LIKE),
+])
+def test_real_video_features_equal_the_caffe_faithful_reference(tmp_path, model, layers, name):
+    # the reference decodes with decord, resizes with cv2 INTER_LINEAR as Caffe did, crops (8, 29),
+    # BGR minus the mean, one forward per clip: cosine >= 0.99999 on real video (fp32)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / name).symlink_to(shared_video(name))
+    out = tmp_path / "out.h5"
+    result = run(folder, out, "--model", model, "--layers", ",".join(layers), "--weights", "random",
+                 "--seed", "13", "--precision", "fp32", "-q")
+    assert result.exit_code == 0, result.stderr
+    net = c3d() if model == "c3d" else res3d()
+    init_random(net, 13)
+    mean, step = (C3D_BGR_MEAN, 1) if model == "c3d" else ((128.0, 128.0, 128.0), 2)
+    expected = recompute(folder / name, net.eval(), layers, mean, step)
+    for layer in layers:
+        row = rows(out, layer)[name]
+        assert float(np.dot(row, expected[layer])) >= 0.99999, layer
+        np.testing.assert_allclose(row, expected[layer], atol=1e-5, err_msg=layer)
