@@ -27,3 +27,10 @@ def test_svm_benchmark_writes_a_ucf101_named_file(tmp_path):
     assert bench.write(str(tmp_path / "f.h5"), dim=8, classes=3, videos=300) == 300
     with h5py.File(tmp_path / "f.h5") as f:
         assert f["features/fc6"].shape == (300, 8) and f["videos"][0].decode().startswith("Class000/v_Class000_g01")
+
+
+def test_decode_script_times_the_input_stage_and_counts_every_frame(tmp_path):
+    decode = load("decode")
+    path = str(write_video(tmp_path / "v.mp4", moving_frames(20, 64, 96)))
+    assert decode.raw_decord(path) == decode.raw_pyav(path) == decode.stage_in_process(path) == 20
+    assert decode.stage_one_process(path, copies=1) > 0
