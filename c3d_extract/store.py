@@ -31,7 +31,7 @@ import numpy as np
 
 from c3d_extract.journal import FAILURE, VIDEO, Journal, JournalBusy, journal_path
 from c3d_extract.pooling import segment_pool
-from c3d_extract.storage import (StorageError, human, is_storage_error, new_hdf5, remove_stale_temps,
+from c3d_extract.storage import (StorageError, is_storage_error, new_hdf5, remove_stale_temps,
                                  replace_durably, temp_name)
 
 FORMAT = "c3d_extract.features"
@@ -84,6 +84,7 @@ class FeatureStore:
             self.segments = int(settings.get("segments", 0) or 0)
             self.clip_len = int(settings.get("clip_len", 16))
             self.layers: list[str] = list(h5["features"])
+            self.shapes = {n: tuple(int(v) for v in h5["features"][n].attrs["clip_shape"]) for n in self.layers}
             self.done: set[str] = set(_strings(h5["videos"]))
             self.failed: dict[str, tuple[str, str]] = {
                 video: (stage, error) for video, stage, error in zip(
@@ -202,6 +203,14 @@ class FeatureStore:
     def wants_clips(self) -> bool:
         """True when the file keeps per-clip rows or segments: add_video then needs `clips`."""
         return self.per_clip or self.segments > 0
+
+    def space_needed(self, videos: int) -> int:
+        """Bytes a run adding `videos` videos needs on the output's disk: their journal records, then
+        the new file written beside the old one (per-clip rows, unknown before decoding, not counted)."""
+        values = sum(int(np.prod(shape)) for shape in self.shapes.values()) * (1 + self.segments)
+        journal = videos * (4 * values + 512)  # the float32 values, the header and the JSON facts
+        rows = len(self.done) + videos
+        return journal + file_bytes(self.shapes, rows, len(self.failed), segments=self.segments, text=40 * rows)
 
     def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping, clips=None) -> None:
         """Record one finished video durably (journal + fsync); it is in the file after the fold.
