@@ -21,7 +21,7 @@ import numpy as np
 
 from c3d_extract.features import FeatureFile
 from c3d_extract.pipeline import ClipRows, l2_normalize
-from c3d_extract.storage import StorageError, is_storage_error
+from c3d_extract.storage import StorageError, is_storage_error, write_atomically
 from c3d_extract.store import FeatureStore, StoreError
 
 HEADER_BYTES = 20
@@ -97,14 +97,10 @@ def export_npy(path: str, folder: str, layer: Optional[str] = None) -> int:
         for i, name in enumerate(names):
             target = Path(folder) / name
             values = clips[offsets[i]: offsets[i] + counts[i]] if clips is not None else rows[i]
-            try:
+            try:  # through a temporary file: a full disk never leaves a half .npy under its name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                np.save(target, values)
+                write_atomically(str(target), lambda handle: np.save(handle, values))
             except OSError as exc:
-                try:
-                    target.unlink(missing_ok=True)  # no half-written .npy left to be read as a whole one
-                except OSError:
-                    pass
                 if is_storage_error(exc):
                     raise StorageError(str(target), exc, f"the {i} .npy file(s) written before it in {folder} "
                                                          f"are whole; nothing else was written") from None

@@ -289,8 +289,14 @@ class FeatureStore:
         return self
 
     def release(self) -> None:
-        """Let go of the journal without folding it: its records wait for the next run."""
+        """Let go of the journal without folding it: its records wait for the next run (an empty
+        journal is removed: nothing to keep)."""
         if self._journal is not None:
+            try:
+                if not (self._journal.records or self._journal.damage):
+                    os.unlink(self._journal.path)
+            except OSError:
+                pass  # an empty journal left behind is harmless: the next run uses it
             self._journal.close()
             self._journal = None
 
