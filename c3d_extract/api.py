@@ -23,9 +23,9 @@ from c3d_extract.features import ClipSequence, FeatureFile
 from c3d_extract.inputs import VideoJob, find_videos, parse_extensions, parse_shard, shard_of
 from c3d_extract.models import ModelSpec
 from c3d_extract.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
-from c3d_extract.runtime import Runtime, resolve_device, resolve_precision
+from c3d_extract.runtime import Runtime, default_device, resolve_device, resolve_precision
 from c3d_extract.store import FeatureStore, StoreError
-from c3d_extract.video import DECODER
+from c3d_extract.video import DECODERS
 from c3d_extract.weights import RANDOM, Loaded, WeightsError, load_weights, spec_mean
 
 Warn = Callable[[str], None]
@@ -42,21 +42,26 @@ class Extractor:
     provenance: dict
     shapes: dict
     replicas: list = field(default_factory=list)  # one Network per device, the first is `network`
+    keep_partial: bool = False  # keep the frames before the damage of a video that breaks (partial:N)
 
 
 def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]] = None,
                     weights: Optional[str] = None, seed: int = 0, mean: Optional[str] = None,
                     clip_len: Optional[int] = None, stride: Optional[int] = None, frame_step: Optional[int] = None,
-                    short: str = "loop", device: str = "auto", precision: str = "auto",
+                    short: str = "loop", device: Optional[str] = None, precision: str = "auto",
                     batch_size: Optional[int] = None, per_clip: bool = False, segments: Optional[int] = None,
-                    shard: Optional[str] = None, resize_on: str = "auto", quiet: bool = True,
+                    shard: Optional[str] = None, resize_on: str = "auto", keep_partial: bool = False,
+                    quiet: bool = True,
                     warn: Warn = lambda message: None) -> Extractor:
     """Resolve weights, spec, layers, devices and precision. `device` may list several devices
-    ("cuda:0,cuda:1"): one replica each. Raises ValueError for bad arguments and WeightsError for
-    weights that cannot be had or do not fit. `resize_on`: "workers" (decoder processes), "device"
-    (where the network runs: full frames travel, the GPU resizes), or "auto" (device on CUDA)."""
+    ("cuda:0,cuda:1"): one replica each; None means $C3D_EXTRACT_DEVICE, else auto. Raises ValueError for bad arguments and WeightsError for
+    weights that cannot be had or do not fit. `resize_on`: "workers" (decoder processes, OpenCV's
+    resize: bit-exact), "device" (where the network runs: full frames travel, a float resize that
+    is not bit-exact, README Limits), or "auto" (= workers: the default is faithful everywhere).
+    `keep_partial`: a video that breaks while decoding keeps its frames before the damage."""
     if resize_on not in ("auto", "workers", "device"):
         raise ValueError(f"resize_on must be auto, workers or device, not {resize_on!r}")
+    device = device or default_device()
     targets = [resolve_device(name.strip()) for name in device.split(",")]
     if len({t.type for t in targets}) > 1:
         raise ValueError(f"--device {device}: mix of CPU and CUDA devices")
@@ -75,19 +80,20 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
     settings = {"model": spec.model, "spec": spec.name, "weights_sha256": loaded.identity,
                 "layers": list(shapes), **spec.input.settings(), "short_videos": short,
                 "precision": runtime.precision, **({"shard": shard} if shard else {}),
-                **({"per_clip": True} if per_clip else {}), **({"segments": segments} if segments else {})}
+                **({"per_clip": True} if per_clip else {}), **({"segments": segments} if segments else {}),
+                **({"keep_partial": True} if keep_partial else {})}
     provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
                   "device": ",".join(str(t) for t in targets),
-                  "decoder": DECODER, "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
+                  "decoder": ", then ".join(DECODERS), "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
     batch = batch_size or (32 if runtime.device.type == "cuda" else 4)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
-    on_device = resize_on == "device" or (resize_on == "auto" and runtime.device.type == "cuda")
-    # PyTorch's interpolation picks kernels by batch and thread count: the two places can differ by a
-    # grey level in a few pixels, so a file records where it resized and never mixes the two.
+    on_device = resize_on == "device"
+    # the device's float resize differs from OpenCV's by a grey level in some pixels, so a file
+    # records where it resized and never mixes the two.
     settings["resize_on"] = "device" if on_device else "workers"
     replicas = [Network(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, on_device)
                 for net, target in zip([loaded.net, *copies], targets)]
-    return Extractor(spec, replicas[0], loaded, settings, provenance, shapes, replicas)
+    return Extractor(spec, replicas[0], loaded, settings, provenance, shapes, replicas, keep_partial)
 
 
 def find_jobs(inputs: Sequence[str], root: Optional[str] = None, ext: Optional[str] = None,
@@ -147,7 +153,8 @@ def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Option
     short = options.get("short", "loop")
     if output is None:
         sink = Arrays(extractor.network.layers, keep_clips=bool(options.get("per_clip") or options.get("segments")))
-        run_local(jobs, extractor.replicas, sink, short=short, workers=workers, timeout=timeout)  # type: ignore[arg-type]
+        run_local(jobs, extractor.replicas, sink, short=short, workers=workers, timeout=timeout,  # type: ignore[arg-type]
+                  keep_partial=extractor.keep_partial)
         return sink
     with FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance, overwrite) as store:
         todo = pending_jobs(jobs, store, retry_failed)
@@ -171,7 +178,7 @@ def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore
     if engine != "local":
         raise ValueError(f"unknown engine {engine!r}; use local or ray")
     return run_local(todo, extractor.replicas or extractor.network, store, short=short, workers=workers,
-                     on_video=on_video, timeout=timeout)
+                     on_video=on_video, timeout=timeout, keep_partial=extractor.keep_partial)
 
 
 __all__ = ["Arrays", "ClipSequence", "Extractor", "FeatureFile", "StoreError", "WeightsError", "build_extractor",

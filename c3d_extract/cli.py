@@ -16,7 +16,7 @@ from c3d_extract.inputs import VIDEO_EXTENSIONS, parse_shard
 from c3d_extract.manifest import cache_dir
 from c3d_extract.models import MODELS, SPECS
 from c3d_extract.pipeline import Failed, Network, Summary, extract
-from c3d_extract.runtime import PRECISIONS
+from c3d_extract.runtime import DEVICE_ENV, PRECISIONS
 from c3d_extract.features import FeatureFileError
 from c3d_extract.storage import EXIT_CODE, StorageError, free_bytes, human, is_storage_error
 from c3d_extract.store import FeatureStore, StoreError, merge
@@ -128,15 +128,20 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds a decoder may go without progress before its video is abandoned as failed.")
 @click.option("--resize-on", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
-              help="Where frames are resized and cropped: in the decoder processes, or on the network's device "
-                   "(full frames travel; cheaper with a GPU). auto: device on CUDA, workers on the CPU.")
+              help="Where frames are resized and cropped: in the decoder processes with OpenCV (bit-exact, "
+                   "what Caffe did; auto), or on the network's device with a float resize (full frames travel; "
+                   "not bit-exact: a grey level off in some pixels, recorded in the file).")
+@click.option("--keep-partial", is_flag=True,
+              help="A video that breaks while decoding keeps the clips before the damage (status "
+                   "partial:<frames>) instead of failing; for collections where damaged files are common.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU tasks, the network "
                    "as GPU actors), local or on a cluster; needs the [ray] extra.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
                                                     "default: a local Ray.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device.")
+@click.option("--device", envvar=DEVICE_ENV, show_envvar=True,
+              help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device. "
+                   "Default: auto (the first CUDA device when there is one, else the CPU).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units (cosine >= 0.999 to fp32, tested), else fp32.")
 @click.option("--root", type=click.Path(file_okay=False),
@@ -159,8 +164,8 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: int, timeout: float, resize_on: str, engine: str, ray_address: Optional[str],
-                    device: str, precision: str, root: Optional[str], ext: Optional[str], per_clip: bool,
+                    workers: int, timeout: float, resize_on: str, keep_partial: bool, engine: str, ray_address: Optional[str],
+                    device: Optional[str], precision: str, root: Optional[str], ext: Optional[str], per_clip: bool,
                     segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool,
                     verify: Optional[int], quiet: bool) -> None:
     """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or
@@ -184,7 +189,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
             model=model, layers=_layers(layers), weights=weights, seed=seed, mean=mean_text, clip_len=clip_len,
             stride=stride, frame_step=frame_step, short=short, device=device, precision=precision,
             batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard,
-            resize_on="workers" if engine == "ray" else resize_on, quiet=quiet, warn=_say)
+            resize_on="workers" if engine == "ray" else resize_on, keep_partial=keep_partial, quiet=quiet,
+            warn=_say)
     except WeightsError as exc:
         raise Refused(str(exc)) from None
     except ValueError as exc:
@@ -203,7 +209,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
             FeatureStore.check_existing(output, extractor.settings)
         except StoreError as exc:
             raise Refused(str(exc)) from None
-        sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout))
+        sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout, keep_partial))
     try:
         store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
                                   overwrite=overwrite, warn=lambda message: _say(f"warning: {message}"))
@@ -265,7 +271,7 @@ def _warn_if_disk_too_small(store: FeatureStore, output: str, videos: int) -> No
 
 
 def _verify(output: str, jobs: list, network: Network, count: int, seed: int, short: str, workers: int,
-            timeout: float) -> int:
+            timeout: float, keep_partial: bool = False) -> int:
     """Re-extract a sample of stored videos and compare; returns the exit status."""
     import random
 
@@ -280,7 +286,8 @@ def _verify(output: str, jobs: list, network: Network, count: int, seed: int, sh
         raise Refused(f"{output}: none of the input videos is in the file: nothing to verify")
     sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
     sink = api.Arrays(network.layers)
-    extract(sample, network, sink, short=short, workers=workers, timeout=timeout)  # type: ignore[arg-type]
+    extract(sample, network, sink, short=short, workers=workers, timeout=timeout,  # type: ignore[arg-type]
+            keep_partial=keep_partial)
     worst_diff, worst_cos = 0.0, 1.0
     for key, recomputed in sink.rows.items():
         for layer, value in recomputed.items():
@@ -343,6 +350,9 @@ def info_command(file: str, as_json: bool) -> None:
     click.echo(f"  mean     {settings.get('mean')}")
     click.echo(f"  videos   {report['videos']} ({report['clips']} clips, {report['frames']} frames, "
                f"{report['padded_short_videos']} padded short)")
+    click.echo(f"  status   {report['status']}")
+    if report["decoders"]:
+        click.echo(f"  decoders {report['decoders']}")
     for name, layer in report["layers"].items():
         click.echo(f"  layer    {name}: {layer['dim']} values per video (clip shape {layer['clip_shape']})")
     if report["per_clip"] or report["segments"]:

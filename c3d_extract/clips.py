@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import torch
 
 SHORT_RULES = ("loop", "edge", "skip")
@@ -46,14 +47,19 @@ class ClipCutter:
         self.frames_seen = 0
         self.clips_cut = 0
 
-    def push(self, frames: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    def push(self, frames: "np.ndarray | torch.Tensor") -> Iterator[tuple[int, "np.ndarray | torch.Tensor"]]:
         """Add the next frames (n, ...) and yield (start frame, clip) for every completed window."""
-        self._buffer = frames if self._buffer is None else torch.cat([self._buffer, frames])
+        if self._buffer is None:
+            self._buffer = frames
+        else:  # numpy or torch, whichever came: no conversion on the way
+            join = np.concatenate if isinstance(frames, np.ndarray) else torch.cat
+            self._buffer = join([self._buffer, frames])
         self.frames_seen += len(frames)
         while self._next_start + self.clip_len <= self.frames_seen:
             offset = self._next_start - self._base
-            clip = self._buffer[offset: offset + self.clip_len: self.frame_step].clone()
-            yield self._next_start, clip
+            # a view, not a copy: the buffer is never written in place (new frames make a new one), and
+            # the batch that stacks the clips is the one copy each frame needs
+            yield self._next_start, self._buffer[offset: offset + self.clip_len: self.frame_step]
             self.clips_cut += 1
             self._next_start += self.stride
         keep_from = min(self._next_start, self.frames_seen) - self._base
@@ -61,8 +67,8 @@ class ClipCutter:
             self._buffer = self._buffer[keep_from:]
             self._base += keep_from
 
-    def short_clip(self, rule: str) -> torch.Tensor:
+    def short_clip(self, rule: str) -> "np.ndarray | torch.Tensor":
         """The single padded clip of a video that ended before its first window was complete."""
         assert self.clips_cut == 0 and self._buffer is not None and self._base == 0
         indices = short_indices(self.frames_seen, self.clip_len, rule)[:: self.frame_step]
-        return self._buffer[indices].clone()
+        return self._buffer[indices]

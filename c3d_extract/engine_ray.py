@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from c3d_extract.decode import NativeStderr
 from c3d_extract.inputs import VideoJob
 from c3d_extract.pipeline import Clip, Collector, Failed, Finished, Network, Summary, decode_video
 from c3d_extract.store import FeatureStore
@@ -38,11 +39,13 @@ class _Decode:
     def __init__(self, spec, short: str):
         self.spec, self.short = spec, short
         self.blank = np.zeros((spec.frames, *spec.crop, 3), np.uint8)
+        NativeStderr.install()  # this actor's process decodes only: the decoders' lines fold into one line
 
     def __call__(self, row: dict):
         for item in decode_video(VideoJob(row["key"], row["path"]), self.spec, self.short):
             if isinstance(item, Clip):
-                yield {"key": item.key, "kind": "clip", "meta": "", "start": item.start, "frames": item.frames.numpy()}
+                frames = np.ascontiguousarray(item.frames.numpy())  # a view into the decoded frames
+                yield {"key": item.key, "kind": "clip", "meta": "", "start": item.start, "frames": frames}
             elif isinstance(item, Finished):
                 meta = json.dumps({"num_clips": item.num_clips, "facts": item.facts})
                 yield {"key": item.key, "kind": "done", "meta": meta, "start": 0, "frames": self.blank}

@@ -101,6 +101,7 @@ class FeatureFile:
             shapes = {n: [int(v) for v in f["features"][n].attrs["clip_shape"]] for n in self.layers}
             frames, clips = f["num_frames"][()], f["num_clips"][()]
             status = f["status"].asstr()[()].tolist()
+            decoders = f["decoder"].asstr()[()].tolist() if "decoder" in f else []
         failures = self.failures()
         pending = os.path.exists(self.path + ".journal")
         return {"file": self.path, "model": self.attrs.get("model"), "spec": self.attrs.get("spec"),
@@ -109,7 +110,9 @@ class FeatureFile:
                 "decoder": self.attrs.get("decoder"), "version": self.attrs.get("c3d_extract_version"),
                 "settings": json.loads(self.attrs["settings"]),
                 "videos": len(self.keys), "clips": int(clips.sum()), "frames": int(frames.sum()),
-                "padded_short_videos": sum(s != "ok" for s in status),
+                "padded_short_videos": sum("short:" in s for s in status),
+                "status": _count(s.split(":")[0] if "," not in s else s for s in status),
+                "decoders": _count(decoders),
                 "layers": {n: {"clip_shape": shapes[n], "dim": int(np.prod(shapes[n]))} for n in self.layers},
                 "per_clip": self.has_clips, "segments": self.attrs.get("segments"),
                 "failures": {"count": len(failures), "by_stage": _count(s for _, s, _ in failures),

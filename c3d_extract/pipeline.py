@@ -7,73 +7,18 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from c3d_extract.clips import ClipCutter
+from c3d_extract.decode import Clip, Failed, Finished, decode_video  # noqa: F401 (decode_video: engines)
 from c3d_extract.inputs import VideoJob
 from c3d_extract.models.net import StagedNet
 from c3d_extract.preprocess import InputSpec
 from c3d_extract.runtime import Runtime
 from c3d_extract.store import FeatureStore
-from c3d_extract.video import VideoError, VideoReader
 from c3d_extract.workers import DecodePool
-
-
-@dataclass
-class Clip:
-    key: str
-    start: int
-    frames: torch.Tensor  # uint8 (T, h, w, 3) RGB: cropped, or as decoded with resize_on_device
-
-
-@dataclass
-class Finished:
-    key: str
-    num_clips: int
-    facts: dict
-
-
-@dataclass
-class Failed:
-    key: str
-    stage: str
-    error: str
-
-
-Item = Union[Clip, Finished, Failed]
-
-
-def decode_video(job: VideoJob, spec: InputSpec, short: str, resize: bool = True) -> Iterator[Item]:
-    """All clips of one video, then Finished with its facts, or Failed as soon as anything breaks.
-
-    With `resize` the clips are resized and cropped here; without, they keep the decoded frame size
-    and the network's device does it (Network with resize_on_device).
-    A Failed after some clips means those clips must be discarded: a video is whole or absent.
-    """
-    try:
-        reader = VideoReader(job.path)
-        cutter = ClipCutter(spec.clip_len, spec.stride, spec.frame_step)
-        for frames in reader.frames():
-            for start, clip in cutter.push(spec.crop_frames(frames) if resize else frames):
-                yield Clip(job.key, start, clip)
-        status = "ok"
-        if cutter.clips_cut == 0:
-            if short == "skip":
-                raise VideoError("clips", f"{cutter.frames_seen} frames: shorter than one "
-                                          f"{spec.clip_len}-frame window (--short skip)")
-            yield Clip(job.key, 0, cutter.short_clip(short))
-            status = f"short:{short}"
-        info = reader.info
-        yield Finished(job.key, max(cutter.clips_cut, 1), {
-            "num_frames": cutter.frames_seen, "fps": info.fps, "height": info.height,
-            "width": info.width, "status": status})
-    except VideoError as exc:
-        yield Failed(job.key, exc.stage, str(exc))
-    except Exception as exc:  # a bug or a decoder surprise must cost one video, not the run
-        yield Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -167,7 +112,7 @@ class Network:
         """uint8 clips (cropped, or full-size with resize_on_device) -> per-layer float32 (len(clips), D)."""
         n = len(clips)
         if self.resize_on_device:  # full-size frames of any size: resize and crop each clip where it runs
-            batch = torch.stack([self.spec.crop_frames(self._to_device(clip)) for clip in clips])
+            batch = torch.stack([self.spec.crop_frames_float(self._to_device(clip)) for clip in clips])
         else:
             batch = self._to_device(torch.stack(list(clips)))
         if n < self.batch_size:
@@ -234,16 +179,25 @@ class Collector:
         self.summary = Summary()
         self.aggregator = Aggregator(keep_clips=getattr(store, "wants_clips", False))
         self.failed: set[str] = set()
+        self.attempts: dict[str, int] = {}  # videos a second decoder started over (decode.py)
 
-    def clip(self, key: str, outputs: dict[str, np.ndarray], start: int = 0) -> None:
+    def _current(self, key: str, attempt: int) -> bool:
+        """False for an item of an attempt a later one replaced; a later attempt drops the older one's sums."""
+        current = self.attempts.get(key, 0)
+        if attempt > current:
+            self.aggregator.drop(key)
+            self.attempts[key] = attempt
+        return attempt >= current and key not in self.failed
+
+    def clip(self, key: str, outputs: dict[str, np.ndarray], start: int = 0, attempt: int = 0) -> None:
         """One clip's activations (layer -> 1-D array) and the video frame it starts at."""
-        if key not in self.failed:
+        if self._current(key, attempt):
             self.aggregator.add(key, outputs, start)
             self.summary.clips += 1
             self._write_if_finished(key)
 
     def finished(self, item: Finished) -> None:
-        if item.key not in self.failed:
+        if self._current(item.key, item.attempt):
             self.aggregator.expect(item.key, item.num_clips, item.facts)
             self._write_if_finished(item.key)
 
@@ -273,7 +227,7 @@ class Collector:
 def extract(jobs: Sequence[VideoJob], network: "Network | Sequence[Network]", store: FeatureStore,
             short: str = "loop", workers: int = 1,
             on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
-            timeout: float = 300.0) -> Summary:
+            timeout: float = 300.0, keep_partial: bool = False) -> Summary:
     """Run every job through the network into `store`; failures are recorded, never raised.
 
     Decoding runs in `workers` processes; a video whose decoder makes no progress for `timeout`
@@ -289,14 +243,15 @@ def extract(jobs: Sequence[VideoJob], network: "Network | Sequence[Network]", st
     def take(wait: bool = False) -> None:
         for outputs, clips in replicas.results(wait):
             for i, clip in enumerate(clips):
-                collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()}, clip.start)
+                collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()}, clip.start,
+                               clip.attempt)
 
     pool = DecodePool(jobs, replicas.networks[0].spec, short, workers, timeout,
-                      resize=not replicas.networks[0].resize_on_device)
+                      resize=not replicas.networks[0].resize_on_device, keep_partial=keep_partial)
     try:
         for item in pool:
             if isinstance(item, Clip):
-                if item.key in collector.failed:
+                if item.key in collector.failed or item.attempt < collector.attempts.get(item.key, 0):
                     continue
                 pending.append(item)
                 if len(pending) == replicas.batch_size:

@@ -9,19 +9,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def resize_bilinear(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize uint8 frames (N, H, W, 3) to (N, h, w, 3) the way cv2.resize INTER_LINEAR does.
-
-    Half-pixel centres, edge clamping and no antialiasing, as cv2 and Caffe's C3D data layer;
-    the result is rounded back to uint8 like the cv::Mat Caffe read. Within 1 grey level of cv2,
-    which uses 11-bit fixed-point weights (tests/test_preprocess.py checks it on real frames).
-    """
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 frames (N, H, W, 3) to (N, h, w, 3) with OpenCV's `cv2.resize(INTER_LINEAR)`,
+    the call Caffe's C3D data layer made: its fixed-point arithmetic bit for bit (a float bilinear
+    resize differs by a grey level on ~10% of the pixels, which moved Res3D res5b to cosine 0.9998)."""
     if frames.shape[1:3] == size:
+        return frames
+    out = np.empty((len(frames), size[0], size[1], frames.shape[3]), np.uint8)
+    for frame, target in zip(frames, out):
+        cv2.resize(frame, (size[1], size[0]), dst=target, interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def resize_frames_float(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A float bilinear resize of uint8 frames (N, H, W, 3) on any torch device (`--resize-on device`):
+    half-pixel centres and no antialiasing like cv2, but float weights instead of cv2's 11-bit fixed
+    point, so it is not bit-exact: measured in the README (Limits), recorded as `resize_on`."""
+    if tuple(frames.shape[1:3]) == tuple(size):
         return frames
     x = frames.permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
@@ -95,12 +105,18 @@ class InputSpec:
             return self.crop_offset
         return ((size[0] - self.crop[0]) // 2, (size[1] - self.crop[1]) // 2)
 
-    def crop_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Decoded uint8 RGB frames (N, H, W, 3) -> resized and cropped uint8 (N, ch, cw, 3)."""
+    def crop_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Decoded uint8 RGB frames (N, H, W, 3) -> resized (cv2) and cropped uint8 (N, ch, cw, 3)."""
         size = self.size_for(frames.shape[1], frames.shape[2])
-        frames = resize_bilinear(frames, size)
         top, left = self.offset(size)
-        return frames[:, top: top + self.crop[0], left: left + self.crop[1]]
+        frames = resize_frames(frames, size)
+        return np.ascontiguousarray(frames[:, top: top + self.crop[0], left: left + self.crop[1]])
+
+    def crop_frames_float(self, frames: torch.Tensor) -> torch.Tensor:
+        """crop_frames with the float resize, on the frames' torch device (`--resize-on device`)."""
+        size = self.size_for(frames.shape[1], frames.shape[2])
+        top, left = self.offset(size)
+        return resize_frames_float(frames, size)[:, top: top + self.crop[0], left: left + self.crop[1]]
 
     def constants(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The mean (per channel, or the cube cropped at the crop offset) and the std (None when 1),

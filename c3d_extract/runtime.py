@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,16 @@ from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# The default of --device (and of the API's `device`) when none is given: lets a batch system, or a
+# test suite that compares numbers with the CPU, pin the device without changing every command.
+DEVICE_ENV = "C3D_EXTRACT_DEVICE"
+
+
+def default_device() -> str:
+    """$C3D_EXTRACT_DEVICE, else `auto`."""
+    return os.environ.get(DEVICE_ENV) or "auto"
 
 
 def resolve_device(name: str) -> torch.device:

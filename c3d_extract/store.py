@@ -6,7 +6,8 @@ Layout (README "The feature file"):
     num_frames, num_clips  (N,) int64    frames decoded, clips that were averaged
     fps                    (N,) f64
     height, width          (N,) int32    decoded frame size before the resize
-    status                 (N,) UTF-8    "ok", or how the video was padded ("short:loop", ...)
+    status                 (N,) UTF-8    "ok", or what happened: "short:loop", "repaired:3", "partial:28"
+    decoder                (N,) UTF-8    the decoder that read it ("decord 0.6.0", "pyav 18.1.0")
     failures/{video,stage,error} (F,)    every video that could not be processed
     root attributes        provenance (version, model, weights sha256, clip settings, precision,
                            device, decoder, command line) and `settings`, the JSON that must match
@@ -38,7 +39,9 @@ FORMAT = "c3d_extract.features"
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _PER_VIDEO = {"num_frames": np.int64, "num_clips": np.int64, "fps": np.float64,
-              "height": np.int32, "width": np.int32, "status": _STR}
+              "height": np.int32, "width": np.int32, "status": _STR, "decoder": _STR}
+# facts that files and journals written before them do not have, and what they read as
+_LATER_FACTS = {"decoder": ""}
 _FAILURE_FIELDS = ("video", "stage", "error")
 
 
@@ -210,7 +213,7 @@ class FeatureStore:
         values = sum(int(np.prod(shape)) for shape in self.shapes.values()) * (1 + self.segments)
         journal = videos * (4 * values + 512)  # the float32 values, the header and the JSON facts
         rows = len(self.done) + videos
-        return journal + file_bytes(self.shapes, rows, len(self.failed), segments=self.segments, text=40 * rows)
+        return journal + file_bytes(self.shapes, rows, len(self.failed), segments=self.segments, text=64 * rows)
 
     def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping, clips=None) -> None:
         """Record one finished video durably (journal + fsync); it is in the file after the fold.
@@ -233,6 +236,7 @@ class FeatureStore:
             if self.segments:
                 arrays.update({f"segments/{layer}": segment_pool(clips.layers[layer], self.segments)
                                for layer in self.layers})
+        facts = {**_LATER_FACTS, **facts}
         try:
             self._journal.append_video(key, {n: facts[n] for n in _PER_VIDEO}, arrays, extra)
         except OSError as exc:
@@ -316,7 +320,8 @@ class H5Rows:
         self.h5 = h5
         self.keys = _strings(h5["videos"])
         self.shapes = {n: tuple(int(v) for v in h5["features"][n].attrs["clip_shape"]) for n in h5["features"]}
-        self._facts = {name: h5[name][()] for name in _PER_VIDEO}
+        self._facts = {name: h5[name][()] if name in h5 else np.full(len(self.keys), _LATER_FACTS[name], object)
+                       for name in _PER_VIDEO}
         self._offsets = h5["clip_offset"][()] if "clip_offset" in h5 else None
 
     def fact(self, row: int, name: str):
@@ -345,7 +350,8 @@ class JournalRows:
         self._cache: dict[str, dict[str, np.ndarray]] = {}
 
     def fact(self, key: str, name: str):
-        return self.videos[key].meta["facts"][name]
+        facts = self.videos[key].meta["facts"]
+        return facts[name] if name in facts else _LATER_FACTS[name]
 
     def _arrays(self, key: str) -> dict[str, np.ndarray]:
         """A record's arrays, read from the journal once per block, not once per dataset."""
@@ -389,14 +395,15 @@ def file_bytes(shapes: Mapping[str, tuple[int, ...]], rows: int, failures: int =
         chunks += 3 * -(-clips // 4096) + -(-rows // 1024)
     total += (len(_PER_VIDEO) + 1) * _chunked(rows, 1024, 16) + len(_FAILURE_FIELDS) * _chunked(failures, 256, 16)
     chunks += (len(_PER_VIDEO) + 1) * -(-rows // 1024) + len(_FAILURE_FIELDS) * -(-failures // 256)
-    strings = 2 * rows + len(_FAILURE_FIELDS) * failures
+    strings = rows * (1 + sum(dtype is _STR for dtype in _PER_VIDEO.values())) + len(_FAILURE_FIELDS) * failures
     total += text + 24 * strings + 4096 * (1 + strings // 256)  # heap objects and their collections
     return int(1.01 * (total + 128 * chunks)) + 2**16  # chunk index entries; superblock, headers, nodes
 
 
 def _reserve_for(order: list, failures: list, shapes: Mapping[str, tuple[int, ...]], settings: Mapping) -> int:
     """file_bytes() for rows about to be written by write_sorted."""
-    text = sum(len(k.encode()) + len(str(source.fact(row, "status")).encode()) for k, source, row in order)
+    strings = [name for name, dtype in _PER_VIDEO.items() if dtype is _STR]
+    text = sum(len(k.encode()) + sum(len(str(source.fact(row, n)).encode()) for n in strings) for k, source, row in order)
     text += sum(len(str(v).encode()) for row in failures for v in row)
     clips = sum(int(source.fact(row, "num_clips")) for _, source, row in order) if settings.get("per_clip") else 0
     return file_bytes(shapes, len(order), len(failures), clips, int(settings.get("segments", 0) or 0), text)

@@ -1,7 +1,8 @@
 """Decoding in worker processes: a hanging decoder is abandoned, a crashing one costs one video.
 
-Each worker is a spawned process that decodes one video at a time and sends its clips through a pipe
-of its own (memory stays flat: a send waits while the network is behind). A pipe per worker, not a
+Each worker is a spawned process that decodes one video at a time and sends its resized, cropped
+frames (each once, although the windows overlap) through a pipe of its own; the parent cuts the
+clips (decode.ClipAssembler) (memory stays flat: a send waits while the network is behind). A pipe per worker, not a
 shared queue: a worker killed in the middle of a message would leave a shared queue with half a
 message and its lock held, hanging everyone; a private pipe just reports EOF and is dropped. The
 worker refreshes a heartbeat after every decoded chunk and marks the time it spends waiting on the
@@ -20,21 +21,23 @@ from multiprocessing.connection import wait
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
+import cv2
 import torch
 
+from c3d_extract.decode import ClipAssembler, Failed, NativeStderr, decode_frames
 from c3d_extract.inputs import VideoJob
 from c3d_extract.preprocess import InputSpec
 
 _IDLE = "idle"
 
 
-def _worker_main(tasks, results, heartbeat, spec: InputSpec, short: str, resize: bool) -> None:
+def _worker_main(tasks, results, heartbeat, spec: InputSpec, resize: bool, keep_partial: bool) -> None:
     """Decode the jobs received on `tasks` until None arrives; `results` is this worker's own pipe."""
-    from c3d_extract.pipeline import Clip, decode_video
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # one decoder per core: no thread pool inside the resize
+    NativeStderr.install()  # decoders' own lines are folded into each video's one line, not printed
 
     def send(message) -> None:
         heartbeat.value = math.inf  # waiting on the parent, not hanging
@@ -49,11 +52,12 @@ def _worker_main(tasks, results, heartbeat, spec: InputSpec, short: str, resize:
         if job is None:
             return
         heartbeat.value = time.time()
-        for item in decode_video(job, spec, short, resize):
-            heartbeat.value = time.time()
-            if isinstance(item, Clip):  # numpy pickles without torch's shared-memory machinery
-                item = Clip(item.key, item.start, item.frames.numpy())
-            send(item)
+        try:
+            for item in decode_frames(job, spec, resize, keep_partial):
+                heartbeat.value = time.time()
+                send(item)
+        except Exception as exc:  # a bug or a decoder surprise must cost one video, not the worker
+            send(Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}"))
         send(_IDLE)
 
 
@@ -70,10 +74,11 @@ class DecodePool:
     """Worker processes decoding `jobs`; iterate to get Clip/Finished/Failed items as they come."""
 
     def __init__(self, jobs: Iterable[VideoJob], spec: InputSpec, short: str, workers: int,
-                 timeout: float = 300.0, resize: bool = True):
+                 timeout: float = 300.0, resize: bool = True, keep_partial: bool = False):
         self._ctx = mp.get_context("spawn")  # fork would copy torch's thread pools into the children
         self._jobs = iter(jobs)
-        self._spec, self._short, self._timeout, self._resize = spec, short, timeout, resize
+        self._spec, self._timeout, self._resize, self._keep_partial = spec, timeout, resize, keep_partial
+        self._assembler = ClipAssembler(spec, short)
         self._workers = [self._start() for _ in range(max(1, workers))]
 
     def _start(self) -> _Worker:
@@ -81,8 +86,8 @@ class DecodePool:
         result_reader, result_writer = self._ctx.Pipe(duplex=False)
         heartbeat = self._ctx.Value("d", time.time(), lock=False)
         process = self._ctx.Process(target=_worker_main, name="c3d-decode", daemon=True,
-                                    args=(task_reader, result_writer, heartbeat, self._spec, self._short,
-                                          self._resize))
+                                    args=(task_reader, result_writer, heartbeat, self._spec, self._resize,
+                                          self._keep_partial))
         process.start()
         task_reader.close()   # the child's ends: EOF reaches each side when the other goes
         result_writer.close()
@@ -106,8 +111,6 @@ class DecodePool:
 
     def _check(self) -> Iterator:
         """Failures for workers that died or stopped making progress (they are replaced)."""
-        from c3d_extract.pipeline import Failed
-
         for index, worker in enumerate(self._workers):
             if worker.job is None:
                 continue
@@ -123,8 +126,7 @@ class DecodePool:
                 self._replace(index)
 
     def __iter__(self) -> Iterator:
-        from c3d_extract.pipeline import Clip
-
+        """Clip, Finished and Failed items as the workers deliver them (decode.ClipAssembler)."""
         for worker in self._workers:
             self._assign(worker)
         last_check = time.time()
@@ -140,10 +142,11 @@ class DecodePool:
                 if item == _IDLE:
                     self._assign(worker)
                 elif worker.job is not None and item.key == worker.job.key:
-                    yield Clip(item.key, item.start, torch.from_numpy(item.frames)) if isinstance(item, Clip) else item
+                    yield from self._assembler.push(item)
             if time.time() - last_check > 0.5:
                 last_check = time.time()
-                yield from self._check()
+                for failure in self._check():
+                    yield from self._assembler.push(failure)
 
     def close(self) -> None:
         """Stop every worker now (a decode in progress is abandoned, nothing is recorded for it)."""

@@ -1,10 +1,26 @@
-"""Fixtures shared by the tests."""
+"""Fixtures shared by the tests, and the hardware the suite runs on."""
 
+import os
+import platform
 from pathlib import Path
 
 import pytest
+import torch
 
+from c3d_extract.runtime import DEVICE_ENV, cpu_has_fast_bf16
 from tests.videos import moving_frames, write_video
+
+
+def pytest_configure(config) -> None:
+    # Tests compare numbers with CPU computations, so every run that does not name a device runs on
+    # the CPU, on a GPU machine too (subprocesses inherit it); tests/test_cuda.py names CUDA itself.
+    os.environ[DEVICE_ENV] = "cpu"
+
+
+def pytest_report_header(config) -> str:
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"fast CPU bf16: {'yes' if cpu_has_fast_bf16() else 'no'}, CUDA: {cuda}")
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,10 @@
 """The benchmark scripts stay runnable: they import, and their cheapest step works."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 from c3d_extract.inputs import find_videos
+from tests.helpers import load_bench as load
 from tests.videos import moving_frames, write_video
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def load(name):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def test_throughput_script_measures_a_network(tmp_path):

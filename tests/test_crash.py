@@ -3,8 +3,7 @@
 import os
 import random
 import signal
-import subprocess
-import sys
+import struct
 import time
 
 import h5py
@@ -13,32 +12,16 @@ import pytest
 
 from c3d_extract.journal import journal_path
 from c3d_extract.store import FeatureStore, JournalRows
-from tests.test_store import FACTS, SHAPES, SETTINGS, make
+from tests.helpers import FACTS, SHAPES, SETTINGS, assert_same_file, make_store as make
+from tests.helpers import extract_process as start_extract
 from tests.videos import moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "pool5,prob", "--weights", "random", "--seed", "3",
         "--precision", "fp32", "--batch-size", "2", "--workers", "2", "-q"]
 
 
-def snapshot(path):
-    """Everything a feature file holds, for exact comparison."""
-    with h5py.File(path, "r") as f:
-        out = {name: f[name][()] for name in ("videos", "num_frames", "num_clips", "fps", "status")}
-        out.update({f"features/{n}": f["features"][n][()] for n in f["features"]})
-        out.update({f"failures/{n}": f["failures"][n][()] for n in f["failures"]})
-    return out
-
-
-def assert_same_file(a, b):
-    left, right = snapshot(a), snapshot(b)
-    assert left.keys() == right.keys()
-    for name in left:
-        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
-
-
 def extract_process(folder, out):
-    return subprocess.Popen([sys.executable, "-m", "c3d_extract", str(folder), str(out), *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return start_extract(folder, out, *ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -50,26 +33,50 @@ def many_videos(tmp_path_factory):
     return folder
 
 
+def finished_in_journal(out) -> int:
+    """Complete video records in out's journal, read with the record layout written out here
+    (magic "C3DJ", version, kind 1 = video, payload length, CRC), independently of journal.py."""
+    path, count = journal_path(str(out)), 0
+    if not os.path.exists(path):
+        return 0
+    data, header = open(path, "rb").read(), struct.Struct("<4sBBII")
+    offset = 0
+    while offset + header.size <= len(data):
+        magic, _, kind, length, _ = header.unpack_from(data, offset)
+        if magic != b"C3DJ" or offset + header.size + length > len(data):
+            break
+        count += kind == 1
+        offset += header.size + length
+    return count
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(many_videos, tmp_path):
     reference = tmp_path / "reference.h5"
     assert extract_process(many_videos, reference).wait() == 1  # broken.mp4 fails
     rng = random.Random(1234)
     out = tmp_path / "killed.h5"
-    kills = 0
+    kills, kills_with_finished = 0, 0
     for attempt in range(12):
         process = extract_process(many_videos, out)
-        if attempt < 5:
+        if attempt == 0:  # once for sure while the journal holds finished videos
+            deadline = time.time() + 60
+            while process.poll() is None and time.time() < deadline and not finished_in_journal(out):
+                time.sleep(0.02)
+        elif attempt < 5:
             time.sleep(rng.uniform(0.2, 6.0))  # mid-start-up, mid-decode, mid-batch or mid-write
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
+        if attempt < 5 and process.poll() is None:
+            held = finished_in_journal(out)
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+            kills_with_finished += held > 0
         if process.wait() in (0, 1):
             break
         if out.exists():  # whatever the moment, the file on disk is always a readable feature file
             with h5py.File(out, "r") as f:
                 assert f.attrs["format"] == "c3d_extract.features"
     assert kills >= 3, "the kills did not land while the run was working"
+    assert kills_with_finished >= 1, "no SIGKILL landed while the journal held finished videos"
     assert not os.path.exists(journal_path(str(out)))
     assert_same_file(out, reference)
 

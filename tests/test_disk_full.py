@@ -24,8 +24,8 @@ import torch
 from c3d_extract.journal import HEADER, journal_path
 from c3d_extract.models import SPECS
 from c3d_extract.storage import EXIT_CODE
-from c3d_extract.store import merge
-from tests.test_store import FACTS, make
+from c3d_extract.store import FeatureStore, merge
+from tests.helpers import FACTS, SETTINGS, SHAPES, assert_same_file, make_store as make
 from tests.videos import moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "res5b,pool5", "--weights", "random", "--precision", "fp32",
@@ -56,21 +56,6 @@ def the_error_line(result: subprocess.CompletedProcess, names: str) -> str:
 
 def temp_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part"))
-
-
-def assert_same_content(a: Path, b: Path) -> None:
-    """Every dataset equal, and the settings attribute (other attributes hold times and commands)."""
-    def datasets(path: Path) -> dict:
-        out = {}
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-            out["@settings"] = f.attrs["settings"]
-        return out
-
-    left, right = datasets(a), datasets(b)
-    assert left.keys() == right.keys()
-    for name in left:
-        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
 
 
 def record_bytes(h5_path: Path) -> int:
@@ -118,7 +103,7 @@ def test_a_full_disk_in_a_journal_append_keeps_the_finished_videos(videos, refer
     assert os.path.getsize(journal_path(str(out))) < limit  # no torn record past the last whole one
     result = run([videos, out, *ARGS])
     assert result.returncode == 0, result.stderr
-    assert_same_content(out, reference)
+    assert_same_file(out, reference)
     assert not os.path.exists(journal_path(str(out)))
 
 
@@ -151,7 +136,7 @@ def test_a_full_disk_in_the_fold_then_a_damaged_journal(videos, reference, tmp_p
     warning = [line for line in result.stderr.splitlines() if "damaged" in line]
     assert len(warning) == 1 and f"1 damaged record(s) at byte {second_at:,}" in warning[0], result.stderr
     assert "1 video(s) will be processed again" in warning[0] and "3 intact record(s) kept" in warning[0]
-    assert_same_content(out, reference)
+    assert_same_file(out, reference)
     assert temp_files(tmp_path) == [] and not journal.exists()
 
 
@@ -201,7 +186,7 @@ def test_a_really_full_disk_warns_before_and_stops_cleanly(videos, reference, tm
     assert sorted(os.listdir(saved)) == ["out.h5", "out.h5.journal"]  # no temporary file on the full disk
     result = run([videos, saved / "out.h5", *ARGS])  # a larger disk: the same command
     assert result.returncode == 0, result.stderr
-    assert_same_content(saved / "out.h5", reference)
+    assert_same_file(saved / "out.h5", reference)
 
 
 def _part(path: Path, keys: list[str], seed: int) -> Path:
@@ -224,7 +209,7 @@ def test_merge_on_a_full_disk(tmp_path):
     assert not out.exists() and temp_files(tmp_path) == []
     result = run(["merge", out, *parts])
     assert result.returncode == 0, result.stderr
-    assert_same_content(out, clean)
+    assert_same_file(out, clean)
 
 
 def test_weights_convert_on_a_full_disk(tmp_path):
@@ -282,10 +267,8 @@ def test_a_damaged_record_is_skipped_and_named(tmp_path):
     with make(clean) as store:
         for key, features in rows.items():
             store.add_video(key, features, FACTS)
-    assert_same_content(path, clean)
+    assert_same_file(path, clean)
 
 
-def make_warned(path: Path, heard: list):
-    from c3d_extract.store import FeatureStore
-    from tests.test_store import SETTINGS, SHAPES
+def make_warned(path: Path, heard: list) -> FeatureStore:
     return FeatureStore.open(str(path), SETTINGS, SHAPES, {"command_line": "test"}, warn=heard.append)

@@ -18,7 +18,7 @@ from c3d_extract.models import c3d
 from c3d_extract.models.net import init_random
 from c3d_extract.weights_cli import main as weights_main
 from tests import checkpoints as ck
-from tests.test_extract_cli import recompute, rows
+from tests.helpers import recompute, rows
 
 
 class Server:

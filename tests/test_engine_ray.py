@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from c3d_extract.cli import main
-from tests.test_crash import assert_same_file
+from tests.helpers import assert_same_file
 from tests.videos import moving_frames, write_video
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[data]'; the test extra has it)")

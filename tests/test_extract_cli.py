@@ -6,55 +6,17 @@ import shutil
 import subprocess
 import sys
 
-import decord
 import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from click.testing import CliRunner
 
-from c3d_extract.cli import main
 from c3d_extract.models import c3d, res3d
 from c3d_extract.models.net import init_random
+from tests.helpers import recompute, rows, run
 from tests.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
 
 C3D_BGR_MEAN = (90.2516, 97.6570, 101.4083)
-
-
-def run(*args, env=None):
-    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def rows(path, layer):
-    with h5py.File(path, "r") as f:
-        return {k.decode(): f[f"features/{layer}"][i] for i, k in enumerate(f["videos"][:])}
-
-
-def recompute(path, net, layers, mean, frame_step):
-    """The paper's descriptor written out plainly: decode all, resize, crop, BGR - mean (three values or a
-    3x16x128x171 cube cropped at the same offsets), one forward per clip, mean over clips, L2.
-    Shares no code with the pipeline but the network."""
-    frames = decord.VideoReader(str(path), num_threads=1)
-    frames = frames.get_batch(list(range(len(frames)))).asnumpy()
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(128, 171), mode="bilinear", align_corners=False).round().clamp(0, 255)
-    x = x[:, :, 8:120, 29:141].flip(1)  # crop at (8, 29), RGB -> BGR
-    if isinstance(mean, np.ndarray):
-        subtract = torch.from_numpy(mean[:, :, 8:120, 29:141])  # (3, 16, 112, 112)
-    else:
-        subtract = torch.tensor(mean).view(3, 1, 1, 1)
-    sums = {}
-    starts = range(0, len(frames) - 16 + 1, 8)
-    with torch.no_grad():
-        for s in starts:
-            clip = x[s: s + 16: frame_step].permute(1, 0, 2, 3) - subtract  # (3, T, 112, 112)
-            for layer, value in net(clip[None], layers).items():
-                sums[layer] = sums.get(layer, 0) + value.double().flatten()
-    return {layer: (v / len(starts) / (v / len(starts)).norm()).numpy() for layer, v in sums.items()}
 
 
 @pytest.mark.slow
@@ -70,7 +32,8 @@ def test_c3d_rows_equal_an_independent_recomputation(video_dir, tmp_path):
     with h5py.File(out, "r") as f:
         assert sorted(k.decode() for k in f["videos"][:]) == ["h264.mp4", "sub/h264.mkv", "sub/xvid.avi"]
         assert f.attrs["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-        assert f.attrs["precision"] == "fp32" and f.attrs["decoder"] == "decord 0.6.0"
+        assert f.attrs["precision"] == "fp32" and f.attrs["decoder"].startswith("decord 0.6.0, then pyav ")
+        assert set(f["decoder"].asstr()[()]) == {"decord 0.6.0"}
         assert list(f["features"]) == ["fc6", "pool5", "prob"] and f["features/pool5"].shape[1] == 8192
         clips = dict(zip((k.decode() for k in f["videos"][:]), f["num_clips"][:]))
         assert clips == {"h264.mp4": 4, "sub/xvid.avi": 2, "sub/h264.mkv": 1}
@@ -109,7 +72,10 @@ def test_corrupt_real_video_among_good_ones(tmp_path):
     out = tmp_path / "out.h5"
     result = run(folder, out, "--model", "res3d", "--weights", "random")
     assert result.exit_code == 1
-    assert f"{folder / CORRUPT}: decode: decoding failed" in result.stderr
+    line = next(line for line in result.stderr.splitlines() if CORRUPT in line)
+    # one line that names both decoders and where each broke (frame 28 of 50)
+    assert line.startswith(f"c3d-extract: {folder / CORRUPT}: decode: decord 0.6.0: decoding failed in frames ")
+    assert "; pyav " in line and "decoding failed after frame 28" in line
     with h5py.File(out, "r") as f:
         assert [v.decode() for v in f["failures/video"][:]] == [CORRUPT]
         assert f["failures/stage"][0] == b"decode"
@@ -118,6 +84,15 @@ def test_corrupt_real_video_among_good_ones(tmp_path):
         assert done == {UCF_LIKE: (164, 19, "ok"), names[2]: (32, 3, "ok"),
                         names[3]: (3, 1, "short:loop")}
         assert np.allclose(np.linalg.norm(f["features/res5b"][:], axis=1), 1.0, atol=1e-5)
+    # --keep-partial keeps the 28 frames before the damage (3 clips) instead: a row that says so
+    kept = tmp_path / "kept.h5"
+    assert run(folder, kept, "--model", "res3d", "--layers", "pool5", "--weights", "random",
+               "--keep-partial", "-q").exit_code == 0
+    with h5py.File(kept, "r") as f:
+        row = f["videos"].asstr()[()].tolist().index(CORRUPT)
+        assert f["status"].asstr()[row] == "partial:28" and f["num_frames"][row] == 28
+        assert f["num_clips"][row] == 2 and f["decoder"].asstr()[row].startswith("pyav ")
+        assert "keep_partial" in f.attrs["settings"] and f["failures/video"].shape == (0,)
 
 
 def test_every_kind_of_bad_input_is_one_line_and_a_failure_row(tmp_path):
@@ -235,3 +210,28 @@ def test_python_dash_m_version_and_help(tmp_path):
     helptext = subprocess.run([sys.executable, "-m", "c3d_extract", "extract", "--help"], capture_output=True, text=True)
     for flag in ("--model", "--layers", "--weights", "--precision", "--device", "--overwrite", "--short", "--quiet"):
         assert flag in helptext.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, layers, name", [
+    ("c3d", ["fc6"], "mmaction2__tests_data_rawvideo_dataset_part_0.mp4"),
+    ("res3d", ["res5b", "pool5"], UCF_LIKE),
+])
+def test_real_video_features_equal_the_caffe_faithful_reference(tmp_path, model, layers, name):
+    # the reference decodes with decord, resizes with cv2 INTER_LINEAR as Caffe did, crops (8, 29),
+    # BGR minus the mean, one forward per clip: cosine >= 0.99999 on real video (fp32)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / name).symlink_to(shared_video(name))
+    out = tmp_path / "out.h5"
+    result = run(folder, out, "--model", model, "--layers", ",".join(layers), "--weights", "random",
+                 "--seed", "13", "--precision", "fp32", "-q")
+    assert result.exit_code == 0, result.stderr
+    net = c3d() if model == "c3d" else res3d()
+    init_random(net, 13)
+    mean, step = (C3D_BGR_MEAN, 1) if model == "c3d" else ((128.0, 128.0, 128.0), 2)
+    expected = recompute(folder / name, net.eval(), layers, mean, step)
+    for layer in layers:
+        row = rows(out, layer)[name]
+        assert float(np.dot(row, expected[layer])) >= 0.99999, layer
+        np.testing.assert_allclose(row, expected[layer], atol=1e-5, err_msg=layer)

@@ -7,20 +7,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from c3d_extract.cli import main
 from c3d_extract.interop import read_blob, write_blob
+from tests.helpers import run
 from tests.videos import moving_frames, write_video
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 @pytest.fixture

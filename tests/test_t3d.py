@@ -86,12 +86,15 @@ def recompute(path, net, spec):
     windows, forward per clip, mean, L2: written out without the pipeline."""
     import decord
 
+    import cv2
+
     reader = decord.VideoReader(str(path), num_threads=1)
-    frames = torch.from_numpy(reader.get_batch(list(range(len(reader)))).asnumpy()).permute(0, 3, 1, 2).float()
-    h, w = frames.shape[2:]
+    frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+    h, w = frames.shape[1:3]
     scale = spec.short_side / min(h, w)
     size = (max(spec.short_side, round(h * scale)), max(spec.short_side, round(w * scale)))
-    frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+    frames = np.stack([cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for f in frames])
+    frames = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     top, left = (size[0] - spec.crop[0]) // 2, (size[1] - spec.crop[1]) // 2
     frames = frames[:, :, top: top + spec.crop[0], left: left + spec.crop[1]] - torch.tensor(spec.mean).view(1, 3, 1, 1)
     total, count = 0, 0

@@ -1,0 +1,88 @@
+"""The CUDA path: runs only where torch sees a CUDA device, and is skipped elsewhere with that reason.
+
+fp32 on CUDA (TF32 off) equals the CPU within 1e-4; fp16 and bf16 keep cosine >= 0.999 to fp32;
+replicas write what one device writes; the resize on the device agrees with the workers' resize;
+the defaults on CUDA (batch size, precision) are what the README says.
+"""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from c3d_extract import api
+from tests.helpers import assert_same_file, run
+from tests.videos import moving_frames, write_video
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device here (torch.cuda.is_available() is False)")
+
+MODELS = [("c3d", "fc6,pool5"), ("res3d", "res5b,pool5")]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cuda_videos")
+    write_video(folder / "a.mp4", moving_frames(24, seed=31))
+    write_video(folder / "b.mp4", moving_frames(40, 120, 160, seed=32))
+    return folder
+
+
+def features(folder, out, *args) -> tuple[dict, h5py.AttributeManager]:
+    result = run(folder, out, "--weights", "random", "--seed", "7", "-q", *args)
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        return {layer: f[f"features/{layer}"][:] for layer in f["features"]}, dict(f.attrs)
+
+
+@pytest.mark.parametrize("model, layers", MODELS)
+def test_fp32_on_cuda_equals_the_cpu_within_1e_4(videos, tmp_path, model, layers):
+    args = ("--model", model, "--layers", layers, "--precision", "fp32")
+    cpu, _ = features(videos, tmp_path / "cpu.h5", *args, "--device", "cpu")
+    gpu, attrs = features(videos, tmp_path / "gpu.h5", *args, "--device", "cuda")
+    assert attrs["device"].startswith("cuda") and attrs["precision"] == "fp32"
+    for layer in cpu:
+        np.testing.assert_allclose(gpu[layer], cpu[layer], atol=1e-4, err_msg=layer)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("model, layers", MODELS)
+def test_half_precisions_keep_cosine_0999_to_fp32(videos, tmp_path, model, layers, precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip(f"{torch.cuda.get_device_name(0)} has no bf16 support")
+    args = ("--model", model, "--layers", layers, "--device", "cuda")
+    full, _ = features(videos, tmp_path / "fp32.h5", *args, "--precision", "fp32")
+    low, attrs = features(videos, tmp_path / "low.h5", *args, "--precision", precision)
+    assert attrs["precision"] == precision
+    for layer in full:
+        cosine = np.sum(full[layer] * low[layer], axis=1)
+        assert cosine.min() >= 0.999, (layer, cosine)
+        assert not np.array_equal(full[layer], low[layer])
+
+
+def test_two_replicas_write_what_one_device_writes(videos, tmp_path):
+    args = ("--model", "res3d", "--layers", "pool5", "--precision", "fp32", "--batch-size", "2")
+    features(videos, tmp_path / "one.h5", *args, "--device", "cuda:0")
+    features(videos, tmp_path / "two.h5", *args, "--device", "cuda:0,cuda:0")
+    assert_same_file(tmp_path / "two.h5", tmp_path / "one.h5", ignore_attrs=("device",))
+    if torch.cuda.device_count() > 1:
+        other, _ = features(videos, tmp_path / "pair.h5", *args, "--device", "cuda:0,cuda:1")
+        one, _ = features(videos, tmp_path / "one_again.h5", *args, "--device", "cuda:0")
+        np.testing.assert_allclose(other["pool5"], one["pool5"], atol=1e-5)
+
+
+def test_resize_on_the_device_agrees_with_the_workers(videos, tmp_path):
+    args = ("--model", "res3d", "--layers", "res5b", "--precision", "fp32", "--device", "cuda")
+    workers, a = features(videos, tmp_path / "w.h5", *args, "--resize-on", "workers")
+    device, b = features(videos, tmp_path / "d.h5", *args, "--resize-on", "device")
+    assert (a["resize_on"], b["resize_on"]) == ("workers", "device")
+    cosine = np.sum(workers["res5b"] * device["res5b"], axis=1)
+    assert cosine.min() >= 0.9999, cosine
+
+
+def test_defaults_on_cuda():
+    extractor = api.build_extractor(model="res3d", weights="random", device="cuda")
+    assert extractor.network.batch_size == 32
+    assert extractor.network.runtime.precision == "fp32"  # auto stays fp32 on CUDA
+    assert extractor.network.runtime.device.type == "cuda"
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
