@@ -17,6 +17,8 @@ zip writer from turning an OSError into an opaque RuntimeError.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import re
@@ -86,6 +88,31 @@ def free_bytes(path: str) -> Optional[int]:
         return None
 
 
+def _fallocate(fd: int, size: int) -> None:
+    """fallocate(2), mode 0: allocate [0, size). Not posix_fallocate: where the file system cannot
+    allocate (NFSv3, some FUSE), glibc emulates it by writing a byte into every block, which takes
+    hours for a large file over a network; fallocate(2) says EOPNOTSUPP instead."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "fallocate"):
+        os.posix_fallocate(fd, 0, size)
+        return
+    if libc.fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(size)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+_LIBC: list = []
+
+
+def _libc():
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
 class _Target:
     """A file opened for writing that never raises from write: it records the first error and
     discards what follows (see the module's docstring). Also the HDF5 file-object driver's file:
@@ -98,15 +125,18 @@ class _Target:
         self.error: Optional[OSError] = None
 
     def reserve(self, size: int) -> None:
-        """Allocate `size` bytes now, so that a full disk is found before anything is written."""
+        """Allocate `size` bytes now, so that a full disk is found before anything is written. Where
+        the file system cannot allocate, its free space is compared with `size` instead."""
         if size <= 0:
             return
         try:
-            os.posix_fallocate(self.fd, 0, size)
+            _fallocate(self.fd, size)
         except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                return  # the file system cannot reserve: writes will find a full disk instead
-            raise
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            free = free_bytes(self.path)
+            if free is not None and free < size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path) from None
 
     def check(self) -> None:
         """Raise the first write error, if any."""
