@@ -24,6 +24,7 @@ from c3d_extract.inputs import VideoJob, find_videos, parse_extensions, parse_sh
 from c3d_extract.models import ModelSpec
 from c3d_extract.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
 from c3d_extract.runtime import Runtime, default_device, resolve_device, resolve_precision
+from c3d_extract.storage import StorageError
 from c3d_extract.store import FeatureStore, StoreError
 from c3d_extract.video import DECODERS
 from c3d_extract.weights import RANDOM, Loaded, WeightsError, load_weights, spec_mean
@@ -181,5 +182,5 @@ def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore
                      on_video=on_video, timeout=timeout, keep_partial=extractor.keep_partial)
 
 
-__all__ = ["Arrays", "ClipSequence", "Extractor", "FeatureFile", "StoreError", "WeightsError", "build_extractor",
-           "extract", "find_jobs", "pending_jobs", "run_jobs"]
+__all__ = ["Arrays", "ClipSequence", "Extractor", "FeatureFile", "StorageError", "StoreError", "WeightsError",
+           "build_extractor", "extract", "find_jobs", "pending_jobs", "run_jobs"]

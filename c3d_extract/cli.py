@@ -18,6 +18,7 @@ from c3d_extract.models import MODELS, SPECS
 from c3d_extract.pipeline import Failed, Network, Summary, extract
 from c3d_extract.runtime import DEVICE_ENV, PRECISIONS
 from c3d_extract.features import FeatureFileError
+from c3d_extract.storage import EXIT_CODE, StorageError, free_bytes, human, is_storage_error
 from c3d_extract.store import FeatureStore, StoreError, merge
 from c3d_extract.weights import WeightsError
 
@@ -28,6 +29,12 @@ class Refused(click.ClickException):
     """The run cannot start (weights, output file, settings): exit status 2, nothing written."""
 
     exit_code = 2
+
+
+class DiskFault(click.ClickException):
+    """A full, limited, failing or read-only disk: one line saying what is saved, exit status 3."""
+
+    exit_code = EXIT_CODE
 
 
 class Stopped(Exception):
@@ -55,6 +62,18 @@ class DefaultGroup(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        """Every command: a storage fault is one line and exit status 3, never a traceback."""
+        try:
+            return super().invoke(ctx)
+        except StorageError as exc:
+            raise DiskFault(str(exc)) from None
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            raise DiskFault(str(StorageError(exc.filename or "a file", exc, "files written before are "
+                                                                            "unchanged"))) from None
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,7 +175,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
     through the network; a video's descriptor is the mean of its clips' activations, L2-normalised,
     per layer. Re-running
     the same command skips the videos already in OUTPUT. Exit status: 0 when every video is in
-    OUTPUT, 1 when any failed (see OUTPUT's `failures`), 2 when the run could not start.
+    OUTPUT, 1 when any failed (see OUTPUT's `failures`), 2 when the run could not start, 3 when the
+    disk is full or failing (finished videos are kept; the one-line message says where).
     """
     if engine == "ray":
         try:
@@ -192,7 +212,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
         sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout, keep_partial))
     try:
         store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, warn=lambda message: _say(f"warning: {message}"))
     except StoreError as exc:
         raise Refused(str(exc)) from None
     with store:
@@ -203,6 +223,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
         if not quiet and (skipped_done or skipped_failed):
             _say(f"{output}: {skipped_done} video(s) already done, {skipped_failed} failed before "
                  f"(--retry-failed tries those again); {len(todo)} to do")
+        _warn_if_disk_too_small(store, output, len(todo))
         paths = {job.key: job.path for job in todo}
         bar = tqdm(total=len(todo), unit="video", disable=True if quiet else None, file=sys.stderr,
                    dynamic_ncols=True)
@@ -226,9 +247,10 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                  f"run the same command again to continue")
             store.close()  # the fold is atomic: a second signal here leaves the journal to the next run
             sys.exit(stop.exit_code)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        bar.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            bar.close()
         still_failed = keys & set(store.failed)
         if not quiet:
             rate = summary.clips / summary.seconds if summary.seconds else 0.0
@@ -236,6 +258,16 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                  f"{runtime.device} {runtime.precision}), {summary.failed} failed; "
                  f"{len(keys & store.done)} of {len(keys)} input video(s) are in the file")
     sys.exit(1 if still_failed else 0)
+
+
+def _warn_if_disk_too_small(store: FeatureStore, output: str, videos: int) -> None:
+    """Say so before the run when the output's disk has less free space than the run will need."""
+    needed, free = store.space_needed(videos), free_bytes(output)
+    if videos and free is not None and free < needed:
+        clips = " plus the per-clip rows" if store.per_clip else ""
+        _say(f"warning: {output}: {videos} video(s) to do need about {human(needed)}{clips} on its disk "
+             f"(the journal, then the new file beside the old one), and {human(free)} is free; a full disk "
+             f"stops the run and keeps every finished video (free space and run the same command to continue)")
 
 
 def _verify(output: str, jobs: list, network: Network, count: int, seed: int, short: str, workers: int,

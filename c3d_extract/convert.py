@@ -23,6 +23,7 @@ import torch
 
 from c3d_extract.caffe import CaffeError, CaffeNet, read_blob, read_net
 from c3d_extract.models import SPECS, ModelSpec
+from c3d_extract.storage import StorageError, is_storage_error, temp_name, write_atomically
 
 LAYOUT = "c3d_extract.weights"
 C3D_PARAM_LAYERS = ("conv1a", "conv2a", "conv3a", "conv3b", "conv4a", "conv4b", "conv5a", "conv5b",
@@ -230,13 +231,25 @@ def read_checkpoint(path: str) -> Converted:
 
 
 def save_checkpoint(converted: Converted, path: str, source: str, source_sha256: str) -> None:
-    """Write this package's layout atomically (temporary file, then rename)."""
+    """Write this package's layout atomically: a temporary file, read back and compared, then renamed,
+    so a full disk never leaves a half-written checkpoint under `path`. A storage fault raises
+    StorageError (the temporary file removed)."""
     payload = {"format": LAYOUT, "format_version": 1, "spec": converted.spec.name,
                "source": source, "source_format": converted.source_format,
                "source_sha256": source_sha256, "state_dict": converted.state_dict}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+
+    def check(tmp: str) -> None:  # what was written reads back whole and equal, before it gets its name
+        written = read_checkpoint(tmp).state_dict
+        if written.keys() != converted.state_dict.keys() or not all(
+                torch.equal(written[k], converted.state_dict[k]) for k in written):
+            raise WeightsError(f"{tmp}: the written weights do not read back equal; {path} was not written")
+
+    try:
+        write_atomically(path, lambda handle: torch.save(payload, handle), check)
+    except OSError as exc:
+        if is_storage_error(exc):
+            raise StorageError(temp_name(path), exc, f"nothing was written ({path} is as it was)") from None
+        raise
 
 
 def read_mean(path: str, expected: tuple[int, ...]) -> np.ndarray:

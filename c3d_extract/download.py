@@ -13,11 +13,21 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
+from c3d_extract.storage import StorageError, is_storage_error
+
 TIMEOUT = 30  # seconds without data before a connection counts as dropped
 
 
 class DownloadError(Exception):
     """A download that failed everywhere; the message lists each address and why."""
+
+
+class _Saving(Exception):
+    """Writing the partial file failed (a full disk): not the network's fault, so no retry."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _attempt(url: str, part: Path, quiet: bool) -> None:
@@ -30,14 +40,21 @@ def _attempt(url: str, part: Path, quiet: bool) -> None:
         total = response.headers.get("Content-Length")
         total = int(total) + have if total is not None else None
         mode = "ab" if have else "wb"
-        with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+        with open(part, mode, buffering=0) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                            desc=part.name.removesuffix(".part"), disable=True if quiet else None,
                                            leave=False) as bar:
             while True:
                 block = response.read(1 << 20)
                 if not block:
                     break
-                out.write(block)
+                try:  # unbuffered: a full disk is found here, and closing the file cannot fail again
+                    view = memoryview(block)
+                    while view:
+                        view = view[out.write(view):]
+                except OSError as exc:
+                    if is_storage_error(exc):
+                        raise _Saving(exc) from None
+                    raise
                 bar.update(len(block))
         if total is not None and part.stat().st_size < total:
             raise http.client.IncompleteRead(b"", total - part.stat().st_size)
@@ -49,6 +66,10 @@ def _fetch_with_retries(url: str, part: Path, retries: int, quiet: bool, reasons
         try:
             _attempt(url, part, quiet)
             return True
+        except _Saving as exc:
+            have = part.stat().st_size if part.exists() else 0
+            raise StorageError(str(part), exc.error, f"the {have:,} bytes downloaded so far are kept in it: the "
+                                                     f"next fetch resumes from there") from None
         except (http.client.IncompleteRead, ConnectionResetError, socket.timeout, TimeoutError) as exc:
             reasons.append(f"{url}: connection dropped ({type(exc).__name__})")
         except urllib.error.HTTPError as exc:

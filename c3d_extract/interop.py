@@ -21,6 +21,7 @@ import numpy as np
 
 from c3d_extract.features import FeatureFile
 from c3d_extract.pipeline import ClipRows, l2_normalize
+from c3d_extract.storage import StorageError, is_storage_error, write_atomically
 from c3d_extract.store import FeatureStore, StoreError
 
 HEADER_BYTES = 20
@@ -95,9 +96,15 @@ def export_npy(path: str, folder: str, layer: Optional[str] = None) -> int:
         offsets, counts = (f["clip_offset"][()], f["num_clips"][()]) if clips is not None else (None, None)
         for i, name in enumerate(names):
             target = Path(folder) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
             values = clips[offsets[i]: offsets[i] + counts[i]] if clips is not None else rows[i]
-            np.save(target, values)
+            try:  # through a temporary file: a full disk never leaves a half .npy under its name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(str(target), lambda handle: np.save(handle, values))
+            except OSError as exc:
+                if is_storage_error(exc):
+                    raise StorageError(str(target), exc, f"the {i} .npy file(s) written before it in {folder} "
+                                                         f"are whole; nothing else was written") from None
+                raise
     return len(names)
 
 
@@ -115,6 +122,8 @@ def import_npy(folder: str, output: str, layer: str, model: str = "unknown", ove
     with FeatureStore.open(output, settings, {layer: (sample.shape[-1],)}, {"imported_from": os.path.abspath(folder)},
                            overwrite=overwrite) as store:
         for key, path in arrays.items():
+            if key in store.done:  # saved by an earlier run that stopped (a full disk)
+                continue
             values = np.load(path).astype(np.float32)
             if (values.ndim == 2) != per_clip or values.shape[-1] != sample.shape[-1]:
                 raise StoreError(f"{path}: shape {values.shape} differs from {files[0]}'s {sample.shape}")

@@ -39,40 +39,102 @@ class Record:
     length: int
 
 
+@dataclass
+class Damage:
+    """A stretch of the journal that holds no valid record (a flipped bit, a bad sector)."""
+
+    offset: int
+    key: Optional[str]  # the video it held, when its metadata can still be read
+
+
 class Journal:
     """The journal of one feature file, locked for this process while it is open."""
 
     def __init__(self, path: str):
         self.path = path
-        self._file = open(path, "a+b")
+        self._file = open(path, "a+b", buffering=0)  # unbuffered: a failed write leaves nothing pending
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
             raise JournalBusy(f"{path} is in use by another c3d-extract process") from None
+        self.damage: list[Damage] = []
         self.records, valid_end = self._read_valid()
         self._file.seek(0, os.SEEK_END)
         if self._file.tell() != valid_end:  # a record cut short by a kill: drop its bytes
             self._file.truncate(valid_end)
             os.fsync(self._file.fileno())
 
+    def _record_at(self, pos: int, size: int) -> tuple[Optional[Record], bool]:
+        """(the valid record at `pos` or None, whether the bytes there reach past the end of the file)."""
+        self._file.seek(pos)
+        header = self._file.read(HEADER.size)
+        if len(header) < HEADER.size:
+            return None, True
+        magic, version, kind, length, crc = HEADER.unpack(header)
+        if magic != MAGIC or version != 1:
+            return None, False
+        if pos + HEADER.size + length > size:
+            return None, True
+        payload = self._file.read(length)
+        if zlib.crc32(payload) != crc:
+            return None, False
+        try:
+            return Record(kind, _meta(payload), pos + HEADER.size, length), False
+        except (ValueError, struct.error):
+            return None, False
+
+    def _next_valid(self, start: int, size: int) -> Optional[int]:
+        """Where the next valid record begins after `start` (a scan for MAGIC, 1 MiB at a time)."""
+        pos = start
+        while pos < size:
+            self._file.seek(pos)
+            window = self._file.read(1 << 20)
+            at = window.find(MAGIC)
+            while at >= 0:
+                if self._record_at(pos + at, size)[0] is not None:
+                    return pos + at
+                at = window.find(MAGIC, at + 1)
+            pos += max(1, len(window) - len(MAGIC) + 1)
+        return None
+
     def _read_valid(self) -> tuple[list[Record], int]:
-        """Scan record by record (memory O(one record)); stop at the first torn or corrupt one."""
-        self._file.seek(0)
+        """Scan record by record (memory O(one record)). A record cut short at the end (a kill) is
+        dropped; a damaged one is skipped, noted in self.damage, and the scan goes on after it."""
+        size = os.fstat(self._file.fileno()).st_size
         records, pos = [], 0
-        while True:
-            header = self._file.read(HEADER.size)
-            if len(header) < HEADER.size:
+        while pos < size:
+            record, short = self._record_at(pos, size)
+            if record is not None:
+                records.append(record)
+                pos = record.offset + record.length
+                continue
+            following = self._next_valid(pos + 1, size)
+            if following is None and short:
+                break  # the last record, cut short by a kill while it was written
+            self.damage.append(Damage(pos, self._damaged_key(pos)))
+            if following is None:
                 break
-            magic, version, kind, length, crc = HEADER.unpack(header)
-            if magic != MAGIC or version != 1:
-                break
-            payload = self._file.read(length)
-            if len(payload) < length or zlib.crc32(payload) != crc:
-                break
-            records.append(Record(kind, _meta(payload), pos + HEADER.size, length))
-            pos += HEADER.size + length
+            pos = following
         return records, pos
+
+    def _damaged_key(self, pos: int) -> Optional[str]:
+        """The video a damaged record held, when its JSON can still be read."""
+        self._file.seek(pos + HEADER.size)
+        head = self._file.read(4)
+        try:
+            head += self._file.read(min(struct.unpack_from("<I", head)[0], 1 << 20))
+            return str(_meta(head)["key"])
+        except (ValueError, KeyError, TypeError, struct.error):
+            return None
+
+    def damage_report(self) -> str:
+        """One line on the damaged records: where they are and what is computed again."""
+        where = ", ".join(f"{d.offset:,}" for d in self.damage[:5]) + (" ..." if len(self.damage) > 5 else "")
+        keys = [d.key for d in self.damage if d.key]
+        named = f" ({', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})" if keys else ""
+        return (f"{len(self.damage)} damaged record(s) at byte {where}{named}: skipped; "
+                f"{len(self.damage)} video(s) will be processed again ({len(self.records)} intact record(s) kept)")
 
     def append_video(self, key: str, facts: Mapping, features: Mapping[str, np.ndarray],
                      extra: Optional[Mapping] = None) -> None:
@@ -87,13 +149,22 @@ class Journal:
         self._append(FAILURE, {"key": key, "stage": stage, "error": error}, b"")
 
     def _append(self, kind: int, meta: dict, blobs: bytes) -> None:
+        """Write one record and fsync it. On an error (a full disk) the journal is cut back to where
+        the record began, so no torn record is left, and the OSError is raised."""
         text = json.dumps(meta, default=_plain).encode()
         payload = struct.pack("<I", len(text)) + text + blobs
-        self._file.seek(0, os.SEEK_END)
-        start = self._file.tell()
-        self._file.write(HEADER.pack(MAGIC, 1, kind, len(payload), zlib.crc32(payload)) + payload)
-        self._file.flush()
-        os.fsync(self._file.fileno())  # durable before the video counts as done
+        data = memoryview(HEADER.pack(MAGIC, 1, kind, len(payload), zlib.crc32(payload)) + payload)
+        start = self._file.seek(0, os.SEEK_END)
+        try:
+            while data:
+                data = data[self._file.write(data):]
+            os.fsync(self._file.fileno())  # durable before the video counts as done
+        except OSError:
+            try:
+                self._file.truncate(start)  # shrinking needs no space
+            except OSError:
+                pass  # the torn record fails its check when the journal is next opened
+            raise
         self.records.append(Record(kind, meta, start + HEADER.size, len(payload)))
 
     def features(self, record: Record) -> dict[str, np.ndarray]:

@@ -22,15 +22,18 @@ any moment leaves the old file whole and the journal's complete records; the nex
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 import h5py
 import numpy as np
 
 from c3d_extract.journal import FAILURE, VIDEO, Journal, JournalBusy, journal_path
 from c3d_extract.pooling import segment_pool
+from c3d_extract.storage import (StorageError, is_storage_error, new_hdf5, remove_stale_temps,
+                                 replace_durably, temp_name)
 
 FORMAT = "c3d_extract.features"
 FORMAT_VERSION = 1
@@ -46,6 +49,10 @@ class StoreError(Exception):
     """The output file cannot be used for this run (other settings, not ours, locked, corrupt)."""
 
 
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
 def _strings(dataset: h5py.Dataset) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in dataset[()]]
 
@@ -57,19 +64,14 @@ def _attr(value):
     return value if isinstance(value, (int, float)) else json.dumps(value)
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_atomically(tmp: str, path: str) -> None:
-    """Make `tmp` durable, then rename it over `path` (and make the rename durable)."""
-    _fsync_path(tmp)
-    os.replace(tmp, path)
-    _fsync_path(os.path.dirname(os.path.abspath(path)))
+    """Rename `tmp` durably over `path`; on an error `tmp` is removed and `path` left as it was."""
+    try:
+        replace_durably(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class FeatureStore:
@@ -85,6 +87,7 @@ class FeatureStore:
             self.segments = int(settings.get("segments", 0) or 0)
             self.clip_len = int(settings.get("clip_len", 16))
             self.layers: list[str] = list(h5["features"])
+            self.shapes = {n: tuple(int(v) for v in h5["features"][n].attrs["clip_shape"]) for n in self.layers}
             self.done: set[str] = set(_strings(h5["videos"]))
             self.failed: dict[str, tuple[str, str]] = {
                 video: (stage, error) for video, stage, error in zip(
@@ -99,11 +102,13 @@ class FeatureStore:
 
     @classmethod
     def open(cls, path: str, settings: Mapping, layer_shapes: Mapping[str, tuple[int, ...]],
-             provenance: Mapping, overwrite: bool = False) -> "FeatureStore":
+             provenance: Mapping, overwrite: bool = False,
+             warn: Optional[Callable[[str], None]] = None) -> "FeatureStore":
         """Create `path`, or reopen it to add videos when it was written with the same settings.
 
         An existing file is replaced only with `overwrite`; one with other settings, or that is not a
-        feature file, is refused with a StoreError that says what differs.
+        feature file, is refused with a StoreError that says what differs. A full or failing disk
+        raises StorageError. `warn` (default: warnings.warn) hears of damaged journal records.
         """
         exists = os.path.exists(path)
         if exists and not overwrite:
@@ -114,18 +119,25 @@ class FeatureStore:
             raise StoreError(f"{path}: another c3d-extract run is writing this file (two runs cannot "
                              f"write one file; use another output, or --shard and merge)") from None
         except OSError as exc:
+            if is_storage_error(exc):
+                raise StorageError(journal_path(path), exc, f"{path} is unchanged") from None
             raise StoreError(f"{path}: cannot create the feature file: {exc}") from None
+        remove_stale_temps(path)  # a fold killed before its rename; the journal's lock says no run is writing
+        if journal.damage:
+            (warn or _warn)(f"{journal.path}: {journal.damage_report()}")
         if overwrite or not exists:
             if overwrite and journal.records:
                 journal.remove()
                 journal = Journal(journal_path(path))
-            tmp = f"{path}.tmp-{os.getpid()}"
+            tmp = temp_name(path)
             try:
-                with h5py.File(tmp, "w") as h5:
+                with new_hdf5(tmp, reserve=file_bytes(layer_shapes, 0)) as (h5, _):
                     cls._create_layout(h5, settings, layer_shapes, provenance)
                 _replace_atomically(tmp, path)
             except OSError as exc:
                 journal.close()
+                if is_storage_error(exc):
+                    raise StorageError(tmp, exc, f"nothing was written ({path} is as it was)") from None
                 raise StoreError(f"{path}: cannot create the feature file: {exc}") from None
         return cls(path, journal, provenance)
 
@@ -195,6 +207,14 @@ class FeatureStore:
         """True when the file keeps per-clip rows or segments: add_video then needs `clips`."""
         return self.per_clip or self.segments > 0
 
+    def space_needed(self, videos: int) -> int:
+        """Bytes a run adding `videos` videos needs on the output's disk: their journal records, then
+        the new file written beside the old one (per-clip rows, unknown before decoding, not counted)."""
+        values = sum(int(np.prod(shape)) for shape in self.shapes.values()) * (1 + self.segments)
+        journal = videos * (4 * values + 512)  # the float32 values, the header and the JSON facts
+        rows = len(self.done) + videos
+        return journal + file_bytes(self.shapes, rows, len(self.failed), segments=self.segments, text=64 * rows)
+
     def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping, clips=None) -> None:
         """Record one finished video durably (journal + fsync); it is in the file after the fold.
 
@@ -217,28 +237,48 @@ class FeatureStore:
                 arrays.update({f"segments/{layer}": segment_pool(clips.layers[layer], self.segments)
                                for layer in self.layers})
         facts = {**_LATER_FACTS, **facts}
-        self._journal.append_video(key, {n: facts[n] for n in _PER_VIDEO}, arrays, extra)
+        try:
+            self._journal.append_video(key, {n: facts[n] for n in _PER_VIDEO}, arrays, extra)
+        except OSError as exc:
+            raise self._storage_error(self._journal.path, exc) from None
         self.done.add(key)
         self.failed.pop(key, None)
 
     def add_failure(self, key: str, stage: str, error: str) -> None:
         """Record a video that could not be processed (replacing an older record of it)."""
-        self._journal.append_failure(key, stage, error)
+        try:
+            self._journal.append_failure(key, stage, error)
+        except OSError as exc:
+            raise self._storage_error(self._journal.path, exc) from None
         self.failed[key] = (stage, error)
 
     def fold(self) -> None:
         """Write the old rows and the journal's into a new file, sorted by key, and swap it in."""
         videos = {r.meta["key"]: r for r in self._journal if r.kind == VIDEO}
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with h5py.File(self.path, "r") as old:
-            old_source = H5Rows(old)
-            journal_source = JournalRows(self._journal, videos)
-            order = [(k, old_source, i) for i, k in enumerate(old_source.keys)]
-            order += [(k, journal_source, k) for k in videos if k not in set(old_source.keys)]
-            failures = [(k, *v) for k, v in self.failed.items() if k not in self.done]
-            attrs = {**dict(old.attrs), "last_run": json.dumps(self._provenance, default=str)}
-            write_sorted(tmp, attrs, old_source.shapes, order, failures)
-        _replace_atomically(tmp, self.path)
+        tmp = temp_name(self.path)
+        try:
+            with h5py.File(self.path, "r") as old:
+                old_source = H5Rows(old)
+                journal_source = JournalRows(self._journal, videos)
+                old_keys = set(old_source.keys)
+                order = [(k, old_source, i) for i, k in enumerate(old_source.keys)]
+                order += [(k, journal_source, k) for k in videos if k not in old_keys]
+                failures = [(k, *v) for k, v in self.failed.items() if k not in self.done]
+                attrs = {**dict(old.attrs), "last_run": json.dumps(self._provenance, default=str)}
+                write_sorted(tmp, attrs, old_source.shapes, order, failures)
+            _replace_atomically(tmp, self.path)
+        except OSError as exc:
+            raise self._storage_error(tmp, exc) from None
+
+    def _storage_error(self, path: str, exc: OSError) -> OSError | StorageError:
+        """A storage fault as one line that says what is saved; other OSErrors as they are."""
+        if not is_storage_error(exc):
+            return exc
+        videos = sum(1 for record in self._journal if record.kind == VIDEO)
+        saved = f"{self.path} is unchanged"
+        if videos:
+            saved = f"{videos} finished video(s) are saved in {self._journal.path} ({saved})"
+        return StorageError(path, exc, saved)
 
     def close(self) -> None:
         """Fold the journal into the file (if it holds anything) and remove it."""
@@ -252,8 +292,24 @@ class FeatureStore:
     def __enter__(self) -> "FeatureStore":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def release(self) -> None:
+        """Let go of the journal without folding it: its records wait for the next run (an empty
+        journal is removed: nothing to keep)."""
+        if self._journal is not None:
+            try:
+                if not (self._journal.records or self._journal.damage):
+                    os.unlink(self._journal.path)
+            except OSError:
+                pass  # an empty journal left behind is harmless: the next run uses it
+            self._journal.close()
+            self._journal = None
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            if not isinstance(value, StorageError):  # after one, a fold would fail too: the journal keeps all
+                self.close()
+        finally:
+            self.release()
 
 
 
@@ -317,15 +373,53 @@ class JournalRows:
         return starts, {layer: arrays[f"clips/{layer}"].reshape(len(starts), -1) for layer in layers}
 
 
+def _chunked(rows: int, chunk_rows: int, row_bytes: int) -> int:
+    """Bytes of a chunked dataset of `rows` rows: HDF5 allocates whole chunks."""
+    return -(-rows // chunk_rows) * chunk_rows * row_bytes
+
+
+def file_bytes(shapes: Mapping[str, tuple[int, ...]], rows: int, failures: int = 0, clips: int = 0,
+               segments: int = 0, text: int = 0) -> int:
+    """An upper bound of the size of a feature file (write_sorted's layout) with `rows` videos,
+    `failures` failures, `clips` per-clip rows, `segments` and `text` bytes of strings: whole chunks
+    of every dataset, the strings in HDF5's global heap and its own structures (B-trees, headers)."""
+    total, chunks = 0, 0
+    for shape in shapes.values():
+        dim = int(np.prod(shape))
+        chunk_rows = max(1, 2**20 // (4 * dim))
+        total += _chunked(rows, chunk_rows, 4 * dim) + rows * segments * dim * 4
+        total += _chunked(clips, chunk_rows, 4 * dim) if clips else 0
+        chunks += -(-rows // chunk_rows) + rows * bool(segments) + -(-clips // chunk_rows)
+    if clips:
+        total += 3 * _chunked(clips, 4096, 8) + _chunked(rows, 1024, 8)
+        chunks += 3 * -(-clips // 4096) + -(-rows // 1024)
+    total += (len(_PER_VIDEO) + 1) * _chunked(rows, 1024, 16) + len(_FAILURE_FIELDS) * _chunked(failures, 256, 16)
+    chunks += (len(_PER_VIDEO) + 1) * -(-rows // 1024) + len(_FAILURE_FIELDS) * -(-failures // 256)
+    strings = rows * (1 + sum(dtype is _STR for dtype in _PER_VIDEO.values())) + len(_FAILURE_FIELDS) * failures
+    total += text + 24 * strings + 4096 * (1 + strings // 256)  # heap objects and their collections
+    return int(1.01 * (total + 128 * chunks)) + 2**16  # chunk index entries; superblock, headers, nodes
+
+
+def _reserve_for(order: list, failures: list, shapes: Mapping[str, tuple[int, ...]], settings: Mapping) -> int:
+    """file_bytes() for rows about to be written by write_sorted."""
+    strings = [name for name, dtype in _PER_VIDEO.items() if dtype is _STR]
+    text = sum(len(k.encode()) + sum(len(str(source.fact(row, n)).encode()) for n in strings) for k, source, row in order)
+    text += sum(len(str(v).encode()) for row in failures for v in row)
+    clips = sum(int(source.fact(row, "num_clips")) for _, source, row in order) if settings.get("per_clip") else 0
+    return file_bytes(shapes, len(order), len(failures), clips, int(settings.get("segments", 0) or 0), text)
+
+
 def write_sorted(path: str, attrs: Mapping, shapes: Mapping[str, tuple[int, ...]], order: list,
-                 failures: list[tuple[str, str, str]], block: int = 256) -> None:
+                 failures: list[tuple[str, str, str]], block: int = 256, reserve: bool = True) -> None:
     """Write a feature file at `path` from rows (key, source, row) in key order, with `attrs` (which
     hold `settings`) and the given failures. Feature rows go a block at a time (memory O(block)); only
-    keys and per-video scalars are O(N)."""
+    keys and per-video scalars are O(N). The file's size is reserved first (`reserve`), so a full
+    disk raises OSError before anything is written; on any error `path` is removed."""
     order = sorted(order, key=lambda item: item[0])
     failures = sorted(failures)
     settings = json.loads(attrs["settings"])
-    with h5py.File(path, "w") as new:
+    size = _reserve_for(order, failures, shapes, settings) if reserve else 0
+    with new_hdf5(path, reserve=size) as (new, check):
         FeatureStore._create_layout(new, settings, shapes, {}, rows=len(order), failures=len(failures))
         for key, value in attrs.items():
             if key not in ("created", "format", "format_version"):
@@ -345,12 +439,13 @@ def write_sorted(path: str, attrs: Mapping, shapes: Mapping[str, tuple[int, ...]
                 by_source.setdefault(id(source), (source, [], []))
                 by_source[id(source)][1].append(i)
                 by_source[id(source)][2].append(row)
-            for path in paths:
-                target = new[path]
+            for dataset in paths:
+                target = new[dataset]
                 rows = np.empty((len(part), *target.shape[1:]), np.float32)
                 for source, positions, source_rows in by_source.values():
-                    rows[positions] = source.read(path, source_rows).reshape(len(source_rows), *target.shape[1:])
+                    rows[positions] = source.read(dataset, source_rows).reshape(len(source_rows), *target.shape[1:])
                 target[start: start + len(part)] = rows
+            check()  # a failing disk stops the fold here, not hours later
         if "clips" in new:
             _write_clips(new, order, list(shapes), int(settings.get("clip_len", 16)))
         for i, name in enumerate(_FAILURE_FIELDS):
@@ -402,6 +497,7 @@ def merge(out: str, parts: list[str], overwrite: bool = False) -> MergeReport:
         raise StoreError(f"{out}: exists; use --overwrite to replace it")
     if not parts:
         raise StoreError("no part to merge")
+    remove_stale_temps(out)  # a merge killed before its rename
     files = []
     try:
         for part in parts:
@@ -450,10 +546,16 @@ def merge(out: str, parts: list[str], overwrite: bool = False) -> MergeReport:
         attrs = {k: v for k, v in files[0].attrs.items() if k not in ("shard", "last_run")}
         attrs["settings"] = json.dumps(settings[0], sort_keys=True)
         attrs["merged_from"] = json.dumps([os.path.abspath(p) for p in parts])
-        tmp = f"{out}.tmp-{os.getpid()}"
-        write_sorted(tmp, attrs, sources[0].shapes, order, list(failures.values()))
+        tmp = temp_name(out)
+        try:
+            write_sorted(tmp, attrs, sources[0].shapes, order, list(failures.values()))
+            _replace_atomically(tmp, out)
+        except OSError as exc:
+            if is_storage_error(exc):
+                raise StorageError(tmp, exc, f"nothing was written ({out} is as it was; the parts are "
+                                             f"unchanged)") from None
+            raise
     finally:
         for h5 in files:
             h5.close()
-    _replace_atomically(tmp, out)
     return MergeReport(len(order), duplicates, conflicts, missing, len(failures))

@@ -21,11 +21,12 @@ from c3d_extract.manifest import Entry, cache_dir, installed, load_manifest
 from c3d_extract.models import ModelSpec, get_spec
 from c3d_extract.models.net import StagedNet, init_random
 from c3d_extract.preprocess import parse_mean
+from c3d_extract.storage import StorageError, is_storage_error, temp_name, write_atomically
 
 RANDOM = "random"
 
 __all__ = ["RANDOM", "Loaded", "WeightsError", "install", "install_with_mean", "load_weights", "spec_mean",
-           "file_sha256"]
+           "file_sha256", "save_mean"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -47,17 +48,35 @@ def install(entry: Entry, quiet: bool = False) -> Path:
     target = folder / entry.installed_name
     source_sha = sha256_of(source)
     if entry.is_mean:
-        array = read_mean(str(source), (3, 16, 128, 171))
-        tmp = target.with_name(target.name + f".tmp-{os.getpid()}.npy")
-        np.save(tmp, array)
-        os.replace(tmp, target)
+        save_mean(read_mean(str(source), (3, 16, 128, 171)), str(target))
     else:
         save_checkpoint(read_checkpoint(str(source)), str(target), source=str(source), source_sha256=source_sha)
     record = {"name": entry.name, "source": str(source), "source_sha256": source_sha,
               "installed": str(target), "installed_sha256": sha256_of(target), "urls": list(entry.urls)}
-    target.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    text = (json.dumps(record, indent=2) + "\n").encode()
+    _saving(str(target.with_suffix(".json")), lambda: write_atomically(str(target.with_suffix(".json")),
+                                                                      lambda handle: handle.write(text)))
     source.unlink()  # the converted file is what is kept; the original can be fetched again
     return target
+
+
+def _saving(path: str, write: Callable[[], None]) -> None:
+    """Run write(); a full or failing disk becomes a StorageError naming `path`."""
+    try:
+        write()
+    except OSError as exc:
+        if is_storage_error(exc):
+            raise StorageError(temp_name(path), exc, f"nothing was written ({path} is as it was)") from None
+        raise
+
+
+def save_mean(cube: np.ndarray, path: str) -> None:
+    """A mean cube as .npy, atomically: written to a temporary file, read back and compared, renamed."""
+    def check(tmp: str) -> None:
+        if not np.array_equal(np.load(tmp, allow_pickle=False), cube):
+            raise WeightsError(f"{tmp}: the written mean cube does not read back equal; {path} was not written")
+
+    _saving(path, lambda: write_atomically(path, lambda handle: np.save(handle, cube), check))
 
 
 def install_with_mean(entry: Entry, warn: Callable[[str], None], quiet: bool = False) -> Path:

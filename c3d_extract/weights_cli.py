@@ -5,20 +5,30 @@ from __future__ import annotations
 import sys
 
 import click
-import numpy as np
 
 from c3d_extract import __version__
 from c3d_extract.convert import WeightsError, read_checkpoint, read_mean, save_checkpoint
 from c3d_extract.manifest import cache_dir, installed, load_manifest, manifest_path
-from c3d_extract.weights import file_sha256, install_with_mean
+from c3d_extract.storage import EXIT_CODE, StorageError
+from c3d_extract.weights import file_sha256, install_with_mean, save_mean
 
 PROG = "c3d-weights"
 MEAN_SHAPE = (3, 16, 128, 171)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
     click.echo(f"{PROG}: error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Every command: a full or failing disk is one line and exit status 3, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StorageError as exc:
+            _fail(str(exc), EXIT_CODE)
 
 
 def _read_any(path: str):
@@ -32,7 +42,7 @@ def _read_any(path: str):
             _fail(str(weights_error))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=PROG)
 def main() -> None:
     """Weights for c3d-extract: the published checkpoints, fetched and converted without Caffe.
@@ -85,7 +95,7 @@ def convert_command(src: str, dst: str) -> None:
     if cube is not None:
         if not dst.endswith(".npy"):
             _fail(f"{dst}: a mean cube is written as .npy")
-        np.save(dst, cube)
+        save_mean(cube, dst)
         click.echo(f"{src}: mean cube {cube.shape} -> {dst}")
         return
     save_checkpoint(converted, dst, source=src, source_sha256=file_sha256(src))
