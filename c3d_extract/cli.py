@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from c3d_extract import __version__, api
 from c3d_extract.clips import SHORT_RULES
+from c3d_extract.engine_ray import QuietRay
 from c3d_extract.inputs import VIDEO_EXTENSIONS, parse_shard
 from c3d_extract.manifest import cache_dir
 from c3d_extract.models import MODELS, SPECS
@@ -189,7 +191,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                                   overwrite=overwrite)
     except StoreError as exc:
         raise Refused(str(exc)) from None
-    with store:
+    # under Ray, Ray's own log lines go to a file from here on, before the progress bar takes stderr
+    with store, (QuietRay() if engine == "ray" else contextlib.nullcontext()):
         keys = {job.key for job in jobs}
         todo = api.pending_jobs(jobs, store, retry_failed)
         skipped_done = len(keys & store.done)
