@@ -107,16 +107,19 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                                                            "32 on CUDA).")
 @click.option("--workers", type=click.IntRange(1), default=max(1, min(4, (os.cpu_count() or 2) // 2)),
               show_default=True,
-              help="Decoder processes (they share the CPU with the network: half the cores, at most 4).")
+              help="Decoder processes (they share the CPU with the network: half the cores, at most 4). "
+                   "Local engine only: under Ray, one decoder per CPU.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
-              help="Seconds a decoder may go without progress before its video is abandoned as failed.")
+              help="Seconds a decoder may go without progress before its video is abandoned as failed "
+                   "(both engines).")
 @click.option("--resize-on", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
               help="Where frames are resized and cropped: in the decoder processes, or on the network's device "
                    "(full frames travel; cheaper with a GPU). auto: device on CUDA, workers on the CPU.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU tasks, the network "
-                   "as GPU actors), local or on a cluster; needs the [ray] extra.")
-@click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
+              help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU actors, the network "
+                   "as GPU actors), local or on a cluster whose nodes see the videos at the same absolute "
+                   "paths; needs the [ray] extra.")
+@click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, HOST:6379 or ray://head:10001); "
                                                     "default: a local Ray.")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device.")

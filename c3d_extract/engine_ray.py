@@ -283,10 +283,10 @@ class QuietRay:
 
 
 def videos_per_block(videos: int, decoders: int) -> int:
-    """Videos per Ray block: about four blocks per decoder so they share the work out, and at most
-    MAX_VIDEOS_PER_BLOCK, which bounds what a lost node costs and amortises the decoder process each
-    block starts (about 2 s of CPU on a slow core: Python and torch imported once per block)."""
-    return max(1, min(MAX_VIDEOS_PER_BLOCK, math.ceil(videos / max(1, 4 * decoders))))
+    """Videos per Ray block: about two blocks per decoder so they share the work out, and at most
+    MAX_VIDEOS_PER_BLOCK, which bounds what a lost node costs. Each block starts one decoder process
+    (Python and torch imported: about 2 s of CPU on a slow core), so blocks are not made smaller."""
+    return max(1, min(MAX_VIDEOS_PER_BLOCK, math.ceil(videos / max(1, 2 * decoders))))
 
 
 def extract_ray(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, short: str = "loop",
