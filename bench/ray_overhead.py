@@ -98,7 +98,9 @@ def main() -> None:
                     continue
                 folder = make_folder(base, count)
                 run = subprocess.run([sys.executable, __file__, "--child", engine, folder], capture_output=True,
-                                     text=True, check=True)
+                                     text=True)
+                if run.returncode:
+                    sys.exit(f"{engine} on {count} videos failed:\n{run.stderr[-3000:]}")
                 result = json.loads(run.stdout.strip().splitlines()[-1])
                 print(result, flush=True)
                 results.setdefault(engine, {})[count] = result

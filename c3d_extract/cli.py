@@ -120,7 +120,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                    "as GPU actors), local or on a cluster whose nodes see the videos at the same absolute "
                    "paths; needs the [ray] extra.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, HOST:6379 or ray://head:10001); "
-                                                    "default: a local Ray.")
+                                                    "default: $RAY_ADDRESS, else a new local Ray.")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,

@@ -293,8 +293,8 @@ def extract_ray(jobs: Sequence[VideoJob], network: Network, store: FeatureStore,
                 address: Optional[str] = None,
                 on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
                 timeout: float = 300.0, per_block: Optional[int] = None) -> Summary:
-    """Extract `jobs` with Ray Data into `store`: a local Ray when `address` is None, else the cluster
-    at `address` (e.g. "auto", "host:6379", "ray://host:10001"). Failures are recorded, never raised.
+    """Extract `jobs` with Ray Data into `store`: the cluster at `address` (e.g. "auto", "host:6379",
+    "ray://host:10001"), else $RAY_ADDRESS's, else a new local Ray. Failures are recorded, never raised.
 
     A decoder that makes no progress for `timeout` seconds is abandoned and its video recorded as failed.
     `per_block` fixes the videos per Ray block (default: videos_per_block).
@@ -305,12 +305,20 @@ def extract_ray(jobs: Sequence[VideoJob], network: Network, store: FeatureStore,
     jobs = [VideoJob(job.key, os.path.abspath(job.path)) for job in jobs]
     with QuietRay() as quiet:
         ours = not ray.is_initialized()
-        if ours:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        if ours:  # no address: $RAY_ADDRESS, else a new local Ray (never whichever cluster ran last here)
+            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR)
         quiet.move_to(_session_logs(ray))
+        context = ray.data.DataContext.get_current()  # the process's: put back what we change
+        saved = (context.enable_progress_bars, context.execution_options.preserve_order, context.max_errored_blocks)
+        context.enable_progress_bars = False
+        context.execution_options.preserve_order = False
+        context.max_errored_blocks = -1  # a block whose task fails costs its videos (recorded), not the run
         try:
             return _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, quiet.path)
         finally:
+            (context.enable_progress_bars, context.execution_options.preserve_order,
+             context.max_errored_blocks) = saved
             if ours:
                 ray.shutdown()
 
@@ -325,10 +333,6 @@ def _session_logs(ray) -> Optional[str]:
 
 
 def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, log) -> Summary:
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.execution_options.preserve_order = False
-    context.max_errored_blocks = -1  # a block Ray gives up on costs its videos (recorded below), not the run
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0)) if network.runtime.device.type == "cuda" else 0
     decoders = max(1, cpus - (0 if gpus else 1))  # on CPU, one core is the network's

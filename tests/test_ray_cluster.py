@@ -186,3 +186,27 @@ def test_sigkill_of_the_driver_then_the_same_command_gives_the_same_file(cluster
     assert_same_contents(folder / "killed.h5", reference)
     assert "video(s) already done" in stderr  # the second run went on from the first's journal
     assert_quiet(stderr)
+
+
+@pytest.mark.slow
+def test_a_node_that_cannot_see_a_video_names_itself(cluster):
+    """The decode actor's check, run on the cluster: a path absent on that node is one failure naming it."""
+    from c3d_extract.engine_ray import _Decode
+    from c3d_extract.models import get_spec
+
+    @ray.remote(num_cpus=1)
+    def decode(batch):
+        rows = list(_Decode(get_spec("res3d").input, "loop", TIMEOUT)(batch))
+        return rows, ray.get_runtime_context().get_node_id()
+
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        out, node = ray.get(decode.remote({"key": np.array(["a/gone.mp4"], object),
+                                           "path": np.array(["/nowhere/a/gone.mp4"], object)}))
+    finally:
+        ray.shutdown()
+    [batch] = out
+    assert list(batch["key"]) == ["a/gone.mp4"] and list(batch["kind"]) == ["fail"]
+    failure = json.loads(batch["meta"][0])
+    assert failure["stage"] == "open"
+    assert failure["error"].startswith("no such file on ") and f"Ray node {node[:12]}" in failure["error"]
