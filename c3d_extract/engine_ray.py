@@ -72,7 +72,8 @@ class _Rows:
         self.start: list[int] = []
         self.frames: list[np.ndarray] = []
 
-    def add(self, key: str, kind: str, meta: str = "", start: int = 0, frames: Optional[np.ndarray] = None) -> None:
+    def add(self, key: str, kind: str, meta: str = "", start: int = 0,
+            frames: Optional[np.ndarray] = None) -> None:
         self.key.append(key)
         self.kind.append(kind)
         self.meta.append(meta)
@@ -242,7 +243,8 @@ class QuietRay:
         if on_fd2:
             self._stderr = sys.stderr
             encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
-            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=encoding, errors="backslashreplace")
+            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=encoding,
+                                   errors="backslashreplace")
         return self
 
     def move_to(self, folder: Optional[str]) -> None:
@@ -310,7 +312,8 @@ def extract_ray(jobs: Sequence[VideoJob], network: Network, store: FeatureStore,
                      log_to_driver=False, logging_level=logging.ERROR)
         quiet.move_to(_session_logs(ray))
         context = ray.data.DataContext.get_current()  # the process's: put back what we change
-        saved = (context.enable_progress_bars, context.execution_options.preserve_order, context.max_errored_blocks)
+        saved = (context.enable_progress_bars, context.execution_options.preserve_order,
+                 context.max_errored_blocks)
         context.enable_progress_bars = False
         context.execution_options.preserve_order = False
         context.max_errored_blocks = -1  # a block whose task fails costs its videos (recorded), not the run
@@ -371,7 +374,8 @@ def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started
                     seen = clips_seen.setdefault(key, set())
                     if start not in seen:
                         seen.add(start)
-                        collector.clip(key, {layer: batch[f"out_{layer}"][i] for layer in network.layers}, start)
+                        outputs = {layer: batch[f"out_{layer}"][i] for layer in network.layers}
+                        collector.clip(key, outputs, start)
                 if kind in ("last", "done") and key in pending:
                     info = json.loads(meta)
                     collector.finished(Finished(key, info["num_clips"], info["facts"]))
