@@ -175,7 +175,8 @@ def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore
     if engine == "ray":
         from c3d_extract.engine_ray import extract_ray
 
-        return extract_ray(todo, extractor.network, store, short=short, address=ray_address, on_video=on_video)
+        return extract_ray(todo, extractor.network, store, short=short, address=ray_address, on_video=on_video,
+                           timeout=timeout, keep_partial=extractor.keep_partial)
     if engine != "local":
         raise ValueError(f"unknown engine {engine!r}; use local or ray")
     return run_local(todo, extractor.replicas or extractor.network, store, short=short, workers=workers,

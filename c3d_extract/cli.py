@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from c3d_extract import __version__, api
 from c3d_extract.clips import SHORT_RULES
+from c3d_extract.engine_ray import QuietRay
 from c3d_extract.inputs import VIDEO_EXTENSIONS, parse_shard
 from c3d_extract.manifest import cache_dir
 from c3d_extract.models import MODELS, SPECS
@@ -124,9 +126,11 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                                                            "32 on CUDA).")
 @click.option("--workers", type=click.IntRange(1), default=max(1, min(4, (os.cpu_count() or 2) // 2)),
               show_default=True,
-              help="Decoder processes (they share the CPU with the network: half the cores, at most 4).")
+              help="Decoder processes (they share the CPU with the network: half the cores, at most 4). "
+                   "Local engine only: under Ray, one decoder per CPU.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
-              help="Seconds a decoder may go without progress before its video is abandoned as failed.")
+              help="Seconds a decoder may go without progress before its video is abandoned as failed "
+                   "(both engines).")
 @click.option("--resize-on", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
               help="Where frames are resized and cropped: in the decoder processes with OpenCV (bit-exact, "
                    "what Caffe did; auto), or on the network's device with a float resize (full frames travel; "
@@ -135,10 +139,11 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
               help="A video that breaks while decoding keeps the clips before the damage (status "
                    "partial:<frames>) instead of failing; for collections where damaged files are common.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU tasks, the network "
-                   "as GPU actors), local or on a cluster; needs the [ray] extra.")
-@click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
-                                                    "default: a local Ray.")
+              help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU actors, the network "
+                   "as GPU actors), local or on a cluster whose nodes see the videos at the same absolute "
+                   "paths; needs the [ray] extra.")
+@click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, HOST:6379 or ray://head:10001); "
+                                                    "default: $RAY_ADDRESS, else a new local Ray.")
 @click.option("--device", envvar=DEVICE_ENV, show_envvar=True,
               help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device. "
                    "Default: auto (the first CUDA device when there is one, else the CPU).")
@@ -215,7 +220,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                                   overwrite=overwrite, warn=lambda message: _say(f"warning: {message}"))
     except StoreError as exc:
         raise Refused(str(exc)) from None
-    with store:
+    # under Ray, Ray's own log lines go to a file from here on, before the progress bar takes stderr
+    with store, (QuietRay() if engine == "ray" else contextlib.nullcontext()):
         keys = {job.key for job in jobs}
         todo = api.pending_jobs(jobs, store, retry_failed)
         skipped_done = len(keys & store.done)

@@ -1,27 +1,44 @@
-"""`--engine ray`: the same extraction on Ray Data, on a laptop or a cluster.
+"""`--engine ray`: the same extraction on Ray Data, on a laptop or a cluster the tool did not start.
 
-Decoding runs as CPU tasks (`flat_map` over the video list, streaming clips), the network as an
-actor pool (`map_batches`, one actor per GPU on CUDA, else one on the CPU), and the driver collects
-clip activations into the same running means and crash-safe store as the local engine, so both
-write the same file. Ray streams blocks with backpressure, so memory stays bounded.
+Videos travel in blocks of several (absolute paths: a job means the same file on every node). Each
+block is decoded by a CPU actor that runs the local engine's decoder-process pool (workers.DecodePool)
+over it, so the per-video `--timeout` and the replacement of a crashed or hanging decoder work
+exactly as they do locally: a FIFO or an endless stream costs its own video, never the job. The
+network runs as an actor pool (`map_batches`, one actor per GPU on CUDA, else one on the CPU), and
+the driver collects clip activations into the same running means and crash-safe store as the local
+engine, so both write the same file.
 
-Every row has the same columns so the dataset has one schema: `kind` is clip, done or fail; `meta`
-carries a video's facts or its error as JSON; `frames` is a clip (all zeros for done/fail rows).
+A node or actor that dies costs the block it held: Ray restarts the actor and runs the block again
+(Ray Data's default for actor pools; the driver drops the rows it already has), and a block whose
+task raises is skipped (`max_errored_blocks`): its unfinished videos are recorded as failed, so
+`--retry-failed` redoes them.
+
+Every row has the same columns so the dataset has one schema: `kind` is clip, last (a clip that also
+carries its video's facts, so a one-clip video is one row), done, or fail; `meta` carries a video's
+facts or its error as JSON; `frames` is a clip (zeros for done and fail rows).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import socket
+import sys
+import tempfile
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from c3d_extract.decode import NativeStderr
 from c3d_extract.inputs import VideoJob
-from c3d_extract.pipeline import Clip, Collector, Failed, Finished, Network, Summary, decode_video
+from c3d_extract.pipeline import Clip, Collector, Failed, Finished, Network, Summary
 from c3d_extract.store import FeatureStore
+
+MAX_VIDEOS_PER_BLOCK = 64  # a block is the unit Ray redoes when a node dies; each also starts a decoder
+_WARM_UP = "\0warm-up"  # a key no video has: keys are paths
+_LOST = "not processed: the Ray task that held this video failed (Ray's logs say why; {})"
 
 
 def _require_ray():
@@ -33,25 +50,120 @@ def _require_ray():
     return ray
 
 
+def node_name() -> str:
+    """This process's host and Ray node, for messages about what one node cannot see."""
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()[:12]
+    except Exception:  # not in a Ray worker
+        node = "?"
+    return f"{socket.gethostname()}, Ray node {node}"
+
+
+class _Rows:
+    """Output rows of one decode call, turned into a numpy batch on `take`."""
+
+    def __init__(self, blank: np.ndarray):
+        self.blank = blank
+        self.key: list[str] = []
+        self.kind: list[str] = []
+        self.meta: list[str] = []
+        self.start: list[int] = []
+        self.frames: list[np.ndarray] = []
+
+    def add(self, key: str, kind: str, meta: str = "", start: int = 0,
+            frames: Optional[np.ndarray] = None) -> None:
+        self.key.append(key)
+        self.kind.append(kind)
+        self.meta.append(meta)
+        self.start.append(start)
+        self.frames.append(self.blank if frames is None else frames)
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def take(self) -> dict:
+        batch = {"key": np.array(self.key, dtype=object), "kind": np.array(self.kind, dtype=object),
+                 "meta": np.array(self.meta, dtype=object), "start": np.array(self.start, np.int64),
+                 "frames": np.stack(self.frames)}
+        self.__init__(self.blank)
+        return batch
+
+
+def _done_meta(item: Finished) -> str:
+    return json.dumps({"num_clips": item.num_clips, "facts": item.facts, "attempt": item.attempt})
+
+
 class _Decode:
-    """Ray flat_map: one video row -> its clip rows, then one done or fail row."""
+    """Ray map_batches actor: a block of video rows -> their clip rows, each video ending in a last,
+    done or fail row. Decoding runs in a DecodePool of one decoder process per call (the actor only
+    relays), so a decoder that hangs for `timeout` seconds or crashes costs its own video."""
 
-    def __init__(self, spec, short: str):
-        self.spec, self.short = spec, short
+    def __init__(self, spec, short: str, timeout: float, rows_per_batch: int = 16, keep_partial: bool = False):
+        self.spec, self.short, self.timeout, self.keep_partial = spec, short, timeout, keep_partial
+        self.rows_per_batch = rows_per_batch
         self.blank = np.zeros((spec.frames, *spec.crop, 3), np.uint8)
-        NativeStderr.install()  # this actor's process decodes only: the decoders' lines fold into one line
+        self.node = node_name()
 
-    def __call__(self, row: dict):
-        for item in decode_video(VideoJob(row["key"], row["path"]), self.spec, self.short):
-            if isinstance(item, Clip):
-                frames = np.ascontiguousarray(item.frames.numpy())  # a view into the decoded frames
-                yield {"key": item.key, "kind": "clip", "meta": "", "start": item.start, "frames": frames}
-            elif isinstance(item, Finished):
-                meta = json.dumps({"num_clips": item.num_clips, "facts": item.facts})
-                yield {"key": item.key, "kind": "done", "meta": meta, "start": 0, "frames": self.blank}
-            else:
-                meta = json.dumps({"stage": item.stage, "error": item.error})
-                yield {"key": item.key, "kind": "fail", "meta": meta, "start": 0, "frames": self.blank}
+    def __call__(self, batch: dict) -> Iterator[dict]:
+        from c3d_extract.workers import DecodePool
+
+        rows = _Rows(self.blank)
+        jobs = []
+        for key, path in zip(batch["key"], batch["path"]):
+            key, path = str(key), str(path)
+            if os.path.lexists(path):
+                jobs.append(VideoJob(key, path))
+            else:  # on a cluster, the likely reason is a folder this node does not mount
+                rows.add(key, "fail", json.dumps({"stage": "open", "error": (
+                    f"no such file on {self.node} (a cluster needs the videos at the same path on "
+                    f"every node)")}))
+        if not jobs:
+            yield rows.take()
+            return
+        held: dict[str, Clip] = {}  # each video's latest clip, sent with its Finished as one row
+        warm = []  # set once the decoder process has answered
+        pool = DecodePool(self._warm_first(jobs, warm), self.spec, self.short, 1, self.timeout,
+                          keep_partial=self.keep_partial)
+        try:
+            for item in pool:
+                if item.key == _WARM_UP:
+                    if isinstance(item, Failed) and item.stage == "open":
+                        warm.append(True)
+                elif isinstance(item, Clip):
+                    if item.key in held:
+                        previous = held[item.key]
+                        # meta: the decoder attempt (decode.py), so the driver drops a restarted video's old clips
+                        rows.add(previous.key, "clip", str(previous.attempt), previous.start, previous.frames.numpy())
+                    held[item.key] = item
+                elif isinstance(item, Finished):
+                    clip = held.pop(item.key, None)
+                    if clip is None:
+                        rows.add(item.key, "done", _done_meta(item))
+                    else:
+                        rows.add(item.key, "last", _done_meta(item), clip.start, clip.frames.numpy())
+                else:
+                    held.pop(item.key, None)  # a failed video is whole or absent: its clips are dropped
+                    rows.add(item.key, "fail", json.dumps({"stage": item.stage, "error": item.error}))
+                if len(rows) >= self.rows_per_batch:
+                    yield rows.take()
+        finally:
+            pool.close()
+        if len(rows):
+            yield rows.take()
+
+    @staticmethod
+    def _warm_first(jobs: list[VideoJob], warm: list) -> Iterator[VideoJob]:
+        """`jobs`, after a placeholder that fails at once ("no such file") as soon as the new decoder
+        process runs: the pool's clock for a job starts when the job is sent, and a decoder's start
+        (Python and torch imported, seconds on a busy node) must not count against a real video's
+        --timeout. Asked for lazily, so a placeholder that timed out is followed by another (twice)."""
+        for _ in range(3):
+            if warm:
+                break
+            yield VideoJob(_WARM_UP, "")
+        yield from jobs
 
 
 class _Forward:
@@ -66,7 +178,7 @@ class _Forward:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        clips = np.flatnonzero(batch["kind"] == "clip")
+        clips = np.flatnonzero(np.isin(batch["kind"], ("clip", "last")))
         out = {"key": batch["key"], "kind": batch["kind"], "meta": batch["meta"], "start": batch["start"]}
         values = self.network([torch.from_numpy(batch["frames"][i]) for i in clips]) if len(clips) else {}
         for layer in self.network.layers:
@@ -78,51 +190,205 @@ class _Forward:
         return out
 
 
+class QuietRay:
+    """Keeps Ray's own log lines off the user's terminal while Ray runs in this process.
+
+    Ray's C++ core worker in the driver writes its errors (actor restarts, lost nodes, SIGTERM notes)
+    straight to file descriptor 2 whatever its log settings, and Ray Data logs the errors of skipped
+    blocks to the console. While this is entered, descriptor 2 points at a log file (a temporary one,
+    then, once Ray is up, `<session>/logs/c3d-extract-driver-<pid>.err` beside Ray's own logs: see
+    move_to). Where `sys.stderr` wrote to descriptor 2, it is replaced by a stream on a duplicate of
+    the terminal's descriptor, so Python's writes (this tool's messages, tracebacks, a progress bar
+    made after entering) still reach the user. Nested uses do nothing; where descriptor 2 cannot be
+    moved nothing is redirected and `path` stays None.
+    """
+
+    _outermost: Optional["QuietRay"] = None
+
+    def __init__(self) -> None:
+        self.path: Optional[str] = None
+        self._saved: Optional[int] = None
+        self._stderr = None
+        self._consoles: list[logging.Handler] = []
+        self._outer = False
+
+    def __enter__(self) -> "QuietRay":
+        if QuietRay._outermost is not None:  # nested: the outer one's log and path are ours
+            return QuietRay._outermost
+        self._outer, QuietRay._outermost = True, self
+        try:
+            import ray.data  # noqa: F401  (it installs its console handler when first imported)
+        except ImportError:
+            pass
+        data_logger = logging.getLogger("ray.data")
+        self._consoles = [h for h in data_logger.handlers
+                          if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        for handler in self._consoles:
+            data_logger.removeHandler(handler)
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            return self
+        try:
+            handle, path = tempfile.mkstemp(prefix=f"c3d-extract-ray-driver-{os.getpid()}-", suffix=".err")
+            os.dup2(handle, 2)
+            os.close(handle)
+        except OSError:
+            os.close(saved)
+            return self
+        self._saved, self.path = saved, path
+        try:
+            on_fd2 = sys.stderr.fileno() == 2
+        except (OSError, ValueError, AttributeError):  # captured (pytest, click's runner): leave it be
+            on_fd2 = False
+        if on_fd2:
+            self._stderr = sys.stderr
+            encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=encoding,
+                                   errors="backslashreplace")
+        return self
+
+    def move_to(self, folder: Optional[str]) -> None:
+        """Continue the log in `folder` (Ray's session log folder), with what was written so far."""
+        if self.path is None or not folder:
+            return
+        target = os.path.join(folder, f"c3d-extract-driver-{os.getpid()}.err")
+        try:
+            with open(self.path, "rb") as early, open(target, "ab") as late:
+                late.write(early.read())
+            handle = os.open(target, os.O_WRONLY | os.O_APPEND)
+            os.dup2(handle, 2)
+            os.close(handle)
+            os.unlink(self.path)
+            self.path = target
+        except OSError:  # keep the temporary file
+            pass
+
+    def __exit__(self, *exc) -> None:
+        if not self._outer:
+            return
+        QuietRay._outermost = None
+        if self._saved is not None:
+            if self._stderr is not None:
+                ours, sys.stderr = sys.stderr, self._stderr
+                try:
+                    ours.close()
+                except OSError:
+                    pass
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+            if self.path and os.path.exists(self.path) and os.path.getsize(self.path) == 0:
+                os.unlink(self.path)  # nothing was said: leave no empty file behind
+        data_logger = logging.getLogger("ray.data")
+        for handler in self._consoles:
+            data_logger.addHandler(handler)
+
+
+def videos_per_block(videos: int, decoders: int) -> int:
+    """Videos per Ray block: about two blocks per decoder so they share the work out, and at most
+    MAX_VIDEOS_PER_BLOCK, which bounds what a lost node costs. Each block starts one decoder process
+    (Python and torch imported: about 2 s of CPU on a slow core), so blocks are not made smaller."""
+    return max(1, min(MAX_VIDEOS_PER_BLOCK, math.ceil(videos / max(1, 2 * decoders))))
+
+
 def extract_ray(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, short: str = "loop",
                 address: Optional[str] = None,
-                on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None) -> Summary:
-    """Extract `jobs` with Ray Data into `store` (local Ray when `address` is None)."""
+                on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
+                timeout: float = 300.0, per_block: Optional[int] = None, keep_partial: bool = False) -> Summary:
+    """Extract `jobs` with Ray Data into `store`: the cluster at `address` (e.g. "auto", "host:6379",
+    "ray://host:10001"), else $RAY_ADDRESS's, else a new local Ray. Failures are recorded, never raised.
+
+    A decoder that makes no progress for `timeout` seconds is abandoned and its video recorded as failed.
+    `per_block` fixes the videos per Ray block (default: videos_per_block).
+    """
     ray = _require_ray()
     started = time.perf_counter()
-    ours = not ray.is_initialized()
-    if ours:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # relative paths mean another file, or none, on a worker whose working directory differs
+    jobs = [VideoJob(job.key, os.path.abspath(job.path)) for job in jobs]
+    with QuietRay() as quiet:
+        ours = not ray.is_initialized()
+        if ours:  # no address: $RAY_ADDRESS, else a new local Ray (never whichever cluster ran last here)
+            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR)
+        quiet.move_to(_session_logs(ray))
+        context = ray.data.DataContext.get_current()  # the process's: put back what we change
+        saved = (context.enable_progress_bars, context.execution_options.preserve_order,
+                 context.max_errored_blocks)
+        context.enable_progress_bars = False
+        context.execution_options.preserve_order = False
+        context.max_errored_blocks = -1  # a block whose task fails costs its videos (recorded), not the run
+        try:
+            return _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, quiet.path,
+                        keep_partial)
+        finally:
+            (context.enable_progress_bars, context.execution_options.preserve_order,
+             context.max_errored_blocks) = saved
+            if ours:
+                ray.shutdown()
+
+
+def _session_logs(ray) -> Optional[str]:
+    """Ray's log folder on this node (None where Ray does not say, e.g. a ray:// client)."""
     try:
-        return _run(ray, jobs, network, store, short, on_video, started)
-    finally:
-        if ours:
-            ray.shutdown()
+        node = ray._private.worker._global_node
+        return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
+    except Exception:  # a private attribute: absent in some Ray versions
+        return None
 
 
-def _run(ray, jobs, network, store, short, on_video, started) -> Summary:
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.execution_options.preserve_order = False
+def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, log, keep_partial) -> Summary:
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0)) if network.runtime.device.type == "cuda" else 0
-    net = ray.put(network.net.to("cpu").float())  # the actors prepare their own copy
-    dataset = ray.data.from_items([{"key": job.key, "path": job.path} for job in jobs],
-                                  override_num_blocks=max(1, len(jobs)))
-    dataset = dataset.flat_map(_Decode, fn_constructor_kwargs={"spec": network.spec, "short": short},
-                               compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(
-                                   ray.cluster_resources().get("CPU", 1)) - 1)), num_cpus=1)
-    dataset = dataset.map_batches(
-        _Forward, batch_size=network.batch_size, batch_format="numpy", num_gpus=1 if gpus else 0,
-        compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
-        fn_constructor_kwargs={"net": net, "layers": network.layers, "spec": network.spec,
-                               "runtime": network.runtime, "batch_size": network.batch_size})
-    collector = Collector(store, on_video)
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for i, (key, kind, meta) in enumerate(zip(batch["key"], batch["kind"], batch["meta"])):
-            key = str(key)
-            if kind == "clip":
-                collector.clip(key, {layer: batch[f"out_{layer}"][i] for layer in network.layers},
-                               int(batch["start"][i]))
-            elif kind == "done":
-                info = json.loads(meta)
-                collector.finished(Finished(key, info["num_clips"], info["facts"]))
-            else:
-                info = json.loads(meta)
-                collector.fail(Failed(key, info["stage"], info["error"]))
+    decoders = max(1, cpus - (0 if gpus else 1))  # on CPU, one core is the network's
+    per_block = per_block or videos_per_block(len(jobs), decoders)
+    collector = Collector(store, None)
+    pending = {job.key for job in jobs}  # not yet written or failed
+    clips_seen: dict[str, set[tuple[int, int]]] = {}  # (attempt, start) of the clips taken, per video in flight
+
+    def resolved(key: str, failure: Optional[Failed], summary: Summary) -> None:
+        pending.discard(key)
+        clips_seen.pop(key, None)
+        if on_video:
+            on_video(key, failure, summary)
+
+    collector.on_video = resolved
+    if jobs:
+        net = ray.put(network.net.to("cpu").float())  # the actors prepare their own copy
+        dataset = ray.data.from_items([{"key": job.key, "path": job.path} for job in jobs],
+                                      override_num_blocks=math.ceil(len(jobs) / per_block))
+        dataset = dataset.map_batches(
+            _Decode, batch_size=per_block, batch_format="numpy", num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
+            fn_constructor_kwargs={"spec": network.spec, "short": short, "timeout": timeout,
+                                   "keep_partial": keep_partial})
+        dataset = dataset.map_batches(
+            _Forward, batch_size=network.batch_size, batch_format="numpy", num_gpus=1 if gpus else 0,
+            compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
+            fn_constructor_kwargs={"net": net, "layers": network.layers, "spec": network.spec,
+                                   "runtime": network.runtime, "batch_size": network.batch_size})
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for i, (key, kind, meta) in enumerate(zip(batch["key"], batch["kind"], batch["meta"])):
+                key = str(key)
+                if key not in pending:  # a block Ray ran again after a lost node: already written or failed
+                    continue
+                info = json.loads(meta) if kind in ("last", "done", "fail") else {}
+                if kind in ("clip", "last"):
+                    start = int(batch["start"][i])
+                    attempt = int(info.get("attempt", 0) if kind == "last" else (meta or 0))
+                    seen = clips_seen.setdefault(key, set())
+                    if (attempt, start) not in seen:
+                        seen.add((attempt, start))
+                        outputs = {layer: batch[f"out_{layer}"][i] for layer in network.layers}
+                        collector.clip(key, outputs, start, attempt)
+                if kind in ("last", "done") and key in pending:
+                    collector.finished(Finished(key, info["num_clips"], info["facts"], info.get("attempt", 0)))
+                elif kind == "fail":
+                    collector.fail(Failed(key, info["stage"], info["error"]))
+    log_hint = f"this driver's: {log}" if log else "see the Ray session's logs folder"
+    for job in jobs:  # in the order given, so the records do not depend on the set's order
+        if job.key in pending:
+            collector.fail(Failed(job.key, "decode", _LOST.format(log_hint)))
     collector.summary.seconds = time.perf_counter() - started
     return collector.summary
