@@ -29,6 +29,7 @@ from c3d_extract.inputs import VideoJob
 from c3d_extract.preprocess import InputSpec
 
 _IDLE = "idle"
+STARTUP_GRACE = 120.0  # seconds a new decoder process may take to start before its first job's clock runs
 
 
 def _worker_main(tasks, results, heartbeat, spec: InputSpec, resize: bool, keep_partial: bool) -> None:
@@ -84,7 +85,9 @@ class DecodePool:
     def _start(self) -> _Worker:
         task_reader, task_writer = self._ctx.Pipe(duplex=False)
         result_reader, result_writer = self._ctx.Pipe(duplex=False)
-        heartbeat = self._ctx.Value("d", time.time(), lock=False)
+        # a new process imports Python, torch and the decoders before it reads its first job (seconds
+        # on a busy node): that start is not the job's, so the clock starts STARTUP_GRACE later
+        heartbeat = self._ctx.Value("d", time.time() + STARTUP_GRACE, lock=False)
         process = self._ctx.Process(target=_worker_main, name="c3d-decode", daemon=True,
                                     args=(task_reader, result_writer, heartbeat, self._spec, self._resize,
                                           self._keep_partial))
@@ -96,7 +99,7 @@ class DecodePool:
     def _assign(self, worker: _Worker) -> None:
         worker.job = next(self._jobs, None)
         if worker.job is not None:
-            worker.heartbeat.value = time.time()
+            worker.heartbeat.value = max(worker.heartbeat.value, time.time())  # keeps a new worker's grace
             worker.tasks.send(worker.job)
 
     def _replace(self, index: int) -> None:
