@@ -58,33 +58,19 @@ def stage_in_process(path: str) -> int:
     return frames
 
 
-def stage_one_process(path: str, copies: int = 4) -> float:
+def stage_one_process(path: str, copies: int = 4, pin: bool = False) -> float:
     """Frames/s one decoder process sustains: a warm-up video first (the process's start-up: imports),
-    then `copies` times the video, timed from the warm-up's end to the last clip."""
+    then `copies` times the video, timed from the warm-up's end to the last clip. With `pin`, the
+    decoder process runs on core 0 and this process on core 1: the decoder's rate per core,
+    comparable to raw decode pinned to core 0 (decord decodes in a thread of its own, so unpinned
+    raw rates use more than one core)."""
+    if pin:
+        os.sched_setaffinity(0, {0})  # the decoder process inherits it
     pool = DecodePool([VideoJob(f"v{i}", path) for i in range(copies + 1)], C3D_SPORTS1M.input, "loop", workers=1)
     frames, started = 0, None
     try:
         for item in pool:
-            if not isinstance(item, Clip):
-                if started is None:
-                    started = time.perf_counter()
-                else:
-                    frames += item.facts["num_frames"]
-        return frames / (time.perf_counter() - started)
-    finally:
-        pool.close()
-
-
-def pinned_one_process(path: str, copies: int = 20) -> float:
-    """stage_one_process with the decoder process on core 0 and this process on core 1: the
-    decoder's rate per core, comparable to raw decode pinned to core 0 (decord decodes in a thread
-    of its own, so unpinned 'raw' rates use more than one core)."""
-    os.sched_setaffinity(0, {0})  # the decoder process inherits it
-    pool = DecodePool([VideoJob(f"v{i}", path) for i in range(copies + 1)], C3D_SPORTS1M.input, "loop", workers=1)
-    frames, started = 0, None
-    try:
-        for item in pool:
-            if started is None:
+            if pin and started is None:
                 os.sched_setaffinity(0, {1})
             if not isinstance(item, Clip):
                 if started is None:
@@ -94,7 +80,8 @@ def pinned_one_process(path: str, copies: int = 20) -> float:
         return frames / (time.perf_counter() - started)
     finally:
         pool.close()
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        if pin:
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
 def best(fn, path: str, reps: int) -> float:
@@ -126,7 +113,7 @@ def main() -> None:
         stage = best(stage_in_process, path, args.reps)
         if pin:
             os.sched_setaffinity(0, set(range(os.cpu_count())))
-        process = max((pinned_one_process if pin else stage_one_process)(path) for _ in range(args.reps))
+        process = max(stage_one_process(path, copies=20, pin=pin) for _ in range(args.reps))
         rows.append(f"| {os.path.basename(path)} ({size}) | {raw:.0f} | {pyav:.0f} | {stage:.0f} ({stage / raw:.0%}) "
                     f"| {process:.0f} ({process / raw:.0%}) |")
     day = datetime.date.today().isoformat()

@@ -1,8 +1,10 @@
 """Decoding in worker processes: a hanging decoder is abandoned, a crashing one costs one video.
 
 Each worker is a spawned process that decodes one video at a time and sends its resized, cropped
-frames (each once, although the windows overlap) through a pipe of its own; the parent cuts the
-clips (decode.ClipAssembler) (memory stays flat: a send waits while the network is behind). A pipe per worker, not a
+frames (each once, although the windows overlap) through a pipe of its own, and already holds its
+next job; the parent cuts the clips (decode.ClipAssembler); memory stays flat: a send waits while
+the network is behind. (Shared memory instead of the pipe measured no faster and its resource
+tracker printed tracebacks when a run ended on a storage error.) A pipe per worker, not a
 shared queue: a worker killed in the middle of a message would leave a shared queue with half a
 message and its lock held, hanging everyone; a private pipe just reports EOF and is dropped. The
 worker refreshes a heartbeat after every decoded chunk and marks the time it spends waiting on the
@@ -15,61 +17,26 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
 from multiprocessing.connection import wait
 from typing import Iterable, Iterator, Optional
 
 import cv2
-import numpy as np
 import torch
 
-from c3d_extract.decode import ClipAssembler, Failed, Frames, NativeStderr, decode_frames
+from c3d_extract.decode import ClipAssembler, Failed, NativeStderr, decode_frames
 from c3d_extract.inputs import VideoJob
 from c3d_extract.preprocess import InputSpec
 
 _IDLE = "idle"
 STARTUP_GRACE = 120.0  # seconds a new decoder process may take to start before its first job's clock runs
-SLOTS = 2  # frame chunks in flight per decoder: one being written, one being read
 
 
-@dataclass
-class _Shared:
-    """A chunk of frames that waits in slot `slot` of the worker's shared memory (not in the pipe)."""
-
-    key: str
-    attempt: int
-    slot: int
-    shape: tuple
-
-
-def _slot_bytes(spec: InputSpec) -> int:
-    """Bytes of the largest chunk of cropped frames (video.py reads at most 64 frames at a time)."""
-    return 64 * spec.crop[0] * spec.crop[1] * 3
-
-
-def _shared_memory(size: int) -> Optional[shared_memory.SharedMemory]:
-    """A block of shared memory, or None (frames then go through the pipe) where /dev/shm has not
-    room for it twice over: a full /dev/shm would kill the writer with SIGBUS, not raise."""
-    try:
-        stats = os.statvfs("/dev/shm")
-        if stats.f_bavail * stats.f_frsize < 2 * size:
-            return None
-        return shared_memory.SharedMemory(create=True, size=size)
-    except OSError:
-        return None
-
-
-def _worker_main(tasks, results, heartbeat, spec: InputSpec, resize: bool, keep_partial: bool,
-                 memory_name: Optional[str] = None, free=None) -> None:
-    """Decode the jobs received on `tasks` until None arrives; `results` is this worker's own pipe.
-    Cropped frames go through shared memory (`memory_name`, SLOTS slots, `free` counts the empty
-    ones): writing them there is the one copy they need, where pickling them into the pipe costs a
-    pickle, a pipe write and an unpickle, about a fifth of a small video's decode time."""
+def _worker_main(tasks, results, heartbeat, spec: InputSpec, resize: bool, keep_partial: bool) -> None:
+    """Decode the jobs received on `tasks` until None arrives; `results` is this worker's own pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
@@ -80,20 +47,6 @@ def _worker_main(tasks, results, heartbeat, spec: InputSpec, resize: bool, keep_
         heartbeat.value = math.inf  # waiting on the parent, not hanging
         results.send(message)
         heartbeat.value = time.time()
-
-    memory = shared_memory.SharedMemory(name=memory_name) if memory_name else None
-    size, slot = _slot_bytes(spec), 0
-
-    def send_frames(item: Frames) -> None:
-        nonlocal slot
-        if memory is None or item.frames.nbytes > size:
-            return send(item)
-        heartbeat.value = math.inf  # waiting for the parent to empty a slot
-        free.acquire()
-        heartbeat.value = time.time()
-        np.ndarray(item.frames.shape, np.uint8, memory.buf, slot * size)[...] = item.frames
-        send(_Shared(item.key, item.attempt, slot, item.frames.shape))
-        slot = (slot + 1) % SLOTS
 
     while True:
         try:
@@ -106,7 +59,7 @@ def _worker_main(tasks, results, heartbeat, spec: InputSpec, resize: bool, keep_
         try:
             for item in decode_frames(job, spec, resize, keep_partial):
                 heartbeat.value = time.time()
-                send_frames(item) if isinstance(item, Frames) else send(item)
+                send(item)
         except Exception as exc:  # a bug or a decoder surprise must cost one video, not the worker
             send(Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}"))
         send(_IDLE)
@@ -118,8 +71,6 @@ class _Worker:
     tasks: object      # our end of the pipe that sends jobs
     results: object    # our end of the worker's own result pipe
     heartbeat: object
-    memory: Optional[shared_memory.SharedMemory] = None
-    free: object = None
     # jobs sent and not finished, the one being decoded first: the next one already waits in the
     # worker's pipe, so a worker never idles for a round trip between two short videos
     jobs: deque = field(default_factory=deque)
@@ -127,21 +78,6 @@ class _Worker:
     @property
     def job(self) -> Optional[VideoJob]:
         return self.jobs[0] if self.jobs else None
-
-    def frames(self, item: _Shared, size: int) -> Frames:
-        """The chunk a _Shared message points at, copied out so its slot can be written again."""
-        view = np.ndarray(item.shape, np.uint8, self.memory.buf, item.slot * size)
-        frames = view.copy()
-        del view  # no view may outlive the shared memory
-        self.free.release()
-        return Frames(item.key, item.attempt, frames)
-
-    def release(self) -> None:
-        """Close and remove its shared memory (the process is gone or going)."""
-        if self.memory is not None:
-            self.memory.close()
-            self.memory.unlink()
-            self.memory = None
 
 
 class DecodePool:
@@ -162,15 +98,13 @@ class DecodePool:
         # a new process imports Python, torch and the decoders before it reads its first job (seconds
         # on a busy node): that start is not the job's, so the clock starts STARTUP_GRACE later
         heartbeat = self._ctx.Value("d", time.time() + STARTUP_GRACE, lock=False)
-        memory = _shared_memory(SLOTS * _slot_bytes(self._spec)) if self._resize else None
-        free = self._ctx.Semaphore(SLOTS)
         process = self._ctx.Process(target=_worker_main, name="c3d-decode", daemon=True,
                                     args=(task_reader, result_writer, heartbeat, self._spec, self._resize,
-                                          self._keep_partial, memory.name if memory else None, free))
+                                          self._keep_partial))
         process.start()
         task_reader.close()   # the child's ends: EOF reaches each side when the other goes
         result_writer.close()
-        return _Worker(process, task_writer, result_reader, heartbeat, memory, free)
+        return _Worker(process, task_writer, result_reader, heartbeat)
 
     def _assign(self, worker: _Worker) -> None:
         """Keep two jobs in the worker's hands (or what is left)."""
@@ -190,7 +124,6 @@ class DecodePool:
         old.process.join(timeout=5)
         old.tasks.close()
         old.results.close()
-        old.release()
         self._requeued.extend(reversed(list(old.jobs)[1:]))  # sent to it, never started
         self._workers[index] = self._start()
         self._assign(self._workers[index])
@@ -225,8 +158,6 @@ class DecodePool:
                 except (EOFError, OSError):  # the worker died, maybe in the middle of a message
                     reader.close()
                     continue
-                if isinstance(item, _Shared):  # copied out at once: its slot is free again
-                    item = worker.frames(item, _slot_bytes(self._spec))
                 if item == _IDLE:
                     worker.jobs.popleft()
                     self._assign(worker)
@@ -246,4 +177,3 @@ class DecodePool:
             worker.process.join(timeout=5)
             worker.tasks.close()
             worker.results.close()
-            worker.release()

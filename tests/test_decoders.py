@@ -50,22 +50,6 @@ def encoder_available(codec: str) -> bool:
         return False
 
 
-def write(path, frames, codec, pix_fmt, tag=None, fps=25):
-    container = av.open(str(path), "w")
-    stream = container.add_stream(codec, rate=fps)
-    stream.height, stream.width = frames.shape[1:3]
-    stream.pix_fmt = pix_fmt
-    stream.bit_rate = 2_000_000
-    if tag:
-        stream.codec_context.codec_tag = tag
-    for frame in frames:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-
-
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("zoo")
@@ -73,7 +57,7 @@ def zoo(tmp_path_factory):
     made, missing = [], []
     for name, codec, pix_fmt, tag in ZOO:
         if encoder_available(codec):
-            write(folder / name, frames, codec, pix_fmt, tag)
+            write_video(folder / name, frames, codec, tag=tag, pix_fmt=pix_fmt)
             made.append(name)
         else:
             missing.append(f"{name} ({codec})")

@@ -50,12 +50,12 @@ def frame_index(frame: np.ndarray) -> int:
 
 
 def write_video(path: Path, frames: np.ndarray, codec: str = "libx264", fps: int = 25,
-                tag: str | None = None, bit_rate: int = 2_000_000) -> Path:
+                tag: str | None = None, bit_rate: int = 2_000_000, pix_fmt: str = "yuv420p") -> Path:
     """Encode uint8 RGB frames (N, H, W, 3) into a real video file with PyAV (FFmpeg)."""
     container = av.open(str(path), "w")
     stream = container.add_stream(codec, rate=fps)
     stream.height, stream.width = frames.shape[1:3]
-    stream.pix_fmt = "yuv420p"
+    stream.pix_fmt = pix_fmt
     stream.bit_rate = bit_rate  # FFmpeg's mpeg4 default (200 kb/s) smears even flat frames
     if tag:
         stream.codec_context.codec_tag = tag
