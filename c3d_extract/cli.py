@@ -376,7 +376,8 @@ def info_command(file: str, as_json: bool) -> None:
 @main.command("export")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--layer", help="Layer to export (default: the file's first).")
+@click.option("--layer", help="Layer to export (default: the model's default feature when the file has it: "
+                               "fc6 for C3D, res5b for Res3D).")
 def export_command(file: str, folder: str, layer: Optional[str]) -> None:
     """One FOLDER/<key>.npy per video: (clips, D) when FILE has per-clip rows, else (D,)."""
     from c3d_extract.interop import export_npy

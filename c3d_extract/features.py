@@ -51,15 +51,26 @@ class FeatureFile:
     def __post_init__(self) -> None:
         with self._open() as f:
             self.keys = f["videos"].asstr()[()].tolist()
-            self.layers = list(f["features"])
             self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            self.layers = _network_order(list(f["features"]), self.attrs)
         self._rows = {key: i for i, key in enumerate(self.keys)}
+
+    @property
+    def default_layer(self) -> str:
+        """The spec's default feature (fc6 for C3D, res5b for Res3D) when the file has it, else the
+        first layer the network computes: what every reader takes when no layer is named."""
+        if not self.layers:
+            raise FeatureFileError(f"{self.path}: holds no feature layer")
+        spec = SPECS.get(str(self.attrs.get("spec", "")))
+        return next((layer for layer in (spec.default_layers if spec else ()) if layer in self.layers),
+                    self.layers[0])
 
     def _open(self) -> h5py.File:
         return _open(self.path)
 
-    def _layer(self, layer: Optional[str]) -> str:
-        layer = layer or self.layers[0]
+    def layer(self, layer: Optional[str] = None) -> str:
+        """`layer` checked against the file's layers; None means `default_layer`."""
+        layer = layer or self.default_layer
         if layer not in self.layers:
             raise FeatureFileError(f"{self.path}: has no layer {layer!r}; it holds {', '.join(self.layers) or 'none'}")
         return layer
@@ -67,7 +78,7 @@ class FeatureFile:
     def matrix(self, layer: Optional[str] = None) -> np.ndarray:
         """(N, D) video descriptors, row i for keys[i]."""
         with self._open() as f:
-            return f["features"][self._layer(layer)][()]
+            return f["features"][self.layer(layer)][()]
 
     def labels(self) -> list[str]:
         """The class of each video taken from its first folder (folder-per-class datasets)."""
@@ -82,14 +93,14 @@ class FeatureFile:
             start, count = int(f["clip_offset"][row]), int(f["num_clips"][row])
             part = slice(start, start + count)
             return ClipSequence(f["clips/first_frame"][part], f["clips/last_frame"][part], f["clips/time"][part],
-                                f["clips"][self._layer(layer)][part])
+                                f["clips"][self.layer(layer)][part])
 
     def segments(self, key: str, layer: Optional[str] = None) -> np.ndarray:
         """One video's (K, D) pooled segments (files written with --segments K)."""
         with self._open() as f:
             if "segments" not in f:
                 raise FeatureFileError(f"{self.path}: has no segments (extract with --segments K)")
-            return f["segments"][self._layer(layer)][self._rows[key]]
+            return f["segments"][self.layer(layer)][self._rows[key]]
 
     def failures(self) -> list[tuple[str, str, str]]:
         with self._open() as f:
@@ -126,6 +137,15 @@ class FeatureFile:
             return "clips" in f
 
 
+def _network_order(names: list[str], attrs: dict) -> list[str]:
+    """HDF5 lists groups alphabetically (pool5 before res5b); the settings list them as computed."""
+    try:
+        order = json.loads(attrs["settings"])["layers"]
+    except (KeyError, TypeError, ValueError):
+        return names
+    return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+
+
 def _count(values) -> dict:
     out: dict = {}
     for value in values:
@@ -157,18 +177,13 @@ def _open(path: str) -> h5py.File:
 
 
 def default_layer(path: str) -> str:
-    """The spec's default feature (fc6 for C3D, res5b for Res3D) when the file has it, else its first."""
-    features = FeatureFile(path)
-    if not features.layers:
-        raise FeatureFileError(f"{path}: holds no feature layer")
-    spec = SPECS.get(str(features.attrs.get("spec", "")))
-    return next((layer for layer in (spec.default_layers if spec else ()) if layer in features.layers),
-                features.layers[0])
+    """The layer a reader of `path` takes when none is named (FeatureFile.default_layer)."""
+    return FeatureFile(path).default_layer
 
 
 def load(path: str, layer: Optional[str] = None) -> Features:
     """Load one layer (default: `default_layer`) and the keys of its rows."""
     features = FeatureFile(path)
-    layer = layer or default_layer(path)
+    layer = features.layer(layer)
     matrix = features.matrix(layer).astype(np.float32, copy=False)
     return Features(path, layer, features.keys, matrix, features.attrs)

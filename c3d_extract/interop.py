@@ -84,9 +84,10 @@ def import_blobs(prefix_list: str, output: str, blobs: Sequence[str], clip_len: 
 
 def export_npy(path: str, folder: str, layer: Optional[str] = None) -> int:
     """One `<key without extension>.npy` per video: its (T, D) clip rows when the file has them,
-    else its (D,) descriptor. Returns the number of files written."""
+    else its (D,) descriptor, of `layer` (default: the file's default layer). Returns the number of
+    files written."""
     features = FeatureFile(path)
-    layer = layer or features.layers[0]
+    layer = features.layer(layer)  # the spec's default (res5b for Res3D) when none is named
     names = [str(PurePosixPath(k).with_suffix("")) + ".npy" for k in features.keys]
     if len(set(names)) != len(names):
         raise StoreError(f"{path}: two videos differ only by extension; their .npy names would collide")

@@ -14,6 +14,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import LinearSVC
 
 
@@ -52,28 +54,44 @@ class SplitResult:
         return matrix.tolist()
 
 
+def pipeline(C: float = 1.0, pca_dim: Optional[int] = None, renormalize: bool = True, jobs: int = 1,
+             seed: int = 0) -> Pipeline:
+    """PCA to `pca_dim` (no whitening) -> L2 rows again (`renormalize`) -> one-vs-rest linear SVMs:
+    one estimator, so that a cross-validation refits the PCA on each fold's training rows."""
+    steps: list = []
+    if pca_dim is not None:
+        steps.append(("pca", PCA(n_components=pca_dim, random_state=seed)))
+        if renormalize:
+            steps.append(("l2", FunctionTransformer(l2_rows)))
+    return Pipeline(steps + [("svm", classifier(C, jobs))])
+
+
+def choose_C(x_train: np.ndarray, y_train: np.ndarray, C_grid: Sequence[float], pca_dim: Optional[int] = None,
+             renormalize: bool = True, jobs: int = 1, seed: int = 0) -> tuple[float, np.ndarray]:
+    """The C of `C_grid` with the best mean accuracy over stratified folds of the training videos
+    (at most 3; the first C among ties), and each C's mean accuracy. The whole pipeline, PCA
+    included, is fitted inside each fold: a PCA fitted on all training videos would have seen each
+    fold's validation videos."""
+    folds = min(3, int(np.bincount(y_train).min()))
+    if folds < 2:
+        raise ValueError("choosing C by cross-validation needs at least 2 training videos per class")
+    search = GridSearchCV(pipeline(pca_dim=pca_dim, renormalize=renormalize, seed=seed),
+                          {"svm__estimator__C": list(C_grid)}, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=jobs, refit=False)
+    search.fit(x_train, y_train)
+    return float(search.best_params_["svm__estimator__C"]), search.cv_results_["mean_test_score"]
+
+
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, C: float = 1.0,
                 C_grid: Optional[Sequence[float]] = None, pca_dim: Optional[int] = None, renormalize: bool = True,
                 jobs: int = 1, seed: int = 0) -> tuple[np.ndarray, float]:
     """Predict test classes; PCA (if `pca_dim`) and C (if `C_grid`) are fitted on the training part
     only. Returns the predictions and the C that was used."""
-    if pca_dim is not None:
-        if pca_dim > min(x_train.shape):
-            raise ValueError(f"PCA to {pca_dim} dimensions needs at least {pca_dim} training videos and "
-                             f"feature dimensions (have {x_train.shape[0]} x {x_train.shape[1]})")
-        pca = PCA(n_components=pca_dim, random_state=seed).fit(x_train)  # no whitening
-        x_train, x_test = pca.transform(x_train), pca.transform(x_test)
-        if renormalize:
-            x_train, x_test = l2_rows(x_train), l2_rows(x_test)
+    if pca_dim is not None and pca_dim > min(x_train.shape):
+        raise ValueError(f"PCA to {pca_dim} dimensions needs at least {pca_dim} training videos and "
+                         f"feature dimensions (have {x_train.shape[0]} x {x_train.shape[1]})")
     if C_grid:
-        folds = min(3, int(np.bincount(y_train).min()))
-        if folds < 2:
-            raise ValueError("choosing C by cross-validation needs at least 2 training videos per class")
-        search = GridSearchCV(classifier(jobs=1), {"estimator__C": list(C_grid)},
-                              cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=jobs)
-        search.fit(x_train, y_train)
-        C = float(search.best_params_["estimator__C"])
-    model = classifier(C, jobs).fit(x_train, y_train)
+        C, _ = choose_C(x_train, y_train, C_grid, pca_dim, renormalize, jobs, seed)
+    model = pipeline(C, pca_dim, renormalize, jobs, seed).fit(x_train, y_train)
     return model.predict(x_test), C
 
 

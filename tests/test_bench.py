@@ -34,3 +34,10 @@ def test_decode_script_times_the_input_stage_and_counts_every_frame(tmp_path):
     path = str(write_video(tmp_path / "v.mp4", moving_frames(20, 64, 96)))
     assert decode.raw_decord(path) == decode.raw_pyav(path) == decode.stage_in_process(path) == 20
     assert decode.stage_one_process(path, copies=1) > 0
+
+
+def test_whole_process_script_runs_the_command_and_counts_its_clips(tmp_path):
+    bench = load("whole_process")
+    video = str(write_video(tmp_path / "v.mp4", moving_frames(40, 64, 96)))  # windows at 0, 8, 16, 24
+    seconds, clips = bench.whole_process("res3d", "fp32", [video])
+    assert clips == 4 and seconds > 0

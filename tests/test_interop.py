@@ -106,3 +106,21 @@ def test_the_readme_api_example_runs(tmp_path, monkeypatch):
     from c3d_extract import api
     with pytest.raises(ValueError, match="local engine"):
         api.extract(["videos/"], engine="ray", weights="random")
+
+
+def test_readers_default_to_the_models_feature_not_the_alphabetically_first(tmp_path):
+    # HDF5 lists pool5 before res5b; Res3D's feature is res5b, and c3d-svm already took it
+    from c3d_extract.features import FeatureFile, load
+
+    (tmp_path / "v").mkdir()
+    write_video(tmp_path / "v" / "a.mp4", moving_frames(20, 48, 64))
+    run(tmp_path / "v", tmp_path / "o.h5", "--model", "res3d", "--layers", "pool5,res5b", "--weights", "random", "-q")
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert list(f["features"]) == ["pool5", "res5b"]
+        res5b = f["features/res5b"][()]
+    features = FeatureFile(str(tmp_path / "o.h5"))
+    assert features.layers == ["res5b", "pool5"]  # the order the network computes them
+    np.testing.assert_array_equal(features.matrix(), res5b)
+    assert load(str(tmp_path / "o.h5")).layer == "res5b"
+    run("export", tmp_path / "o.h5", tmp_path / "npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "npy" / "a.npy"), res5b[0])

@@ -106,6 +106,39 @@ def test_pca_and_svm_never_see_test_videos():
         np.testing.assert_array_equal(alone, with_outliers[:10])
 
 
+def test_choosing_C_refits_the_pca_inside_each_fold():
+    # few videos, many dimensions: a PCA fitted on all training videos has seen each fold's
+    # validation videos, which changes the fold scores; the scores must be those of a PCA per fold
+    from sklearn.decomposition import PCA
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.multiclass import OneVsRestClassifier
+
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1, 2], 12)
+    x = rng.normal(size=(36, 80)) + np.eye(3, 80)[y] * 1.5
+    grid = [0.01, 0.1, 1.0, 10.0]
+
+    def scores(pca_inside: bool) -> np.ndarray:
+        folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(x, y))
+        leaky = PCA(6, random_state=0).fit(x)
+        out = []
+        for C in grid:
+            accuracies = []
+            for train, val in folds:
+                pca = PCA(6, random_state=0).fit(x[train]) if pca_inside else leaky
+                svc = OneVsRestClassifier(LinearSVC(C=C, dual=True, max_iter=5000, random_state=0))
+                svc.fit(svm.l2_rows(pca.transform(x[train])), y[train])
+                accuracies.append((svc.predict(svm.l2_rows(pca.transform(x[val]))) == y[val]).mean())
+            out.append(np.mean(accuracies))
+        return np.array(out)
+
+    honest, leaky = scores(True), scores(False)
+    assert not np.allclose(honest, leaky)  # the data tells the two apart
+    C, found = svm.choose_C(x, y, grid, pca_dim=6)
+    np.testing.assert_allclose(found, honest, atol=1e-12)
+    assert C == grid[int(np.argmax(honest))]
+
+
 def aslan_data(tmp_path, shuffle=False, seed=0):
     """200 videos of 20 actions (two clusters of features per action pair), 10 splits of 60 pairs."""
     rng = np.random.default_rng(seed)
