@@ -25,7 +25,9 @@ DECODER_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, decord.DECORDEr
 DECORD = f"decord {decord.__version__}"
 PYAV = f"pyav {av.__version__}"
 DECODERS = (DECORD, PYAV)
-CHUNK_BYTES = 32 * 2**20
+# decoded RGB per read: small enough that a chunk is still in the core's cache when it is resized
+# (2 MiB read 5-30% faster than 32 MiB through decode + resize on 176x144 to 720x528 videos)
+CHUNK_BYTES = 2 * 2**20
 # decord silently replaces a frame it cannot decode by its neighbour; a fault tolerance this small
 # makes the first such frame an error (DECORDLimitReachedError) so the video goes to PyAV instead.
 _DECORD_FAULT_TOL = "0.000001"
