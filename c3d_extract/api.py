@@ -74,8 +74,7 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
     changes = {k: v for k, v in (("clip_len", clip_len), ("stride", stride), ("frame_step", frame_step))
                if v is not None}
     spec = spec.with_input(**changes) if changes else spec
-    classes = getattr(loaded.net, spec.classifier).out_features
-    shapes = spec.layer_shapes(list(layers or spec.default_layers), num_classes=classes)
+    shapes = spec.layer_shapes(list(layers or spec.default_layers), net=loaded.net)
     if weights == RANDOM:
         warn(f"warning: random weights (seed {seed}): the features are meaningless outside smoke tests")
     settings = {"model": spec.model, "spec": spec.name, "weights_sha256": loaded.identity,

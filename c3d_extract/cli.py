@@ -23,6 +23,7 @@ from c3d_extract.features import FeatureFileError
 from c3d_extract.storage import EXIT_CODE, StorageError, free_bytes, human, is_storage_error
 from c3d_extract.store import FeatureStore, StoreError, merge
 from c3d_extract.weights import WeightsError
+from c3d_extract.workers import prestart
 
 PROG = "c3d-extract"
 
@@ -188,6 +189,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
             import ray.data  # noqa: F401
         except ImportError:
             raise Refused("--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)") from None
+    if engine == "local":
+        prestart(workers)  # the decoder processes start while the network is built
     try:
         shard = "/".join(map(str, parse_shard(shard))) if shard else None
         extractor = api.build_extractor(

@@ -37,8 +37,10 @@ PIPE_BYTES = 1 << 20
 STARTUP_GRACE = 120.0  # seconds a new decoder process may take to start before its first job's clock runs
 
 
-def _worker_main(tasks, results, heartbeat, spec: InputSpec, resize: bool, keep_partial: bool) -> None:
-    """Decode the jobs received on `tasks` until None arrives; `results` is this worker's own pipe."""
+def _worker_main(tasks, results, heartbeat) -> None:
+    """Decode the jobs received on `tasks` until None arrives; `results` is this worker's own pipe.
+    The first message is the pool's settings (spec, resize, keep_partial): a process can be started
+    before they are known (prestart)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
@@ -49,6 +51,11 @@ def _worker_main(tasks, results, heartbeat, spec: InputSpec, resize: bool, keep_
         heartbeat.value = math.inf  # waiting on the parent, not hanging
         results.send(message)
         heartbeat.value = time.time()
+
+    try:
+        spec, resize, keep_partial = tasks.recv()
+    except EOFError:  # the parent is gone (or never needed this spare)
+        return
 
     while True:
         try:
@@ -91,12 +98,40 @@ def _widen(connection) -> None:
         pass
 
 
+_CTX = mp.get_context("spawn")  # fork would copy torch's thread pools into the children
+_SPARES: list[_Worker] = []  # decoder processes started ahead of a pool (prestart)
+
+
+def _spawn() -> _Worker:
+    """A new decoder process, waiting for its pool's settings."""
+    task_reader, task_writer = _CTX.Pipe(duplex=False)
+    result_reader, result_writer = _CTX.Pipe(duplex=False)
+    _widen(result_reader)
+    # a new process imports Python, torch and the decoders before it reads its first job (seconds
+    # on a busy node): that start is not the job's, so the clock starts STARTUP_GRACE later
+    heartbeat = _CTX.Value("d", time.time() + STARTUP_GRACE, lock=False)
+    process = _CTX.Process(target=_worker_main, name="c3d-decode", daemon=True,
+                           args=(task_reader, result_writer, heartbeat))
+    process.start()
+    task_reader.close()   # the child's ends: EOF reaches each side when the other goes
+    result_writer.close()
+    return _Worker(process, task_writer, result_reader, heartbeat)
+
+
+def prestart(count: int) -> None:
+    """Start decoder processes now, for the next DecodePool to take: their start-up (Python, torch
+    and the decoders imported, about a second) then overlaps with the caller's building of the
+    network instead of following it. Unused spares wait (and end with this process)."""
+    _SPARES[:] = [w for w in _SPARES if w.process.is_alive()]
+    while len(_SPARES) < count:
+        _SPARES.append(_spawn())
+
+
 class DecodePool:
     """Worker processes decoding `jobs`; iterate to get Clip/Finished/Failed items as they come."""
 
     def __init__(self, jobs: Iterable[VideoJob], spec: InputSpec, short: str, workers: int,
                  timeout: float = 300.0, resize: bool = True, keep_partial: bool = False):
-        self._ctx = mp.get_context("spawn")  # fork would copy torch's thread pools into the children
         self._jobs = iter(jobs)
         self._spec, self._timeout, self._resize, self._keep_partial = spec, timeout, resize, keep_partial
         self._assembler = ClipAssembler(spec, short)
@@ -104,19 +139,20 @@ class DecodePool:
         self._workers = [self._start() for _ in range(max(1, workers))]
 
     def _start(self) -> _Worker:
-        task_reader, task_writer = self._ctx.Pipe(duplex=False)
-        result_reader, result_writer = self._ctx.Pipe(duplex=False)
-        _widen(result_reader)
-        # a new process imports Python, torch and the decoders before it reads its first job (seconds
-        # on a busy node): that start is not the job's, so the clock starts STARTUP_GRACE later
-        heartbeat = self._ctx.Value("d", time.time() + STARTUP_GRACE, lock=False)
-        process = self._ctx.Process(target=_worker_main, name="c3d-decode", daemon=True,
-                                    args=(task_reader, result_writer, heartbeat, self._spec, self._resize,
-                                          self._keep_partial))
-        process.start()
-        task_reader.close()   # the child's ends: EOF reaches each side when the other goes
-        result_writer.close()
-        return _Worker(process, task_writer, result_reader, heartbeat)
+        while _SPARES:
+            worker = _SPARES.pop(0)
+            try:
+                if worker.process.is_alive():
+                    worker.tasks.send((self._spec, self._resize, self._keep_partial))
+                    return worker
+            except OSError:  # it died while waiting
+                pass
+            worker.process.kill()
+            worker.tasks.close()
+            worker.results.close()
+        worker = _spawn()
+        worker.tasks.send((self._spec, self._resize, self._keep_partial))
+        return worker
 
     def _assign(self, worker: _Worker) -> None:
         """Keep two jobs in the worker's hands (or what is left)."""

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from c3d_extract.cli import main
-from c3d_extract.inputs import find_videos
+from c3d_extract.inputs import VideoJob, find_videos
 from c3d_extract.models import RES3D_SPORTS1M
 from c3d_extract.pipeline import Network, extract
 from c3d_extract.runtime import Runtime
@@ -88,6 +88,25 @@ def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
     killer.join()
     assert "killed by SIGKILL" in sink.failed["a_long.mp4"]
     assert sorted(sink.rows) == ["b_short0.mp4", "b_short1.mp4"]
+
+
+def test_a_prestarted_decoder_is_taken_and_a_dead_spare_skipped(tmp_path):
+    from c3d_extract import workers
+    from c3d_extract.decode import Clip, Finished
+
+    video = write_video(tmp_path / "a.mp4", moving_frames(24, 48, 64))
+    workers.prestart(2)
+    dead, alive = workers._SPARES[:2]
+    dead.process.kill()
+    dead.process.join(timeout=10)
+    pool = workers.DecodePool([VideoJob("a.mp4", str(video))], RES3D_SPORTS1M.input, "loop", workers=1)
+    try:
+        assert pool._workers[0].process.pid == alive.process.pid
+        items = list(pool)
+    finally:
+        pool.close()
+    assert [type(item) for item in items] == [Clip, Clip, Finished]  # windows at frames 0 and 8
+    assert workers._SPARES == []
 
 
 @pytest.mark.slow

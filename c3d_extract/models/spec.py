@@ -28,17 +28,26 @@ class ModelSpec:
         """A copy with some input settings changed (clip length, stride, mean, ...)."""
         return replace(self, input=replace(self.input, **changes))
 
-    def layer_shapes(self, layers: list[str], num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
-        """Per-clip output shape of each layer, found by a forward pass on the meta device (no
-        memory, no compute). Raises ValueError when the clip settings do not fit a layer."""
-        with torch.device("meta"):
-            net = self.build() if num_classes is None else self.build(num_classes=num_classes)
-            layers = net.check_layers(layers)
-            clip = torch.empty(1, 3, self.input.frames, *self.input.crop)
-            try:
-                out = net(clip, layers)
-            except RuntimeError as exc:
-                raise ValueError(
-                    f"{self.name}: {self.input.frames}-frame clips of {self.input.crop} do not fit "
-                    f"the layers {', '.join(layers)}: {exc}") from None
+    def layer_shapes(self, layers: list[str], num_classes: int | None = None,
+                     net: StagedNet | None = None) -> dict[str, tuple[int, ...]]:
+        """Per-clip output shape of each layer. Without `net`, by a forward pass on the meta device
+        (no memory, no compute, but its first use imports ~1 s of torch's shape machinery); with the
+        built CPU `net`, by one real forward of a zero clip (0.2-0.5 s for C3D and Res3D at 112x112).
+        Raises ValueError when the clip settings do not fit a layer."""
+        if net is None:
+            with torch.device("meta"):
+                return self.layer_shapes(layers, num_classes,
+                                         self.build() if num_classes is None else self.build(num_classes=num_classes))
+        layers = net.check_layers(layers)
+        clip = torch.zeros(1, 3, self.input.frames, *self.input.crop, device=next(net.parameters()).device)
+        training = net.training
+        try:
+            with torch.inference_mode():
+                out = net.eval()(clip, layers)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{self.name}: {self.input.frames}-frame clips of {self.input.crop} do not fit "
+                f"the layers {', '.join(layers)}: {exc}") from None
+        finally:
+            net.train(training)
         return {name: tuple(t.shape[1:]) for name, t in out.items()}
