@@ -76,7 +76,8 @@ def choose_C(x_train: np.ndarray, y_train: np.ndarray, C_grid: Sequence[float], 
     if folds < 2:
         raise ValueError("choosing C by cross-validation needs at least 2 training videos per class")
     search = GridSearchCV(pipeline(pca_dim=pca_dim, renormalize=renormalize, seed=seed),
-                          {"svm__estimator__C": list(C_grid)}, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=jobs, refit=False)
+                          {"svm__estimator__C": list(C_grid)},
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=jobs, refit=False)
     search.fit(x_train, y_train)
     return float(search.best_params_["svm__estimator__C"]), search.cv_results_["mean_test_score"]
 

@@ -88,6 +88,14 @@ class _Worker:
     def job(self) -> Optional[VideoJob]:
         return self.jobs[0] if self.jobs else None
 
+    def stop(self) -> None:
+        """Kill the process (a decode in progress is abandoned) and close both pipes."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.tasks.close()
+        self.results.close()
+
 
 def _widen(connection) -> None:
     """Give a result pipe 1 MiB of buffer (Linux's default is 64 KiB): a chunk of frames (up to
@@ -139,19 +147,17 @@ class DecodePool:
         self._workers = [self._start() for _ in range(max(1, workers))]
 
     def _start(self) -> _Worker:
+        """A spare from prestart that is still alive, else a new process; told this pool's settings."""
+        settings = (self._spec, self._resize, self._keep_partial)
         while _SPARES:
             worker = _SPARES.pop(0)
             try:
-                if worker.process.is_alive():
-                    worker.tasks.send((self._spec, self._resize, self._keep_partial))
-                    return worker
-            except OSError:  # it died while waiting
-                pass
-            worker.process.kill()
-            worker.tasks.close()
-            worker.results.close()
+                worker.tasks.send(settings)
+                return worker
+            except OSError:  # it died while waiting: its end of the pipe is closed
+                worker.stop()
         worker = _spawn()
-        worker.tasks.send((self._spec, self._resize, self._keep_partial))
+        worker.tasks.send(settings)
         return worker
 
     def _assign(self, worker: _Worker) -> None:
@@ -167,11 +173,7 @@ class DecodePool:
 
     def _replace(self, index: int) -> None:
         old = self._workers[index]
-        if old.process.is_alive():
-            old.process.kill()
-        old.process.join(timeout=5)
-        old.tasks.close()
-        old.results.close()
+        old.stop()
         self._requeued.extend(reversed(list(old.jobs)[1:]))  # sent to it, never started
         self._workers[index] = self._start()
         self._assign(self._workers[index])
@@ -219,9 +221,4 @@ class DecodePool:
     def close(self) -> None:
         """Stop every worker now (a decode in progress is abandoned, nothing is recorded for it)."""
         for worker in self._workers:
-            if worker.process.is_alive():
-                worker.process.kill()
-        for worker in self._workers:
-            worker.process.join(timeout=5)
-            worker.tasks.close()
-            worker.results.close()
+            worker.stop()
