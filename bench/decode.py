@@ -26,7 +26,8 @@ import av
 import cv2
 import decord
 
-from c3d_extract.decode import ClipAssembler, Clip, decode_frames
+from c3d_extract.assemble import ClipAssembler, Clip
+from c3d_extract.decode import decode_frames
 from c3d_extract.inputs import VideoJob
 from c3d_extract.models import C3D_SPORTS1M
 from c3d_extract.video import _chunk_frames

@@ -1,6 +1,8 @@
-"""One video from file to network-ready clips: decode (decord, then PyAV when decord cannot read it or
-would repair frames), resize and crop where it is decoded, and cut overlapping clips where they are
-batched, so each frame travels from a decoder process once although it is in two clips.
+"""What runs in a decoder process: one video from file to resized, cropped frames (decord, then PyAV
+when decord cannot read it or would repair frames). The clips are cut where they are batched
+(assemble.py), so each frame travels from a decoder process once although it is in two clips.
+This module and what it imports stay free of torch: every decoder process imports it (torch would
+cost each one ~1.5 s of CPU at start, taken from the network on a small machine).
 
 The stream of one video is Frames chunks then End, or Failed. Each decoder's try is an `attempt`:
 when decord fails after some frames were sent, PyAV starts the video again with the next attempt
@@ -13,16 +15,21 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
+import math
+import signal
+import time
 from typing import Iterable, Iterator, Optional, Union
 
+import cv2
 import decord
 import numpy as np
-import torch
 
-from c3d_extract.clips import ClipCutter
 from c3d_extract.inputs import VideoJob
 from c3d_extract.preprocess import InputSpec
 from c3d_extract.video import READERS, VideoError, clean_decoder_message
+
+
+IDLE = "idle"  # what a decoder process sends when it finished a job
 
 
 @dataclass
@@ -44,29 +51,10 @@ class End:
 
 
 @dataclass
-class Clip:
-    key: str
-    start: int
-    frames: torch.Tensor  # uint8 (T, h, w, 3) RGB: cropped, or as decoded with resize on the device
-    attempt: int = 0
-
-
-@dataclass
-class Finished:
-    key: str
-    num_clips: int
-    facts: dict
-    attempt: int = 0
-
-
-@dataclass
 class Failed:
     key: str
     stage: str
     error: str
-
-
-Item = Union[Clip, Finished, Failed]
 
 
 # how FFmpeg starts a line it logs: "[h264 @ 0x55d0c8a0] error while decoding MB 8 5"
@@ -161,53 +149,37 @@ def _facts(reader, frames: int, status: str) -> dict:
             "status": status, "decoder": reader.name}
 
 
-class ClipAssembler:
-    """Turns the Frames/End/Failed streams of videos (interleaved across videos, in order within
-    one) into Clip/Finished/Failed items: windows are cut as soon as they are complete, a video
-    shorter than one window is padded by the `short` rule, and a newer attempt starts a video over."""
+def serve(tasks, results, heartbeat) -> None:
+    """Decode the jobs received on `tasks` until None arrives; `results` is this process's own pipe.
+    The first message is the pool's settings (spec, resize, keep_partial): a process can be started
+    before they are known (prestart)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cv2.setNumThreads(1)  # one decoder per core: no thread pool inside the resize
+    NativeStderr.install()  # decoders' own lines are folded into each video's one line, not printed
 
-    def __init__(self, spec: InputSpec, short: str):
-        self.spec, self.short = spec, short
-        self._videos: dict[str, tuple[int, ClipCutter]] = {}
+    def send(message) -> None:
+        heartbeat.value = math.inf  # waiting on the parent, not hanging
+        results.send(message)
+        heartbeat.value = time.time()
 
-    def _cutter(self, key: str, attempt: int) -> ClipCutter:
-        state = self._videos.get(key)
-        if state is None or state[0] != attempt:
-            state = (attempt, ClipCutter(self.spec.clip_len, self.spec.stride, self.spec.frame_step))
-            self._videos[key] = state
-        return state[1]
-
-    def push(self, item) -> Iterator[Item]:
-        if isinstance(item, Frames):
-            cutter = self._cutter(item.key, item.attempt)
-            for start, clip in cutter.push(item.frames):
-                yield Clip(item.key, start, torch.from_numpy(clip), item.attempt)
-        elif isinstance(item, End):
-            cutter = self._cutter(item.key, item.attempt)
-            del self._videos[item.key]
-            facts = dict(item.facts)
-            if cutter.clips_cut == 0:
-                if self.short == "skip":
-                    yield Failed(item.key, "clips", f"{cutter.frames_seen} frames: shorter than one "
-                                                    f"{self.spec.clip_len}-frame window (--short skip)")
-                    return
-                yield Clip(item.key, 0, torch.from_numpy(cutter.short_clip(self.short)), item.attempt)
-                short = f"short:{self.short}"
-                facts["status"] = short if facts["status"] == "ok" else f"{facts['status']},{short}"
-            yield Finished(item.key, max(cutter.clips_cut, 1), facts, item.attempt)
-        else:
-            self._videos.pop(item.key, None)
-            yield item
-
-
-def decode_video(job: VideoJob, spec: InputSpec, short: str, resize: bool = True,
-                 keep_partial: bool = False) -> Iterator[Item]:
-    """All clips of one video, then Finished with its facts, or Failed as soon as anything breaks, in
-    this process. Clips of an attempt that a later attempt replaces come first: a consumer keeps only
-    the highest attempt of a video (Collector does)."""
-    assembler = ClipAssembler(spec, short)
     try:
-        for item in decode_frames(job, spec, resize, keep_partial):
-            yield from assembler.push(item)
-    except Exception as exc:  # a bug or a decoder surprise must cost one video, not the run
-        yield Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}")
+        spec, resize, keep_partial = tasks.recv()
+    except EOFError:  # the parent is gone (or never needed this spare)
+        return
+
+    while True:
+        try:
+            job = tasks.recv()
+        except EOFError:  # the parent is gone
+            return
+        if job is None:
+            return
+        heartbeat.value = time.time()
+        try:
+            for item in decode_frames(job, spec, resize, keep_partial):
+                heartbeat.value = time.time()
+                send(item)
+        except Exception as exc:  # a bug or a decoder surprise must cost one video, not the worker
+            send(Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}"))
+        send(IDLE)

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from c3d_extract.decode import Clip, Failed, Finished, decode_video  # noqa: F401 (decode_video: engines)
+from c3d_extract.assemble import Clip, Failed, Finished, decode_video  # noqa: F401 (decode_video: engines)
 from c3d_extract.inputs import VideoJob
 from c3d_extract.models.net import StagedNet
 from c3d_extract.preprocess import InputSpec

@@ -2,17 +2,21 @@
 
 Each model spec (models/c3d.py, models/res3d.py) holds one InputSpec with its exact constants; this
 module holds only the generic operations, so no `if model == ...` exists anywhere.
+
+Decoder processes unpickle InputSpec and crop with it, so torch is imported only inside the methods
+that build tensors (where the network runs): a decoder process starts without torch (~1.5 s of CPU).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -31,6 +35,9 @@ def resize_frames_float(frames: torch.Tensor, size: tuple[int, int]) -> torch.Te
     """A float bilinear resize of uint8 frames (N, H, W, 3) on any torch device (`--resize-on device`):
     half-pixel centres and no antialiasing like cv2, but float weights instead of cv2's 11-bit fixed
     point, so it is not bit-exact: measured in the README (Limits), recorded as `resize_on`."""
+    import torch
+    import torch.nn.functional as F
+
     if tuple(frames.shape[1:3]) == tuple(size):
         return frames
     x = frames.permute(0, 3, 1, 2).float()
@@ -121,6 +128,8 @@ class InputSpec:
     def constants(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The mean (per channel, or the cube cropped at the crop offset) and the std (None when 1),
         as float32 tensors on `device` shaped to broadcast over (B, 3, T, h, w). Build them once."""
+        import torch
+
         if self.mean_cube is not None:
             top, left = self.offset(self.resize)
             cube = self.mean_cube[:, :, top: top + self.crop[0], left: left + self.crop[1]]
@@ -131,13 +140,13 @@ class InputSpec:
             torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1)
         return mean, std
 
-    def normalize(self, clips: torch.Tensor, dtype: torch.dtype = torch.float32,
+    def normalize(self, clips: torch.Tensor, dtype: Optional[torch.dtype] = None,
                   constants: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> torch.Tensor:
         """Cropped uint8 RGB clips (B, T, h, w, 3) -> network input (B, 3, T, h, w) of `dtype`.
 
         The arithmetic runs in float32 on the clips' device and is cast at the end, so a low
         precision only rounds the final input once. Pass `constants` (from `constants(device)`) to
-        avoid rebuilding the mean for every batch.
+        avoid rebuilding the mean for every batch. `dtype` defaults to float32.
         """
         mean, std = constants if constants is not None else self.constants(clips.device)
         x = clips.permute(0, 4, 1, 2, 3).float()
@@ -148,7 +157,7 @@ class InputSpec:
         x = x - mean
         if std is not None:
             x = x / std
-        return x.to(dtype)
+        return x if dtype is None else x.to(dtype)
 
     def describe_mean(self) -> str:
         """One line saying which mean was subtracted (recorded in the feature file)."""

@@ -2,7 +2,7 @@
 
 Each worker is a spawned process that decodes one video at a time and sends its resized, cropped
 frames (each once, although the windows overlap) through a pipe of its own, and already holds its
-next job; the parent cuts the clips (decode.ClipAssembler); memory stays flat: a send waits while
+next job; the parent cuts the clips (assemble.ClipAssembler); memory stays flat: a send waits while
 the network is behind. (Shared memory instead of the pipe measured no faster and its resource
 tracker printed tracebacks when a run ended on a storage error.) A pipe per worker, not a
 shared queue: a worker killed in the middle of a message would leave a shared queue with half a
@@ -16,7 +16,6 @@ replaced too.
 from __future__ import annotations
 
 import fcntl
-import math
 import multiprocessing as mp
 import signal
 import time
@@ -25,53 +24,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Iterable, Iterator, Optional
 
-import cv2
-import torch
-
-from c3d_extract.decode import ClipAssembler, Failed, NativeStderr, decode_frames
+from c3d_extract.assemble import ClipAssembler
+from c3d_extract.decode import IDLE, Failed, serve
 from c3d_extract.inputs import VideoJob
 from c3d_extract.preprocess import InputSpec
 
-_IDLE = "idle"
 PIPE_BYTES = 1 << 20
 STARTUP_GRACE = 120.0  # seconds a new decoder process may take to start before its first job's clock runs
-
-
-def _worker_main(tasks, results, heartbeat) -> None:
-    """Decode the jobs received on `tasks` until None arrives; `results` is this worker's own pipe.
-    The first message is the pool's settings (spec, resize, keep_partial): a process can be started
-    before they are known (prestart)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)  # one decoder per core: no thread pool inside the resize
-    NativeStderr.install()  # decoders' own lines are folded into each video's one line, not printed
-
-    def send(message) -> None:
-        heartbeat.value = math.inf  # waiting on the parent, not hanging
-        results.send(message)
-        heartbeat.value = time.time()
-
-    try:
-        spec, resize, keep_partial = tasks.recv()
-    except EOFError:  # the parent is gone (or never needed this spare)
-        return
-
-    while True:
-        try:
-            job = tasks.recv()
-        except EOFError:  # the parent is gone
-            return
-        if job is None:
-            return
-        heartbeat.value = time.time()
-        try:
-            for item in decode_frames(job, spec, resize, keep_partial):
-                heartbeat.value = time.time()
-                send(item)
-        except Exception as exc:  # a bug or a decoder surprise must cost one video, not the worker
-            send(Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}"))
-        send(_IDLE)
 
 
 @dataclass
@@ -115,10 +74,10 @@ def _spawn() -> _Worker:
     task_reader, task_writer = _CTX.Pipe(duplex=False)
     result_reader, result_writer = _CTX.Pipe(duplex=False)
     _widen(result_reader)
-    # a new process imports Python, torch and the decoders before it reads its first job (seconds
+    # a new process imports Python and the decoders before it reads its first job (seconds
     # on a busy node): that start is not the job's, so the clock starts STARTUP_GRACE later
     heartbeat = _CTX.Value("d", time.time() + STARTUP_GRACE, lock=False)
-    process = _CTX.Process(target=_worker_main, name="c3d-decode", daemon=True,
+    process = _CTX.Process(target=serve, name="c3d-decode", daemon=True,
                            args=(task_reader, result_writer, heartbeat))
     process.start()
     task_reader.close()   # the child's ends: EOF reaches each side when the other goes
@@ -127,8 +86,8 @@ def _spawn() -> _Worker:
 
 
 def prestart(count: int) -> None:
-    """Start decoder processes now, for the next DecodePool to take: their start-up (Python, torch
-    and the decoders imported, about a second) then overlaps with the caller's building of the
+    """Start decoder processes now, for the next DecodePool to take: their start-up (Python and the
+    decoders imported, a few tenths of a second) then overlaps with the caller's building of the
     network instead of following it. Unused spares wait (and end with this process)."""
     _SPARES[:] = [w for w in _SPARES if w.process.is_alive()]
     while len(_SPARES) < count:
@@ -195,7 +154,7 @@ class DecodePool:
                 self._replace(index)
 
     def __iter__(self) -> Iterator:
-        """Clip, Finished and Failed items as the workers deliver them (decode.ClipAssembler)."""
+        """Clip, Finished and Failed items as the workers deliver them (assemble.ClipAssembler)."""
         for worker in self._workers:
             self._assign(worker)
         last_check = time.time()
@@ -208,7 +167,7 @@ class DecodePool:
                 except (EOFError, OSError):  # the worker died, maybe in the middle of a message
                     reader.close()
                     continue
-                if item == _IDLE:
+                if item == IDLE:
                     worker.jobs.popleft()
                     self._assign(worker)
                 elif worker.job is not None and item.key == worker.job.key:

@@ -92,7 +92,7 @@ def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
 
 def test_a_prestarted_decoder_is_taken_and_a_dead_spare_skipped(tmp_path):
     from c3d_extract import workers
-    from c3d_extract.decode import Clip, Finished
+    from c3d_extract.assemble import Clip, Finished
 
     video = write_video(tmp_path / "a.mp4", moving_frames(24, 48, 64))
     workers.prestart(2)
