@@ -3,9 +3,11 @@
     python bench/whole_process.py VIDEO [VIDEO ...] [--out bench/results.md] [--models c3d,res3d]
 
 For each model and each precision that is fast here (fp32; bf16 where the CPU has bf16 units):
-- whole process: `c3d-extract VIDEOS out.h5 --weights random --device cpu` in a fresh subprocess,
-  wall time from its start (Python, torch and the decoders imported, the network built, decoder
-  processes started) to its exit (the file folded and closed);
+- whole process: `c3d-extract VIDEOS out.h5 --weights FILE --device cpu` in a fresh subprocess,
+  wall time from its start (Python, torch and the decoders imported, the weights read and the
+  network built, decoder processes started) to its exit (the file folded and closed). FILE holds
+  random weights in this package's checkpoint layout, written beforehand: a real run reads its
+  weights from such a file (`--weights random` would time the drawing of 30-80 M random numbers);
 - network alone: the same prepared network (`pipeline.Network`: uint8 clips in, mean subtracted,
   channels_last, the CLI's default batch of 4) on as many random clips as the run had, after a warm-up.
 The ratio is the run's clips/s over the network's: 1.0 would mean decoding and writing cost nothing.
@@ -25,15 +27,25 @@ import time
 import h5py
 
 from throughput import machine, network_only, report  # bench/ is on the path when run as a script
+from c3d_extract.convert import LAYOUT, Converted, save_checkpoint
 from c3d_extract.runtime import cpu_has_fast_bf16
+from c3d_extract.weights import load_weights
+
+
+def weights_file(model: str, folder: str) -> str:
+    """Random weights of `model` saved in this package's layout (as `c3d-weights` installs them)."""
+    loaded = load_weights("random", model)
+    path = os.path.join(folder, f"{model}.pt")
+    save_checkpoint(Converted(loaded.spec, loaded.net.state_dict(), LAYOUT), path, "random", "0" * 64)
+    return path
 
 
 def whole_process(model: str, precision: str, videos: list[str]) -> tuple[float, int]:
     """Seconds of one `c3d-extract` process over `videos`, and the clips it computed."""
     with tempfile.TemporaryDirectory() as folder:
-        out = os.path.join(folder, "out.h5")
+        out, weights = os.path.join(folder, "out.h5"), weights_file(model, folder)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "c3d_extract", *videos, out, "--model", model, "--weights", "random",
+        subprocess.run([sys.executable, "-m", "c3d_extract", *videos, out, "--model", model, "--weights", weights,
                         "--device", "cpu", "--precision", precision, "--quiet"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
@@ -59,8 +71,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     names = ", ".join(os.path.basename(v) for v in args.videos)
     report("\n".join([f"### {datetime.date.today()} — whole process vs network alone — {machine()}", "",
-                      f"Videos: {names}. `python bench/whole_process.py`; random weights, --device cpu, "
-                      "default --workers and --batch-size.", "",
+                      f"Videos: {names}. `python bench/whole_process.py`; --device cpu, "
+                      "default --workers and --batch-size; random weights read from a file in the package's layout.", "",
                       "| model | precision | clips | whole process, s | whole process, clips/s "
                       "| network alone, clips/s | ratio |", "|---|---|---|---|---|---|---|", *rows, ""]) + "\n",
            args.out)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import torch
 
 from c3d_extract.convert import Converted, WeightsError, read_checkpoint, read_mean, save_checkpoint
 from c3d_extract.download import DownloadError, download, sha256_of
@@ -127,7 +128,9 @@ def load_weights(weights: Optional[str], model: Optional[str], seed: int = 0, fe
     wanted = get_spec(model) if model else None
     if weights == RANDOM:
         spec = wanted or get_spec("c3d")
-        net = spec.build()
+        with torch.device("meta"):  # no default initialisation: init_random sets every tensor
+            net = spec.build()
+        net = net.to_empty(device="cpu")
         init_random(net, seed)
         return Loaded(spec, net.eval(), f"random:{seed}", RANDOM)
     manifest = load_manifest()
@@ -147,8 +150,9 @@ def load_weights(weights: Optional[str], model: Optional[str], seed: int = 0, fe
         raise WeightsError(f"{path}: weights of a {converted.spec.model} network ({converted.spec.name}), "
                            f"but --model {model} asks for {wanted.model}")
     head = converted.state_dict[f"{converted.spec.classifier}.weight"]
-    net = converted.spec.build(num_classes=head.shape[0])
-    net.load_state_dict(converted.state_dict, strict=True)
+    with torch.device("meta"):  # the default initialisation (0.5-0.8 s) would be overwritten at once
+        net = converted.spec.build(num_classes=head.shape[0])
+    net.load_state_dict(converted.state_dict, strict=True, assign=True)
     identity = converted.source_sha256 or file_sha256(path)
     return Loaded(converted.spec, net.eval(), identity, os.path.abspath(path))
 

@@ -89,3 +89,6 @@ def init_random(model: nn.Module, seed: int) -> None:
                     module.bias.zero_()
             elif isinstance(module, nn.BatchNorm3d):
                 module.reset_parameters()
+            elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+                # the network may have been built without initialisation (meta device): nothing may be left unset
+                raise TypeError(f"init_random does not know how to initialise {type(module).__name__}")
