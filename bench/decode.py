@@ -26,12 +26,12 @@ import av
 import cv2
 import decord
 
-from c3d_extract.assemble import ClipAssembler, Clip
-from c3d_extract.decode import decode_frames
-from c3d_extract.inputs import VideoJob
-from c3d_extract.models import C3D_SPORTS1M
-from c3d_extract.video import _chunk_frames
-from c3d_extract.workers import DecodePool
+from c3d_extract.extraction.assemble import ClipAssembler, Clip
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.models.registry import C3D_SPORTS1M
+from c3d_extract.extraction.video import _chunk_frames
+from c3d_extract.extraction.workers import DecodePool
 from throughput import machine, report  # bench/ is on the path when run as a script
 
 cv2.setNumThreads(1)  # one thread per decoder, as in the decoder processes

@@ -53,10 +53,10 @@ def child(engine: str, folder: str) -> dict:
     from torch import nn
 
     from c3d_extract import api
-    from c3d_extract.models import get_spec
+    from c3d_extract.models.registry import get_spec
     from c3d_extract.models.net import StagedNet
-    from c3d_extract.pipeline import Network, extract
-    from c3d_extract.runtime import Runtime
+    from c3d_extract.extraction.pipeline import Network, extract
+    from c3d_extract.extraction.runtime import Runtime
 
     spec = get_spec("res3d").input
     net = StagedNet([("mean", nn.AdaptiveAvgPool3d(1)), ("flat", nn.Flatten())])
@@ -67,7 +67,7 @@ def child(engine: str, folder: str) -> dict:
     if engine == "local":
         summary = extract(jobs, network, sink, workers=1)  # type: ignore[arg-type]
     else:
-        from c3d_extract.engine_ray import extract_ray
+        from c3d_extract.extraction.engine_ray import extract_ray
 
         summary = extract_ray(jobs, network, sink, per_block=1 if engine == "ray-1" else None)  # type: ignore[arg-type]
     seconds = time.perf_counter() - started

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from throughput import machine, report  # noqa: E402
 
-from c3d_extract.store import FeatureStore  # noqa: E402
+from c3d_extract.featurefile.writer import FeatureStore  # noqa: E402
 
 
 def write(path: str, dim: int = 4096, classes: int = 101, videos: int = 13320, seed: int = 0) -> int:
@@ -49,7 +49,7 @@ def main() -> None:
         path = os.path.join(tmp, "ucf101_size.h5")
         n = write(path)
         started = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "c3d_extract.svm_cli", path, "--split", "1"],
+        run = subprocess.run([sys.executable, "-m", "c3d_extract.cli.svm", path, "--split", "1"],
                              capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - started
     line = run.stdout.strip().splitlines()[-1]

@@ -29,9 +29,9 @@ import time
 import h5py
 
 from throughput import machine, network_only, report  # bench/ is on the path when run as a script
-from c3d_extract.convert import LAYOUT, Converted, save_checkpoint
-from c3d_extract.runtime import cpu_has_fast_bf16
-from c3d_extract.weights import load_weights
+from c3d_extract.weights.convert import LAYOUT, Converted, save_checkpoint
+from c3d_extract.extraction.runtime import cpu_has_fast_bf16
+from c3d_extract.weights.load import load_weights
 
 
 def weights_file(model: str, folder: str) -> str:

@@ -1,6 +1,6 @@
 """`python -m c3d_extract` is the same as `c3d-extract`."""
 
-from c3d_extract.cli import main
+from c3d_extract.cli import extract_main
 
 if __name__ == "__main__":
-    main()
+    extract_main()

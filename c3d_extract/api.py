@@ -19,15 +19,15 @@ import numpy as np
 import torch
 
 from c3d_extract import __version__
-from c3d_extract.features import ClipSequence, FeatureFile
-from c3d_extract.inputs import VideoJob, find_videos, parse_extensions, parse_shard, shard_of
-from c3d_extract.models import ModelSpec
-from c3d_extract.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
-from c3d_extract.runtime import Runtime, default_device, resolve_device, resolve_precision
+from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
+from c3d_extract.extraction.inputs import VideoJob, find_videos, parse_extensions, parse_shard, shard_of
+from c3d_extract.models.registry import ModelSpec
+from c3d_extract.extraction.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
+from c3d_extract.extraction.runtime import Runtime, default_device, resolve_device, resolve_precision
 from c3d_extract.storage import StorageError
-from c3d_extract.store import FeatureStore, StoreError
-from c3d_extract.video import DECODERS
-from c3d_extract.weights import RANDOM, Loaded, WeightsError, load_weights, spec_mean
+from c3d_extract.featurefile.writer import FeatureStore, StoreError
+from c3d_extract.extraction.video import DECODERS
+from c3d_extract.weights.load import RANDOM, Loaded, WeightsError, load_weights, spec_mean
 
 Warn = Callable[[str], None]
 
@@ -172,7 +172,7 @@ def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore
              timeout: float, engine: str, ray_address: Optional[str], on_video) -> Summary:
     """Run the chosen engine over `todo` into an open store."""
     if engine == "ray":
-        from c3d_extract.engine_ray import extract_ray
+        from c3d_extract.extraction.engine_ray import extract_ray
 
         return extract_ray(todo, extractor.network, store, short=short, address=ray_address, on_video=on_video,
                            timeout=timeout, keep_partial=extractor.keep_partial)

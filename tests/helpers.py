@@ -16,9 +16,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from c3d_extract.cli import main as extract_main
-from c3d_extract.runtime import cpu_has_fast_bf16
-from c3d_extract.store import FeatureStore
+from c3d_extract.cli.extract import main as extract_main
+from c3d_extract.extraction.runtime import cpu_has_fast_bf16
+from c3d_extract.featurefile.writer import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from c3d_extract.aslan import measures
+from c3d_extract.evaluation.aslan import measures
 
 X1, X2 = np.array([[1.0, 0.0, 3.0]]), np.array([[1.0, 2.0, 1.0]])
 

@@ -1,7 +1,7 @@
 """The benchmark scripts stay runnable: they import, and their cheapest step works."""
 
 
-from c3d_extract.inputs import find_videos
+from c3d_extract.extraction.inputs import find_videos
 from tests.helpers import load_bench as load
 from tests.videos import moving_frames, write_video
 

@@ -13,10 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.decode import End, Failed, decode_frames
-from c3d_extract.inputs import VideoJob
-from c3d_extract.models import RES3D_SPORTS1M
-from c3d_extract.video import DecordReader, PyAVReader, VideoError
+from c3d_extract.extraction.decode import End, Failed, decode_frames
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.models.registry import RES3D_SPORTS1M
+from c3d_extract.extraction.video import DecordReader, PyAVReader, VideoError
 from tests.videos import moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--precision", "fp32", "-q"]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from c3d_extract.cli import main as extract_main
-from c3d_extract.models import c3d
+from c3d_extract.cli.extract import main as extract_main
+from c3d_extract.models.registry import c3d
 from c3d_extract.models.net import init_random
-from c3d_extract.weights_cli import main as weights_main
+from c3d_extract.cli.weights import main as weights_main
 from tests import checkpoints as ck
 from tests.helpers import recompute, rows
 

@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from c3d_extract.cli import main
+from c3d_extract.cli.extract import main
 from tests.helpers import assert_same_file
 from tests.videos import moving_frames, write_video
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from c3d_extract.models import c3d, res3d
+from c3d_extract.models.registry import c3d, res3d
 from c3d_extract.models.net import init_random
 from tests.helpers import recompute, rows, run
 from tests.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.interop import read_blob, write_blob
+from c3d_extract.featurefile.interop import read_blob, write_blob
 from tests.helpers import run
 from tests.videos import moving_frames, write_video
 
@@ -110,7 +110,7 @@ def test_the_readme_api_example_runs(tmp_path, monkeypatch):
 
 def test_readers_default_to_the_models_feature_not_the_alphabetically_first(tmp_path):
     # HDF5 lists pool5 before res5b; Res3D's feature is res5b, and c3d-svm already took it
-    from c3d_extract.features import FeatureFile, load
+    from c3d_extract.featurefile.reader import FeatureFile, load
 
     (tmp_path / "v").mkdir()
     write_video(tmp_path / "v" / "a.mp4", moving_frames(20, 48, 64))

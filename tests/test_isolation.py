@@ -10,12 +10,12 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from c3d_extract.cli import main
-from c3d_extract.inputs import VideoJob, find_videos
-from c3d_extract.models import RES3D_SPORTS1M
-from c3d_extract.pipeline import Network, extract
-from c3d_extract.runtime import Runtime
-from c3d_extract.weights import load_weights
+from c3d_extract.cli.extract import main
+from c3d_extract.extraction.inputs import VideoJob, find_videos
+from c3d_extract.models.registry import RES3D_SPORTS1M
+from c3d_extract.extraction.pipeline import Network, extract
+from c3d_extract.extraction.runtime import Runtime
+from c3d_extract.weights.load import load_weights
 from tests.helpers import load_bench as load
 from tests.videos import moving_frames, write_video
 
@@ -91,8 +91,8 @@ def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
 
 
 def test_a_prestarted_decoder_is_taken_and_a_dead_spare_skipped(tmp_path):
-    from c3d_extract import workers
-    from c3d_extract.assemble import Clip, Finished
+    from c3d_extract.extraction import workers
+    from c3d_extract.extraction.assemble import Clip, Finished
 
     video = write_video(tmp_path / "a.mp4", moving_frames(24, 48, 64))
     workers.prestart(2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from c3d_extract.models import C3D_SPORTS1M, RES3D_SPORTS1M, c3d, get_spec, res3d
+from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M, c3d, get_spec, res3d
 from c3d_extract.models.net import init_random
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from c3d_extract.cli import main
-from c3d_extract.journal import journal_path, pending
+from c3d_extract.cli.extract import main
+from c3d_extract.featurefile.journal import journal_path, pending
 from tests.helpers import assert_same_file as assert_same_contents
 from tests.videos import moving_frames, write_video
 
@@ -167,8 +167,8 @@ def test_sigkill_of_the_driver_then_the_same_command_gives_the_same_file(cluster
 @pytest.mark.slow
 def test_a_node_that_cannot_see_a_video_names_itself(cluster):
     """The decode actor's check, run on the cluster: a path absent on that node is one failure naming it."""
-    from c3d_extract.engine_ray import _Decode
-    from c3d_extract.models import get_spec
+    from c3d_extract.extraction.engine_ray import _Decode
+    from c3d_extract.models.registry import get_spec
 
     @ray.remote(num_cpus=1)
     def decode(batch):

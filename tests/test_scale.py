@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.inputs import find_videos, read_list, shard_of
-from c3d_extract.journal import journal_path
+from c3d_extract.extraction.inputs import find_videos, read_list, shard_of
+from c3d_extract.featurefile.journal import journal_path
 from tests.helpers import assert_same_file, run
 from tests.videos import moving_frames, write_video
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from c3d_extract.splits import SplitError, match, protocol, ucf101_names
+from c3d_extract.evaluation.splits import SplitError, match, protocol, ucf101_names
 
 CLASSES = ["ApplyEyeMakeup", "Hammering", "HammerThrow", "HandstandPushups", "JumpingJack", "JumpRope"]
 

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.store import StoreError
+from c3d_extract.featurefile.writer import StoreError
 
 from tests.helpers import FACTS, SETTINGS, make_store as make
 

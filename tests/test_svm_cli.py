@@ -9,9 +9,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from c3d_extract import aslan, svm
-from c3d_extract.store import FeatureStore
-from c3d_extract.svm_cli import main
+from c3d_extract.evaluation import aslan
+from c3d_extract.evaluation import svm
+from c3d_extract.featurefile.writer import FeatureStore
+from c3d_extract.cli.svm import main
 
 from tests.helpers import FACTS, run
 

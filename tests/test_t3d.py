@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from c3d_extract.cli import main
-from c3d_extract.models import get_spec
+from c3d_extract.cli.extract import main
+from c3d_extract.models.registry import get_spec
 from c3d_extract.models.densenet3d import avg_pool2, densenet3d
 from c3d_extract.models.net import init_random
 from tests.videos import UCF_LIKE, moving_frames, shared_video, write_video

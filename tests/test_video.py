@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from c3d_extract.video import DecordReader as VideoReader, PyAVReader, VideoError
+from c3d_extract.extraction.video import DecordReader as VideoReader, PyAVReader, VideoError
 from tests.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
 
 

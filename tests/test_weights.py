@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from c3d_extract.convert import WeightsError, read_checkpoint, read_mean, save_checkpoint
-from c3d_extract.models import SPECS
-from c3d_extract.weights import file_sha256, load_weights
-from c3d_extract.weights_cli import main as weights_main
+from c3d_extract.weights.convert import WeightsError, read_checkpoint, read_mean, save_checkpoint
+from c3d_extract.models.registry import SPECS
+from c3d_extract.weights.load import file_sha256, load_weights
+from c3d_extract.cli.weights import main as weights_main
 from tests import checkpoints as ck
 
 
@@ -289,7 +289,7 @@ def test_saved_layout_refuses_an_unknown_spec(tmp_path, res3d_files):
 
 
 def test_extract_runs_end_to_end_on_a_caffemodel(tmp_path, res3d_files, video_dir):
-    from c3d_extract.cli import main as extract_main
+    from c3d_extract.cli.extract import main as extract_main
 
     path, _ = res3d_files
     out = tmp_path / "out.h5"

@@ -1,27 +1,3 @@
-"""The model registry: `--model` names and the specs they select."""
-
-from __future__ import annotations
-
-from c3d_extract.models.c3d import C3D_SPORTS1M, c3d
-from c3d_extract.models.densenet3d import DENSENET3D_121, SMALL, T3D_121, T3D_169, densenet3d
-from c3d_extract.models.res3d import R3D18_KINETICS400, RES3D_SPORTS1M, r3d_18, res3d
-from c3d_extract.models.spec import ModelSpec
-
-# `--model` names: a network family and the spec it means by default
-MODELS: dict[str, ModelSpec] = {"c3d": C3D_SPORTS1M, "res3d": RES3D_SPORTS1M, "densenet3d-121": DENSENET3D_121,
-                                "t3d-121": T3D_121, "t3d-169": T3D_169}
-# every spec, by name: the same networks with other weights and their own preprocessing
-SPECS: dict[str, ModelSpec] = {s.name: s for s in (C3D_SPORTS1M, RES3D_SPORTS1M, R3D18_KINETICS400,
-                                                   DENSENET3D_121, T3D_121, T3D_169, *SMALL)}
-
-
-def get_spec(name: str) -> ModelSpec:
-    """The spec for a `--model` name ("c3d", "res3d") or a spec name ("r3d18-kinetics400")."""
-    spec = MODELS.get(name) or SPECS.get(name)
-    if spec is None:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join([*MODELS, *SPECS])}")
-    return spec
-
-
-__all__ = ["MODELS", "SPECS", "ModelSpec", "get_spec", "c3d", "res3d", "r3d_18", "densenet3d",
-           "C3D_SPORTS1M", "RES3D_SPORTS1M", "R3D18_KINETICS400"]
+"""The networks and their specs: `net.py` (the staged network), `c3d.py`, `res3d.py`, `densenet3d.py`
+(each with its specs), `spec.py`, `preprocess.py` (InputSpec: clip geometry and pixels, no torch at
+import: decoder processes use it), `registry.py` (`--model` names)."""

@@ -6,7 +6,7 @@ from torch import nn
 
 from c3d_extract.models.net import Conv3dReLU, FlattenLinear, Softmax, StagedNet
 from c3d_extract.models.spec import ModelSpec
-from c3d_extract.preprocess import InputSpec
+from c3d_extract.models.preprocess import InputSpec
 
 
 def _pool(kernel) -> nn.MaxPool3d:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from c3d_extract.models.net import FlattenLinear, Softmax, StagedNet
 from c3d_extract.models.spec import ModelSpec
-from c3d_extract.preprocess import InputSpec
+from c3d_extract.models.preprocess import InputSpec
 
 
 class Stem(nn.Module):

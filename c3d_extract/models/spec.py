@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from c3d_extract.models.net import StagedNet
-from c3d_extract.preprocess import InputSpec
+from c3d_extract.models.preprocess import InputSpec
 
 
 @dataclass(frozen=True)

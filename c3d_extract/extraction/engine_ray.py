@@ -32,9 +32,9 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from c3d_extract.inputs import VideoJob
-from c3d_extract.pipeline import Clip, Collector, Failed, Finished, Network, Summary
-from c3d_extract.store import FeatureStore
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.pipeline import Clip, Collector, Failed, Finished, Network, Summary
+from c3d_extract.featurefile.writer import FeatureStore
 
 MAX_VIDEOS_PER_BLOCK = 64  # a block is the unit Ray redoes when a node dies; each also starts a decoder
 _WARM_UP = "\0warm-up"  # a key no video has: keys are paths
@@ -107,7 +107,7 @@ class _Decode:
         self.node = node_name()
 
     def __call__(self, batch: dict) -> Iterator[dict]:
-        from c3d_extract.workers import DecodePool
+        from c3d_extract.extraction.workers import DecodePool
 
         rows = _Rows(self.blank)
         jobs = []

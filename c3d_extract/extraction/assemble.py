@@ -10,10 +10,10 @@ from typing import Iterator, Union
 
 import torch
 
-from c3d_extract.clips import ClipCutter
-from c3d_extract.decode import End, Failed, Frames, decode_frames
-from c3d_extract.inputs import VideoJob
-from c3d_extract.preprocess import InputSpec
+from c3d_extract.extraction.clips import ClipCutter
+from c3d_extract.extraction.decode import End, Failed, Frames, decode_frames
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.models.preprocess import InputSpec
 
 
 @dataclass

@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 import h5py
 import numpy as np
 
-from c3d_extract.features import FeatureFile
-from c3d_extract.pipeline import ClipRows, l2_normalize
+from c3d_extract.featurefile.reader import FeatureFile
+from c3d_extract.extraction.pipeline import ClipRows, l2_normalize
 from c3d_extract.storage import StorageError, is_storage_error, write_atomically
-from c3d_extract.store import FeatureStore, StoreError
+from c3d_extract.featurefile.writer import FeatureStore, StoreError
 
 HEADER_BYTES = 20
 

@@ -11,7 +11,7 @@ from typing import Optional
 import h5py
 import numpy as np
 
-from c3d_extract.models import SPECS
+from c3d_extract.models.registry import SPECS
 
 
 class FeatureFileError(ValueError):

@@ -11,7 +11,7 @@ from typing import Optional
 
 MANIFEST_ENV = "C3D_EXTRACT_MANIFEST"
 CACHE_ENV = "C3D_EXTRACT_HOME"
-CHECKOUT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+CHECKOUT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
 
 @dataclass(frozen=True)

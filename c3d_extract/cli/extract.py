@@ -12,18 +12,18 @@ import click
 from tqdm import tqdm
 
 from c3d_extract import __version__, api
-from c3d_extract.clips import SHORT_RULES
-from c3d_extract.engine_ray import QuietRay
-from c3d_extract.inputs import VIDEO_EXTENSIONS, parse_shard
-from c3d_extract.manifest import cache_dir
-from c3d_extract.models import MODELS, SPECS
-from c3d_extract.pipeline import Failed, Network, Summary, extract
-from c3d_extract.runtime import DEVICE_ENV, PRECISIONS
-from c3d_extract.features import FeatureFileError
+from c3d_extract.extraction.clips import SHORT_RULES
+from c3d_extract.extraction.engine_ray import QuietRay
+from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, parse_shard
+from c3d_extract.weights.manifest import cache_dir
+from c3d_extract.models.registry import MODELS, SPECS
+from c3d_extract.extraction.pipeline import Failed, Network, Summary, extract
+from c3d_extract.extraction.runtime import DEVICE_ENV, PRECISIONS
+from c3d_extract.featurefile.reader import FeatureFileError
 from c3d_extract.storage import EXIT_CODE, StorageError, free_bytes, human, is_storage_error
-from c3d_extract.store import FeatureStore, StoreError, merge
-from c3d_extract.weights import WeightsError
-from c3d_extract.workers import prestart
+from c3d_extract.featurefile.writer import FeatureStore, StoreError, merge
+from c3d_extract.weights.load import WeightsError
+from c3d_extract.extraction.workers import prestart
 
 PROG = "c3d-extract"
 
@@ -286,7 +286,7 @@ def _verify(output: str, jobs: list, network: Network, count: int, seed: int, sh
 
     import numpy as np
 
-    from c3d_extract import features
+    from c3d_extract.featurefile import reader as features
 
     stored = {layer: features.load(output, layer) for layer in network.layers}
     rows = {key: i for i, key in enumerate(next(iter(stored.values())).keys)}
@@ -383,7 +383,7 @@ def info_command(file: str, as_json: bool) -> None:
                                "fc6 for C3D, res5b for Res3D).")
 def export_command(file: str, folder: str, layer: Optional[str]) -> None:
     """One FOLDER/<key>.npy per video: (clips, D) when FILE has per-clip rows, else (D,)."""
-    from c3d_extract.interop import export_npy
+    from c3d_extract.featurefile.interop import export_npy
 
     try:
         count = export_npy(file, folder, layer)
@@ -400,7 +400,7 @@ def export_command(file: str, folder: str, layer: Optional[str]) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def import_npy_command(folder: str, output: str, layer: str, model: str, overwrite: bool) -> None:
     """Every FOLDER/**/*.npy into a feature file: (T, D) arrays as per-clip rows, (D,) as descriptors."""
-    from c3d_extract.interop import import_npy
+    from c3d_extract.featurefile.interop import import_npy
 
     try:
         count = import_npy(folder, output, layer, model, overwrite)
@@ -422,7 +422,7 @@ def import_blobs_command(prefix_list: str, output: str, blobs: tuple[str, ...], 
                          root: Optional[str], overwrite: bool) -> None:
     """The original C3D tool's output (one <prefix>.fc6-1 file per clip, prefixes listed one per line
     in PREFIX_LIST, e.g. output/c3d/v_X/000016) into a feature file, one row per prefix folder."""
-    from c3d_extract.interop import import_blobs
+    from c3d_extract.featurefile.interop import import_blobs
 
     try:
         count = import_blobs(prefix_list, output, list(blobs), clip_len, model, root, overwrite)

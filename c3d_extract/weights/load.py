@@ -16,12 +16,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from c3d_extract.convert import Converted, WeightsError, read_checkpoint, read_mean, save_checkpoint
-from c3d_extract.download import DownloadError, download, sha256_of
-from c3d_extract.manifest import Entry, cache_dir, installed, load_manifest
-from c3d_extract.models import ModelSpec, get_spec
+from c3d_extract.weights.convert import Converted, WeightsError, read_checkpoint, read_mean, save_checkpoint
+from c3d_extract.weights.download import DownloadError, download, sha256_of
+from c3d_extract.weights.manifest import Entry, cache_dir, installed, load_manifest
+from c3d_extract.models.registry import ModelSpec, get_spec
 from c3d_extract.models.net import StagedNet, init_random
-from c3d_extract.preprocess import parse_mean
+from c3d_extract.models.preprocess import parse_mean
 from c3d_extract.storage import StorageError, is_storage_error, temp_name, write_atomically
 
 RANDOM = "random"

@@ -24,9 +24,9 @@ import cv2
 import decord
 import numpy as np
 
-from c3d_extract.inputs import VideoJob
-from c3d_extract.preprocess import InputSpec
-from c3d_extract.video import READERS, VideoError, clean_decoder_message
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.models.preprocess import InputSpec
+from c3d_extract.extraction.video import READERS, VideoError, clean_decoder_message
 
 
 IDLE = "idle"  # what a decoder process sends when it finished a job

@@ -11,7 +11,11 @@ from typing import Optional
 import click
 import numpy as np
 
-from c3d_extract import __version__, aslan, features, splits, svm
+from c3d_extract import __version__
+from c3d_extract.evaluation import aslan
+from c3d_extract.featurefile import reader as features
+from c3d_extract.evaluation import splits
+from c3d_extract.evaluation import svm
 
 PROG = "c3d-svm"
 # the layers each paper stacks for ASLAN (C3D section 5, Res3D section 5.2), by network

@@ -30,12 +30,12 @@ from typing import Callable, Mapping, Optional
 import h5py
 import numpy as np
 
-from c3d_extract.journal import FAILURE, VIDEO, Journal, JournalBusy, journal_path
-from c3d_extract.pooling import segment_pool
+from c3d_extract.featurefile.journal import FAILURE, VIDEO, Journal, JournalBusy, journal_path
+from c3d_extract.featurefile.pooling import segment_pool
 from c3d_extract.storage import (StorageError, is_storage_error, new_hdf5, remove_stale_temps,
                                  replace_durably, temp_name)
 
-FORMAT = "c3d_extract.features"
+FORMAT = "c3d_extract.featurefile.reader"
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _PER_VIDEO = {"num_frames": np.int64, "num_clips": np.int64, "fps": np.float64,

@@ -7,10 +7,10 @@ import sys
 import click
 
 from c3d_extract import __version__
-from c3d_extract.convert import WeightsError, read_checkpoint, read_mean, save_checkpoint
-from c3d_extract.manifest import cache_dir, installed, load_manifest, manifest_path
+from c3d_extract.weights.convert import WeightsError, read_checkpoint, read_mean, save_checkpoint
+from c3d_extract.weights.manifest import cache_dir, installed, load_manifest, manifest_path
 from c3d_extract.storage import EXIT_CODE, StorageError
-from c3d_extract.weights import file_sha256, install_with_mean, save_mean
+from c3d_extract.weights.load import file_sha256, install_with_mean, save_mean
 
 PROG = "c3d-weights"
 MEAN_SHAPE = (3, 16, 128, 171)

@@ -21,11 +21,11 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from c3d_extract.caffe import CaffeError, CaffeNet, read_blob, read_net
-from c3d_extract.models import SPECS, ModelSpec
+from c3d_extract.weights.caffe import CaffeError, CaffeNet, read_blob, read_net
+from c3d_extract.models.registry import SPECS, ModelSpec
 from c3d_extract.storage import StorageError, is_storage_error, temp_name, write_atomically
 
-LAYOUT = "c3d_extract.weights"
+LAYOUT = "c3d_extract.weights.load"
 C3D_PARAM_LAYERS = ("conv1a", "conv2a", "conv3a", "conv3b", "conv4a", "conv4b", "conv5a", "conv5b",
                     "fc6", "fc7", "fc8")
 

@@ -12,13 +12,13 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from c3d_extract.assemble import Clip, Failed, Finished, decode_video  # noqa: F401 (decode_video: engines)
-from c3d_extract.inputs import VideoJob
+from c3d_extract.extraction.assemble import Clip, Failed, Finished, decode_video  # noqa: F401 (decode_video: engines)
+from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.net import StagedNet
-from c3d_extract.preprocess import InputSpec
-from c3d_extract.runtime import Runtime
-from c3d_extract.store import FeatureStore
-from c3d_extract.workers import DecodePool
+from c3d_extract.models.preprocess import InputSpec
+from c3d_extract.extraction.runtime import Runtime
+from c3d_extract.featurefile.writer import FeatureStore
+from c3d_extract.extraction.workers import DecodePool
 
 
 @dataclass

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Iterable, Iterator, Optional
 
-from c3d_extract.assemble import ClipAssembler
-from c3d_extract.decode import IDLE, Failed, serve
-from c3d_extract.inputs import VideoJob
-from c3d_extract.preprocess import InputSpec
+from c3d_extract.extraction.assemble import ClipAssembler
+from c3d_extract.extraction.decode import IDLE, Failed, serve
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.models.preprocess import InputSpec
 
 PIPE_BYTES = 1 << 20
 STARTUP_GRACE = 120.0  # seconds a new decoder process may take to start before its first job's clock runs

@@ -1,0 +1,1 @@
+"""The papers' evaluations: splits, linear SVMs, ASLAN pairs."""

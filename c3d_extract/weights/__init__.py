@@ -1,0 +1,1 @@
+"""Weights: the manifest, downloads, Caffe readers, conversion, loading."""
