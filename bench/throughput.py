@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from c3d_extract.extraction.clips import window_starts
 from c3d_extract.extraction.inputs import VideoJob, find_videos
 from c3d_extract.models.registry import get_spec
-from c3d_extract.extraction.pipeline import Clip, Network, decode_video, extract
+from c3d_extract.extraction.assemble import Clip, decode_video
+from c3d_extract.extraction.pipeline import Network, extract
 from c3d_extract.extraction.runtime import Runtime, cpu_has_fast_bf16
 from c3d_extract.weights.load import load_weights
 

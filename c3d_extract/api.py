@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import random
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -19,31 +21,38 @@ import numpy as np
 import torch
 
 from c3d_extract import __version__
-from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
-from c3d_extract.extraction.inputs import VideoJob, find_videos, parse_extensions, parse_shard, shard_of
-from c3d_extract.models.registry import ModelSpec
+from c3d_extract.errors import UsageError
+from c3d_extract.extraction.inputs import VideoJob, find_videos, parse_extensions, shard_of
 from c3d_extract.extraction.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
 from c3d_extract.extraction.runtime import Runtime, default_device, resolve_device, resolve_precision
-from c3d_extract.storage import StorageError
-from c3d_extract.featurefile.writer import FeatureStore, StoreError
 from c3d_extract.extraction.video import DECODERS
-from c3d_extract.weights.load import RANDOM, Loaded, WeightsError, load_weights, spec_mean
+from c3d_extract.featurefile.reader import ClipSequence, FeatureFile, load as load_features
+from c3d_extract.featurefile.writer import FeatureStore, StoreError
+from c3d_extract.settings import RunSettings, parse_shard
+from c3d_extract.storage import StorageError
+from c3d_extract.weights.load import RANDOM, WeightsError, load_weights, spec_mean
 
 Warn = Callable[[str], None]
+
+
+ENGINES = ("local", "ray")
 
 
 @dataclass
 class Extractor:
     """A network ready to run with the exact settings a feature file records."""
 
-    spec: ModelSpec
     network: Network          # the first replica
-    loaded: Loaded
-    settings: dict
+    settings: RunSettings
     provenance: dict
     shapes: dict
     replicas: list = field(default_factory=list)  # one Network per device, the first is `network`
-    keep_partial: bool = False  # keep the frames before the damage of a video that breaks (partial:N)
+
+
+def check_engine(engine: str) -> None:
+    """Refuse an unknown engine before anything is built or written."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
 
 
 def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]] = None,
@@ -52,23 +61,27 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
                     short: str = "loop", device: Optional[str] = None, precision: str = "auto",
                     batch_size: Optional[int] = None, per_clip: bool = False, segments: Optional[int] = None,
                     shard: Optional[str] = None, resize_on: str = "auto", keep_partial: bool = False,
-                    quiet: bool = True,
+                    engine: str = "local", quiet: bool = True,
                     warn: Warn = lambda message: None) -> Extractor:
-    """Resolve weights, spec, layers, devices and precision. `device` may list several devices
-    ("cuda:0,cuda:1"): one replica each; None means $C3D_EXTRACT_DEVICE, else auto. Raises ValueError for bad arguments and WeightsError for
-    weights that cannot be had or do not fit. `resize_on`: "workers" (decoder processes, OpenCV's
-    resize: bit-exact), "device" (where the network runs: full frames travel, a float resize that
-    is not bit-exact, README Limits), or "auto" (= workers: the default is faithful everywhere).
-    `keep_partial`: a video that breaks while decoding keeps its frames before the damage."""
+    """Resolve weights, spec, layers, devices and precision into a network and the run's settings.
+
+    `device` may list several devices ("cuda:0,cuda:1"): one replica each; None means
+    $C3D_EXTRACT_DEVICE, else auto. `resize_on`: "workers" (decoder processes, OpenCV's resize:
+    bit-exact), "device" (where the network runs: full frames travel, a float resize that is not
+    bit-exact, README Limits), or "auto" (= workers: the default is faithful everywhere); under the
+    Ray engine frames are always resized where they are decoded. `shard` is "I/N". `keep_partial`:
+    a video that breaks while decoding keeps its frames before the damage. Raises UsageError for bad
+    arguments and WeightsError for weights that cannot be had or do not fit."""
+    check_engine(engine)
     if resize_on not in ("auto", "workers", "device"):
-        raise ValueError(f"resize_on must be auto, workers or device, not {resize_on!r}")
+        raise UsageError(f"resize_on must be auto, workers or device, not {resize_on!r}")
+    place = "device" if resize_on == "device" and engine == "local" else "workers"
     device = device or default_device()
     targets = [resolve_device(name.strip()) for name in device.split(",")]
     if len({t.type for t in targets}) > 1:
-        raise ValueError(f"--device {device}: mix of CPU and CUDA devices")
+        raise UsageError(f"--device {device}: mix of CPU and CUDA devices")
     runtime = Runtime(targets[0], resolve_precision(precision, targets[0]))
-    if shard:
-        parse_shard(shard)
+    shard_index = parse_shard(shard) if shard else None
     loaded = load_weights(weights, model, seed, quiet=quiet, warn=warn)
     spec = spec_mean(loaded.spec, mean)
     changes = {k: v for k, v in (("clip_len", clip_len), ("stride", stride), ("frame_step", frame_step))
@@ -77,36 +90,34 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
     shapes = spec.layer_shapes(list(layers or spec.default_layers), net=loaded.net)
     if weights == RANDOM:
         warn(f"warning: random weights (seed {seed}): the features are meaningless outside smoke tests")
-    settings = {"model": spec.model, "spec": spec.name, "weights_sha256": loaded.identity,
-                "layers": list(shapes), **spec.input.settings(), "short_videos": short,
-                "precision": runtime.precision, **({"shard": shard} if shard else {}),
-                **({"per_clip": True} if per_clip else {}), **({"segments": segments} if segments else {}),
-                **({"keep_partial": True} if keep_partial else {})}
+    # the device's float resize differs from OpenCV's by a grey level in some pixels, so a file
+    # records where it resized and never mixes the two
+    settings = RunSettings(model=spec.model, spec=spec.name, weights_sha256=loaded.identity, layers=tuple(shapes),
+                           clips=spec.input.settings(), short_videos=short, precision=runtime.precision,
+                           resize_on=place, shard=shard_index, per_clip=per_clip, segments=segments or 0,
+                           keep_partial=keep_partial)
     provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
-                  "device": ",".join(str(t) for t in targets),
-                  "decoder": ", then ".join(DECODERS), "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
+                  "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(DECODERS),
+                  "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
     batch = batch_size or (32 if runtime.device.type == "cuda" else 4)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
-    on_device = resize_on == "device"
-    # the device's float resize differs from OpenCV's by a grey level in some pixels, so a file
-    # records where it resized and never mixes the two.
-    settings["resize_on"] = "device" if on_device else "workers"
-    replicas = [Network(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, on_device)
+    replicas = [Network(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, place == "device")
                 for net, target in zip([loaded.net, *copies], targets)]
-    return Extractor(spec, replicas[0], loaded, settings, provenance, shapes, replicas, keep_partial)
+    return Extractor(replicas[0], settings, provenance, shapes, replicas)
 
 
 def find_jobs(inputs: Sequence[str], root: Optional[str] = None, ext: Optional[str] = None,
-              shard: Optional[str] = None, warn: Warn = lambda message: None) -> list[VideoJob]:
-    """The videos of directories, files and @lists, keyed relative to `root`, optionally one shard."""
+              shard: "Optional[str | tuple[int, int]]" = None, warn: Warn = lambda message: None) -> list[VideoJob]:
+    """The videos of directories, files and @lists, keyed relative to `root`, optionally one shard
+    ("I/N" or (I, N), as in RunSettings)."""
     extensions = parse_extensions(ext)
     jobs, problems = find_videos(inputs, root, extensions)
     for path, problem in problems:
         warn(f"warning: {path}: {problem}")
     if not jobs:
-        raise ValueError(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
+        raise UsageError(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
     if shard:
-        index, count = parse_shard(shard)
+        index, count = parse_shard(shard) if isinstance(shard, str) else shard
         jobs = [job for job in jobs if shard_of(job.key, count) == index]
     return jobs
 
@@ -146,41 +157,94 @@ def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Option
     """Extract descriptors of `videos` (paths, directories, @lists). With `output`, into that feature
     file (resuming it; crash-safe) and return a Summary; without, return an `Arrays` in memory.
     `options` are those of build_extractor (model, layers, weights, ...)."""
+    check_engine(engine)
     if output is None and engine != "local":
-        raise ValueError("extracting to arrays runs the local engine; give `output` for --engine ray")
-    extractor = build_extractor(warn=warn, **options)
-    jobs = find_jobs(videos, root, ext, options.get("shard"), warn)
-    short = options.get("short", "loop")
+        raise UsageError("extracting to arrays runs the local engine; give `output` for --engine ray")
+    extractor = build_extractor(warn=warn, engine=engine, **options)
+    jobs = find_jobs(videos, root, ext, extractor.settings.shard, warn)
     if output is None:
-        sink = Arrays(extractor.network.layers, keep_clips=bool(options.get("per_clip") or options.get("segments")))
-        run_local(jobs, extractor.replicas, sink, short=short, workers=workers, timeout=timeout,  # type: ignore[arg-type]
-                  keep_partial=extractor.keep_partial)
+        sink = Arrays(extractor.network.layers, keep_clips=extractor.settings.wants_clips)
+        run_local(jobs, extractor.replicas, sink, short=extractor.settings.short_videos,  # type: ignore[arg-type]
+                  workers=workers, timeout=timeout, keep_partial=extractor.settings.keep_partial)
         return sink
-    with FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance, overwrite) as store:
-        todo = pending_jobs(jobs, store, retry_failed)
-        return run_jobs(todo, extractor, store, short, workers, timeout, engine, ray_address, on_video)
+    store, todo = open_output(output, extractor, jobs, overwrite, retry_failed)
+    with store:
+        return run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video)
 
 
-def pending_jobs(jobs: Sequence[VideoJob], store: FeatureStore, retry_failed: bool = False) -> list[VideoJob]:
-    """What a run still has to do: the failed videos with `retry_failed`, else those not in the file."""
+def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], overwrite: bool = False,
+                retry_failed: bool = False, warn: Optional[Warn] = None) -> tuple[FeatureStore, list[VideoJob]]:
+    """Open (or create) the run's feature file, and what the run still has to do there: the failed
+    videos with `retry_failed`, else those not in the file. Raises StoreError for a file with other
+    settings (or not a feature file), StorageError for a full or failing disk."""
+    store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
+                              overwrite=overwrite, warn=warn)
     if retry_failed:
-        return [job for job in jobs if job.key in store.failed]
-    return [job for job in jobs if job.key not in store.done and job.key not in store.failed]
+        return store, [job for job in jobs if job.key in store.failed]
+    return store, [job for job in jobs if job.key not in store.done and job.key not in store.failed]
 
 
-def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, short: str, workers: int,
-             timeout: float, engine: str, ray_address: Optional[str], on_video) -> Summary:
+def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, workers: int = 1,
+             timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
+             on_video=None) -> Summary:
     """Run the chosen engine over `todo` into an open store."""
+    check_engine(engine)
+    settings = extractor.settings
     if engine == "ray":
         from c3d_extract.extraction.engine_ray import extract_ray
 
-        return extract_ray(todo, extractor.network, store, short=short, address=ray_address, on_video=on_video,
-                           timeout=timeout, keep_partial=extractor.keep_partial)
-    if engine != "local":
-        raise ValueError(f"unknown engine {engine!r}; use local or ray")
-    return run_local(todo, extractor.replicas or extractor.network, store, short=short, workers=workers,
-                     on_video=on_video, timeout=timeout, keep_partial=extractor.keep_partial)
+        return extract_ray(todo, extractor.network, store, short=settings.short_videos, address=ray_address,
+                           on_video=on_video, timeout=timeout, keep_partial=settings.keep_partial)
+    return run_local(todo, extractor.replicas or extractor.network, store, short=settings.short_videos,
+                     workers=workers, on_video=on_video, timeout=timeout, keep_partial=settings.keep_partial)
 
 
-__all__ = ["Arrays", "ClipSequence", "Extractor", "FeatureFile", "StorageError", "StoreError", "WeightsError",
-           "build_extractor", "extract", "find_jobs", "pending_jobs", "run_jobs"]
+@dataclass
+class Verification:
+    """What `verify` found: the largest difference and lowest cosine over the re-extracted rows."""
+
+    sampled: int
+    recomputed: int
+    failed: int
+    largest_difference: float
+    lowest_cosine: float
+    exact: bool  # fp32: rows must agree to 1e-5; a lower precision: cosine >= 0.999
+
+    @property
+    def reproduced(self) -> bool:
+        if self.failed:
+            return False
+        return self.largest_difference <= 1e-5 if self.exact else self.lowest_cosine >= 0.999
+
+
+def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: int, seed: int = 0,
+           workers: int = 1, timeout: float = 300.0) -> Verification:
+    """Re-extract a seeded sample of `count` of `jobs` that `output` holds and compare them with the
+    stored rows; `output` is not changed. Raises StoreError when `output` is missing, has other
+    settings, or holds none of the jobs."""
+    if not os.path.exists(output):
+        raise StoreError(f"{output}: no such feature file to verify")
+    FeatureStore.check_existing(output, extractor.settings)
+    network = extractor.network
+    stored = {layer: load_features(output, layer) for layer in network.layers}
+    rows = {key: i for i, key in enumerate(next(iter(stored.values())).keys)}
+    candidates = sorted((job for job in jobs if job.key in rows), key=lambda job: job.key)
+    if not candidates:
+        raise StoreError(f"{output}: none of the input videos is in the file: nothing to verify")
+    sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
+    sink = Arrays(network.layers)
+    run_local(sample, network, sink, short=extractor.settings.short_videos, workers=workers,  # type: ignore[arg-type]
+              timeout=timeout, keep_partial=extractor.settings.keep_partial)
+    worst_diff, worst_cos = 0.0, 1.0
+    for key, recomputed in sink.rows.items():
+        for layer, value in recomputed.items():
+            old = stored[layer].matrix[rows[key]]
+            worst_diff = max(worst_diff, float(np.abs(old - value).max()))
+            worst_cos = min(worst_cos, float(np.dot(old, value)))  # unit rows
+    return Verification(len(sample), len(sink.rows), len(sink.failed), worst_diff, worst_cos,
+                        network.runtime.precision == "fp32")
+
+
+__all__ = ["Arrays", "ClipSequence", "Extractor", "FeatureFile", "StorageError", "StoreError", "Verification",
+           "WeightsError", "build_extractor", "check_engine", "extract", "find_jobs", "open_output", "run_jobs",
+           "verify"]

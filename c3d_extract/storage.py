@@ -28,6 +28,8 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 import h5py
 
+from c3d_extract.errors import C3DError
+
 EXIT_CODE = 3  # documented in the README ("Exit status"); 1 and 2 mean failed videos and refusals
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS})
 _REASONS = {
@@ -59,7 +61,7 @@ def reason(exc: OSError) -> str:
     return f"{text} ({name})" if name else text
 
 
-class StorageError(Exception):
+class StorageError(C3DError):
     """A write failed because of the storage. str() is the one line for the user; exit status 3."""
 
     exit_code = EXIT_CODE

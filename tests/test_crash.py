@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from c3d_extract.featurefile.journal import journal_path
-from c3d_extract.featurefile.writer import FeatureStore, JournalRows
+from c3d_extract.featurefile.fold import JournalRows
+from c3d_extract.featurefile.writer import FeatureStore
 from tests.helpers import FACTS, SHAPES, SETTINGS, assert_same_file, make_store as make
 from tests.helpers import extract_process as start_extract
 from tests.videos import moving_frames, write_video
@@ -74,7 +75,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(many_v
             break
         if out.exists():  # whatever the moment, the file on disk is always a readable feature file
             with h5py.File(out, "r") as f:
-                assert f.attrs["format"] == "c3d_extract.featurefile.reader"
+                assert f.attrs["format"] == "c3d_extract.features"
     assert kills >= 3, "the kills did not land while the run was working"
     assert kills_with_finished >= 1, "no SIGKILL landed while the journal held finished videos"
     assert not os.path.exists(journal_path(str(out)))

@@ -24,7 +24,8 @@ import torch
 from c3d_extract.featurefile.journal import HEADER, journal_path
 from c3d_extract.models.registry import SPECS
 from c3d_extract.storage import EXIT_CODE
-from c3d_extract.featurefile.writer import FeatureStore, merge
+from c3d_extract.featurefile.merge import merge
+from c3d_extract.featurefile.writer import FeatureStore
 from tests.helpers import FACTS, SETTINGS, SHAPES, assert_same_file, make_store as make
 from tests.videos import moving_frames, write_video
 
@@ -82,7 +83,7 @@ def reference(videos, tmp_path_factory) -> Path:
 
 def test_the_size_estimate_is_an_upper_bound(reference, tmp_path):
     """The fold's reservation (file_bytes) is at least the real file's size, and close to it."""
-    from c3d_extract.featurefile.writer import H5Rows, _reserve_for
+    from c3d_extract.featurefile.fold import H5Rows, _reserve_for
 
     with h5py.File(reference, "r") as f:
         source = H5Rows(f)
@@ -146,7 +147,7 @@ def test_hdf5_write_failures_without_a_reservation_close_cleanly(reference, tmp_
     script = textwrap.dedent(f"""
         import json, os, resource
         import h5py
-        from c3d_extract.featurefile.writer import H5Rows, write_sorted
+        from c3d_extract.featurefile.fold import H5Rows, write_sorted
         with h5py.File({str(reference)!r}, "r") as f:
             source = H5Rows(f)
             order = [(k, source, i) for i, k in enumerate(source.keys)]
@@ -216,7 +217,7 @@ def test_weights_convert_on_a_full_disk(tmp_path):
     spec = SPECS["densenet3d-121"]  # the smallest network: 47 MB of weights
     source = tmp_path / "src.pt"
     state = spec.build().state_dict()
-    torch.save({"format": "c3d_extract.weights.load", "spec": spec.name, "state_dict": state}, source)
+    torch.save({"format": "c3d_extract.weights", "spec": spec.name, "state_dict": state}, source)
     dst = tmp_path / "cache" / "w.pt"
     dst.parent.mkdir()
     module = "c3d_extract.cli.weights"

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from c3d_extract.errors import UsageError
 from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M, c3d, get_spec, res3d
 from c3d_extract.models.net import init_random
 
@@ -104,5 +105,5 @@ def test_random_init_is_deterministic_and_input_dependent():
 
 def test_get_spec_accepts_model_and_spec_names():
     assert get_spec("c3d") is C3D_SPORTS1M and get_spec("res3d-sports1m") is RES3D_SPORTS1M
-    with pytest.raises(KeyError, match="known: c3d, res3d, densenet3d-121, t3d-121"):
+    with pytest.raises(UsageError, match="known: c3d, res3d, densenet3d-121, t3d-121"):
         get_spec("i3d")

@@ -1,20 +1,25 @@
 """`c3d-svm` end to end on feature files written by the tests."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from scipy.io import savemat
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from c3d_extract.evaluation import aslan
+from c3d_extract.errors import UsageError
+from c3d_extract.evaluation import aslan, reports
 from c3d_extract.evaluation import svm
+from c3d_extract.featurefile import reader
 from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.cli.svm import main
 
-from tests.helpers import FACTS, run
+from tests.helpers import FACTS, REPO, run
 
 
 def write_features(path, keys, layers, model="c3d", spec="c3d-sports1m"):
@@ -146,7 +151,8 @@ def aslan_data(tmp_path, shuffle=False, seed=0):
     n_actions, per_action = 20, 10
     action = np.repeat(np.arange(n_actions), per_action)
     keys = [f"aslan/{i + 1:04d}.avi" for i in range(len(action))]
-    centers = {name: rng.random((n_actions, d)) * 3 for name, d in (("prob", 20), ("fc7", 32), ("fc6", 32), ("pool5", 48))}
+    centers = {name: rng.random((n_actions, d)) * 3
+               for name, d in (("prob", 20), ("fc7", 32), ("fc6", 32), ("pool5", 48))}
     layers = {name: unit_rows(c[action] + rng.random((len(action), c.shape[1]))) for name, c in centers.items()}
     rows = []
     for split in range(1, 11):
@@ -166,20 +172,23 @@ def aslan_data(tmp_path, shuffle=False, seed=0):
     return path, csv_path, rows, layers, keys
 
 
-def direct_aslan(rows, layers, keys):
-    """The protocol computed directly with scikit-learn (measures from c3d_extract, checked by hand)."""
+def direct_aslan(rows, layers, keys, names=("prob", "fc7", "fc6", "pool5")):
+    """The protocol computed directly with scikit-learn (measures from c3d_extract, checked by hand):
+    accuracy and AUC of each fold, and the AUC of all folds' scores pooled."""
     ids = {int(k.split("/")[1][:4]): i for i, k in enumerate(keys)}
     r1, r2 = np.array([ids[i] for i in rows[:, 1]]), np.array([ids[i] for i in rows[:, 2]])
-    x = np.hstack([aslan.measures(layers[n][r1], layers[n][r2]) for n in ("prob", "fc7", "fc6", "pool5")])
-    acc, aucs = [], []
+    x = np.hstack([aslan.measures(layers[n][r1], layers[n][r2]) for n in names])
+    acc, aucs, scores, truth = [], [], [], []
     for split in range(1, 11):
         test = rows[:, 0] == split
         scaler = StandardScaler().fit(x[~test])
-        model = LinearSVC(C=1.0, dual=True, max_iter=10000, random_state=0).fit(scaler.transform(x[~test]), rows[~test, 3])
-        score = model.decision_function(scaler.transform(x[test]))
+        model = LinearSVC(C=1.0, dual=True, max_iter=10000, random_state=0)
+        score = model.fit(scaler.transform(x[~test]), rows[~test, 3]).decision_function(scaler.transform(x[test]))
         acc.append(100 * ((score > 0) == rows[test, 3]).mean())
         aucs.append(roc_auc_score(rows[test, 3], score))
-    return np.array(acc), np.array(aucs)
+        scores.append(score)
+        truth.append(rows[test, 3])
+    return np.array(acc), np.array(aucs), roc_auc_score(np.concatenate(truth), np.concatenate(scores))
 
 
 def test_aslan_separates_two_clusters_and_equals_a_direct_computation(tmp_path):
@@ -189,7 +198,7 @@ def test_aslan_separates_two_clusters_and_equals_a_direct_computation(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())["results"][0]
     assert report["layers"] == ["prob", "fc7", "fc6", "pool5"] and report["dims"] == 48
     assert report["auc_pooled"] > 0.95 and report["accuracy"] > 90
-    acc, aucs = direct_aslan(rows, layers, keys)
+    acc, aucs, _ = direct_aslan(rows, layers, keys)
     np.testing.assert_allclose(report["fold_accuracy"], acc)
     np.testing.assert_allclose(report["fold_auc"], aucs)
     assert report["standard_error"] == pytest.approx(acc.std(ddof=1) / np.sqrt(10))
@@ -283,3 +292,150 @@ def test_videos_missing_from_the_file_are_reported(tmp_path):
     assert result.exit_code == 0 and "1 video(s) of the split files are not in the feature file" in result.output
     assert "v_Class1_g01_c09" in result.output
     assert json.loads((tmp_path / "r.json").read_text())["results"][0]["missing"]["count"] == 1
+
+
+def test_svm_command_imports_no_torch():
+    # c3d-svm reads feature files and trains SVMs: torch (~2 s to import) has no part in it
+    check = "import sys, c3d_extract.cli.svm; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_readers_default_layers_are_the_specs():
+    # the reader keeps its own copy so as not to import torch: it must say what the specs say
+    from c3d_extract.models.registry import SPECS
+
+    assert reader.DEFAULT_LAYERS == {name: spec.default_layers for name, spec in SPECS.items()}
+
+
+def test_default_layer_follows_the_spec_then_the_network_order(tmp_path):
+    rng = np.random.default_rng(0)
+    keys = ["a.avi", "b.avi"]
+    layers = {name: rng.random((2, 4)).astype(np.float32) for name in ("pool5", "prob", "res5b")}
+    for spec, expected in (("res3d-sports1m", "res5b"), ("r3d18-kinetics400", "pool5"), ("imported:res3d", "pool5")):
+        path = write_features(tmp_path / f"{spec}.h5", keys, layers, model="res3d", spec=spec)
+        assert reader.default_layer(str(path)) == expected, spec
+    # a file whose settings list its layers as the network computed them: the first of those
+    shapes = {name: (4,) for name in layers}
+    settings = {"model": "res3d", "spec": "imported:res3d", "layers": ["res5b", "pool5", "prob"]}
+    with FeatureStore.open(str(tmp_path / "ordered.h5"), settings, shapes, {}) as store:
+        for i, key in enumerate(keys):
+            store.add_video(key, {name: m[i] for name, m in layers.items()}, FACTS)
+    assert reader.layers_of(str(tmp_path / "ordered.h5")) == ["res5b", "pool5", "prob"]
+    assert reader.default_layer(str(tmp_path / "ordered.h5")) == "res5b"
+
+
+def test_classify_equals_one_vs_rest_svms_trained_directly(tmp_path):
+    keys, labels, x = ucf_like(separable=False, seed=2)
+    x[labels == 1, :8] += 0.3  # one class a little apart, so that accuracies differ between splits
+    x = unit_rows(x)
+    path = str(write_features(tmp_path / "f.h5", keys, {"fc6": x, "pool5": x[:, :16].copy()}))
+    warnings = []
+    result = reports.classify(path, split="all", jobs=1, warn=warnings.append)
+    assert result.layer == "fc6" and result.dataset == "ucf101" and result.missing == [] and warnings == []
+    assert result.classes == [f"Class{c}" for c in range(5)]
+    groups = np.array([int(k.split("_g")[1][:2]) for k in keys])
+    accuracies = []
+    for number, split in enumerate(result.splits, 1):
+        test = (groups > 7 * (number - 1)) & (groups <= 7 * number)
+        direct = OneVsRestClassifier(LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0))
+        predicted = direct.fit(x[~test], labels[~test]).predict(x[test])
+        np.testing.assert_array_equal(split.predictions, predicted)
+        accuracies.append((predicted == labels[test]).mean())
+        assert split.split == str(number) and split.accuracy == pytest.approx(accuracies[-1])
+        confusion = confusion_matrix(labels[test], predicted, labels=range(5))
+        report = result.to_dict()["splits"][number - 1]
+        assert report["confusion"] == confusion.tolist()
+        assert list(report["per_class"].values()) == pytest.approx(list(np.diag(confusion) / confusion.sum(1)))
+    assert result.mean_accuracy == pytest.approx(np.mean(accuracies))
+    assert result.std_accuracy == pytest.approx(np.std(accuracies, ddof=1)) and result.std_accuracy > 0
+    # what c3d-svm --json writes is this dict, key for key
+    out = cli(path, "--split", "all", "--jobs", "1", "--json", tmp_path / "r.json")
+    assert out.exit_code == 0, out.output
+    written = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    assert written == json.loads(json.dumps(result.to_dict()))
+    assert list(written) == ["file", "layer", "dataset", "notes", "classes", "missing", "splits", "mean_accuracy",
+                             "std_accuracy"]
+    # another layer, and a PCA curve whose points are the same protocol after PCA
+    curve = reports.classify(path, "pool5", pca=[3, 8], jobs=1)
+    assert curve.layer == "pool5" and [p.dims for p in curve.pca] == [3, 8]
+    assert curve.to_dict()["pca"][1] == {"dims": 8, "splits": {"1": curve.pca[1].mean_accuracy},
+                                         "mean_accuracy": curve.pca[1].mean_accuracy}
+    from sklearn.decomposition import PCA
+    pool5, test = x[:, :16], groups <= 7
+    for point in curve.pca:
+        pca = PCA(point.dims, random_state=0).fit(pool5[~test])
+        direct = OneVsRestClassifier(LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0))
+        direct.fit(svm.l2_rows(pca.transform(pool5[~test])), labels[~test])
+        predicted = direct.predict(svm.l2_rows(pca.transform(pool5[test])))
+        assert point.mean_accuracy == pytest.approx((predicted == labels[test]).mean())
+
+
+def test_classify_raises_usage_errors_and_warns_of_missing_videos(tmp_path):
+    keys, labels, x = ucf_like(n_classes=3, groups=25, clips=1)
+    path = str(write_features(tmp_path / "f.h5", keys, {"fc6": x}))
+    with pytest.raises(reader.FeatureFileError, match="has no layer 'fc7'") as caught:
+        reports.classify(path, "fc7")
+    assert isinstance(caught.value, UsageError)
+    one_class = write_features(tmp_path / "one.h5", keys[:25], {"fc6": x[:25]})
+    with pytest.raises(UsageError, match="the labels give 1 class; at least 2 are needed"):
+        reports.classify(str(one_class))
+    with pytest.raises(UsageError, match="cannot tell the dataset"):
+        reports.classify(str(write_features(tmp_path / "odd.h5", ["a.mp4", "b.mp4"], {"fc6": x[:2]})))
+    with pytest.raises(UsageError, match="split 4 does not exist"):
+        reports.classify(path, split="4")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} Class{i}\n" for i in range(3)))
+    (lists / "trainlist01.txt").write_text("".join(f"{k} {labels[i] + 1}\n" for i, k in enumerate(keys)
+                                                   if int(k.split("_g")[1][:2]) > 7))
+    (lists / "testlist01.txt").write_text("\n".join([k for k in keys if int(k.split("_g")[1][:2]) <= 7]
+                                                    + ["Class2/v_Class2_g01_c07.avi"]))
+    warnings = []
+    result = reports.classify(path, splits_dir=str(lists), warn=warnings.append, jobs=1)
+    assert result.missing == ["v_Class2_g01_c07"] and len(warnings) == 1 and "v_Class2_g01_c07" in warnings[0]
+    assert result.splits[0].n_test == 3 * 7
+
+
+def test_aslan_runs_equal_a_direct_computation(tmp_path):
+    # labels shuffled: near chance, where every choice of the protocol moves the numbers
+    path, pairs, rows, layers, keys = aslan_data(tmp_path, shuffle=True, seed=2)
+    [report] = reports.aslan_runs([str(path)], str(pairs))
+    assert report.layers == ["prob", "fc7", "fc6", "pool5"] and report.dims == 48
+    acc, aucs, pooled = direct_aslan(rows, layers, keys)
+    np.testing.assert_allclose(report.result.fold_accuracy, acc)
+    np.testing.assert_allclose(report.result.fold_auc, aucs)
+    assert report.result.pooled_auc == pytest.approx(pooled) and report.result.accuracy == pytest.approx(acc.mean())
+    written = report.to_dict()
+    assert list(written) == ["file", "layers", "dims", "accuracy", "standard_error", "auc_mean_of_folds",
+                             "auc_pooled", "fold_accuracy", "fold_auc", "missing_pairs", "roc"]
+    assert written["auc_pooled"] == pytest.approx(pooled) and written["missing_pairs"] == 0
+    # named layers, as a list or as c3d-svm's comma-separated text, for every file given
+    acc2, _, pooled2 = direct_aslan(rows, layers, keys, names=("fc6", "pool5"))
+    as_list, as_text = reports.aslan_runs([str(path), str(path)], str(pairs), ["fc6", "pool5"])[0], \
+        reports.aslan_runs([str(path)], str(pairs), "fc6, pool5")[0]
+    for run_ in (as_list, as_text):
+        assert run_.layers == ["fc6", "pool5"] and run_.dims == 24
+        np.testing.assert_allclose(run_.result.fold_accuracy, acc2)
+        assert run_.result.pooled_auc == pytest.approx(pooled2)
+
+
+def test_aslan_runs_warn_and_raise_usage_errors(tmp_path):
+    rng = np.random.default_rng(5)
+    keys = [f"{i + 1:04d}.avi" for i in range(40)]
+    path = str(write_features(tmp_path / "neg.h5", keys, {"fc6": rng.standard_normal((40, 8)).astype(np.float32),
+                                                           "prob": rng.random((40, 3)).astype(np.float32)},
+                              model="other", spec="imported:other"))
+    assert reports.aslan_layers(path) == ["fc6"]  # no paper's layers: the file's default layer
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("\n".join([f"{s},{2 * s - 1},{2 * s},{s % 2}" for s in range(1, 21)] + ["3,1,4321,1"]))
+    warnings = []
+    [report] = reports.aslan_runs([path], str(pairs), warn=warnings.append)
+    assert report.layers == ["fc6"] and report.result.missing_pairs == 1
+    assert len(warnings) == 2 and "negative values" in warnings[0] and f"{path}: 1 of 21 pairs" in warnings[1]
+    with pytest.raises(UsageError, match="has no layer 'fc7'"):
+        reports.aslan_runs([path], str(pairs), "fc7")
+    (tmp_path / "bad.csv").write_text("split,id1,id2,same\n1,a,b,1\n")
+    with pytest.raises(aslan.AslanError, match="expected rows split,id1,id2,same"):
+        reports.aslan_runs([path], str(tmp_path / "bad.csv"))
+    assert issubclass(aslan.AslanError, UsageError)

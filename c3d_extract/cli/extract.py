@@ -12,32 +12,21 @@ import click
 from tqdm import tqdm
 
 from c3d_extract import __version__, api
-from c3d_extract.extraction.clips import SHORT_RULES
+from c3d_extract.cli import files
+from c3d_extract.cli.errors import ToolGroup
+from c3d_extract.errors import UsageError
 from c3d_extract.extraction.engine_ray import QuietRay
-from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, parse_shard
-from c3d_extract.weights.manifest import cache_dir
-from c3d_extract.models.registry import MODELS, SPECS
-from c3d_extract.extraction.pipeline import Failed, Network, Summary, extract
+from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS
+from c3d_extract.extraction.pipeline import Failed, Summary
 from c3d_extract.extraction.runtime import DEVICE_ENV, PRECISIONS
-from c3d_extract.featurefile.reader import FeatureFileError
-from c3d_extract.storage import EXIT_CODE, StorageError, free_bytes, human, is_storage_error
-from c3d_extract.featurefile.writer import FeatureStore, StoreError, merge
-from c3d_extract.weights.load import WeightsError
 from c3d_extract.extraction.workers import prestart
+from c3d_extract.featurefile.writer import FeatureStore
+from c3d_extract.models.registry import MODELS, SPECS
+from c3d_extract.settings import SHORT_RULES
+from c3d_extract.storage import free_bytes, human
+from c3d_extract.weights.manifest import cache_dir
 
 PROG = "c3d-extract"
-
-
-class Refused(click.ClickException):
-    """The run cannot start (weights, output file, settings): exit status 2, nothing written."""
-
-    exit_code = 2
-
-
-class DiskFault(click.ClickException):
-    """A full, limited, failing or read-only disk: one line saying what is saved, exit status 3."""
-
-    exit_code = EXIT_CODE
 
 
 class Stopped(Exception):
@@ -56,7 +45,7 @@ def _say(message: str) -> None:
     tqdm.write(f"{PROG}: {message}", file=sys.stderr)
 
 
-class DefaultGroup(click.Group):
+class DefaultGroup(ToolGroup):
     """A group whose default command is `extract`: `c3d-extract videos/ out.h5` needs no verb."""
 
     default_command = "extract"
@@ -65,18 +54,6 @@ class DefaultGroup(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: click.Context):
-        """Every command: a storage fault is one line and exit status 3, never a traceback."""
-        try:
-            return super().invoke(ctx)
-        except StorageError as exc:
-            raise DiskFault(str(exc)) from None
-        except OSError as exc:
-            if not is_storage_error(exc):
-                raise
-            raise DiskFault(str(StorageError(exc.filename or "a file", exc, "files written before are "
-                                                                            "unchanged"))) from None
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,7 +77,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @main.command("extract")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--model", type=click.Choice([*MODELS, *SPECS]),
+@click.option("--model", type=click.Choice(list(dict.fromkeys([*MODELS, *SPECS]))),
               help="c3d: C3D Sports-1M (fc6 by default). res3d: Res3D Sports-1M (res5b by default). A spec "
                    "name picks other preprocessing. Default: what --weights is for, else c3d.")
 @click.option("--layers", metavar="NAMES",
@@ -188,45 +165,28 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
         try:
             import ray.data  # noqa: F401
         except ImportError:
-            raise Refused("--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)") from None
+            needs = "--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)"
+            raise UsageError(needs) from None
     if engine == "local":
         prestart(workers)  # the decoder processes start while the network is built
-    try:
-        shard = "/".join(map(str, parse_shard(shard))) if shard else None
-        extractor = api.build_extractor(
-            model=model, layers=_layers(layers), weights=weights, seed=seed, mean=mean_text, clip_len=clip_len,
-            stride=stride, frame_step=frame_step, short=short, device=device, precision=precision,
-            batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard,
-            resize_on="workers" if engine == "ray" else resize_on, keep_partial=keep_partial, quiet=quiet,
-            warn=_say)
-    except WeightsError as exc:
-        raise Refused(str(exc)) from None
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        jobs = api.find_jobs(inputs, root, ext, shard, warn=_say)
-    except ValueError as exc:
-        if str(exc).startswith("no video found"):
-            raise Refused(str(exc)) from None
-        raise click.UsageError(str(exc)) from None
-    network, runtime = extractor.network, extractor.network.runtime
+    extractor = api.build_extractor(
+        model=model, layers=_layers(layers), weights=weights, seed=seed, mean=mean_text, clip_len=clip_len,
+        stride=stride, frame_step=frame_step, short=short, device=device, precision=precision,
+        batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard, resize_on=resize_on,
+        keep_partial=keep_partial, engine=engine, quiet=quiet, warn=_say)
+    jobs = api.find_jobs(inputs, root, ext, extractor.settings.shard, warn=_say)
+    runtime = extractor.network.runtime
     if verify:
-        if not os.path.exists(output):
-            raise Refused(f"{output}: no such feature file to verify")
-        try:
-            FeatureStore.check_existing(output, extractor.settings)
-        except StoreError as exc:
-            raise Refused(str(exc)) from None
-        sys.exit(_verify(output, jobs, network, verify, seed, short, workers, timeout, keep_partial))
-    try:
-        store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
-                                  overwrite=overwrite, warn=lambda message: _say(f"warning: {message}"))
-    except StoreError as exc:
-        raise Refused(str(exc)) from None
+        result = api.verify(output, jobs, extractor, verify, seed, workers, timeout)
+        click.echo(f"{output}: re-extracted {result.recomputed} of {result.sampled} sampled video(s) "
+                   f"({result.failed} failed now); largest difference {result.largest_difference:.3g}, lowest "
+                   f"cosine {result.lowest_cosine:.6f}: {'reproduced' if result.reproduced else 'NOT reproduced'}")
+        sys.exit(0 if result.reproduced else 1)
+    store, todo = api.open_output(output, extractor, jobs, overwrite, retry_failed,
+                                  warn=lambda message: _say(f"warning: {message}"))
     # under Ray, Ray's own log lines go to a file from here on, before the progress bar takes stderr
     with store, (QuietRay() if engine == "ray" else contextlib.nullcontext()):
         keys = {job.key for job in jobs}
-        todo = api.pending_jobs(jobs, store, retry_failed)
         skipped_done = len(keys & store.done)
         skipped_failed = 0 if retry_failed else len(keys & set(store.failed))
         if not quiet and (skipped_done or skipped_failed):
@@ -247,7 +207,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            summary = api.run_jobs(todo, extractor, store, short, workers, timeout, engine, ray_address, on_video)
+            summary = api.run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video)
         except Stopped as stop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -279,153 +239,6 @@ def _warn_if_disk_too_small(store: FeatureStore, output: str, videos: int) -> No
              f"stops the run and keeps every finished video (free space and run the same command to continue)")
 
 
-def _verify(output: str, jobs: list, network: Network, count: int, seed: int, short: str, workers: int,
-            timeout: float, keep_partial: bool = False) -> int:
-    """Re-extract a sample of stored videos and compare; returns the exit status."""
-    import random
-
-    import numpy as np
-
-    from c3d_extract.featurefile import reader as features
-
-    stored = {layer: features.load(output, layer) for layer in network.layers}
-    rows = {key: i for i, key in enumerate(next(iter(stored.values())).keys)}
-    candidates = sorted((job for job in jobs if job.key in rows), key=lambda job: job.key)
-    if not candidates:
-        raise Refused(f"{output}: none of the input videos is in the file: nothing to verify")
-    sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
-    sink = api.Arrays(network.layers)
-    extract(sample, network, sink, short=short, workers=workers, timeout=timeout,  # type: ignore[arg-type]
-            keep_partial=keep_partial)
-    worst_diff, worst_cos = 0.0, 1.0
-    for key, recomputed in sink.rows.items():
-        for layer, value in recomputed.items():
-            old = stored[layer].matrix[rows[key]]
-            worst_diff = max(worst_diff, float(np.abs(old - value).max()))
-            worst_cos = min(worst_cos, float(np.dot(old, value)))  # unit rows
-    exact = network.runtime.precision == "fp32"
-    ok = not sink.failed and (worst_diff <= 1e-5 if exact else worst_cos >= 0.999)
-    click.echo(f"{output}: re-extracted {len(sink.rows)} of {len(sample)} sampled video(s) "
-               f"({len(sink.failed)} failed now); largest difference {worst_diff:.3g}, lowest cosine "
-               f"{worst_cos:.6f}: {'reproduced' if ok else 'NOT reproduced'}")
-    return 0 if ok else 1
-
-
-@main.command("merge")
-@click.argument("output", type=click.Path(dir_okay=False))
-@click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def merge_command(output: str, parts: tuple[str, ...], overwrite: bool) -> None:
-    """Combine the feature files PARTS (e.g. the shards of one job) into OUTPUT, sorted by key.
-
-    Parts with other models, weights, layers or settings are refused. Videos found in several parts
-    are reported (kept once), and so are shards of I/N that no part covers (exit status 1).
-    """
-    try:
-        report = merge(output, list(parts), overwrite=overwrite)
-    except StoreError as exc:
-        raise Refused(str(exc)) from None
-    click.echo(f"{output}: {report.videos} video(s) and {report.failures} failure(s) from {len(parts)} part(s)")
-    if report.duplicates:
-        _say(f"{len(report.duplicates)} video(s) were in several parts with identical features (kept once): "
-             f"{', '.join(report.duplicates[:5])}{' ...' if len(report.duplicates) > 5 else ''}")
-    if report.conflicts:
-        _say(f"{len(report.conflicts)} video(s) were in several parts with different features (the first "
-             f"part's kept): {', '.join(report.conflicts[:5])}{' ...' if len(report.conflicts) > 5 else ''}")
-    if report.missing_shards:
-        _say(f"missing shard(s) {', '.join(map(str, report.missing_shards))}: the merged file is incomplete")
-    sys.exit(1 if report.missing_shards or report.conflicts else 0)
-
-
-@main.command("info")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def info_command(file: str, as_json: bool) -> None:
-    """A short report on a feature file: model, weights, settings, counts, layers, failures."""
-    import json
-
-    try:
-        report = api.FeatureFile(file).info()
-    except (FeatureFileError, OSError) as exc:
-        raise Refused(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(report, indent=1, default=str))
-        return
-    settings = report["settings"]
-    click.echo(f"{file}\n  model    {report['model']} ({report['spec']}), {report['precision']} on {report['device']}")
-    click.echo(f"  weights  {report['weights']} (sha256 {report['weights_sha256']})")
-    click.echo(f"  clips    {settings.get('clip_len')} frames every {settings.get('stride')}, step "
-               f"{settings.get('frame_step')}, short videos: {settings.get('short_videos')}")
-    click.echo(f"  mean     {settings.get('mean')}")
-    click.echo(f"  videos   {report['videos']} ({report['clips']} clips, {report['frames']} frames, "
-               f"{report['padded_short_videos']} padded short)")
-    click.echo(f"  status   {report['status']}")
-    if report["decoders"]:
-        click.echo(f"  decoders {report['decoders']}")
-    for name, layer in report["layers"].items():
-        click.echo(f"  layer    {name}: {layer['dim']} values per video (clip shape {layer['clip_shape']})")
-    if report["per_clip"] or report["segments"]:
-        click.echo(f"  extra    per-clip rows: {'yes' if report['per_clip'] else 'no'}; segments: "
-                   f"{report['segments'] or 'no'}")
-    failures = report["failures"]
-    click.echo(f"  failures {failures['count']}" + (f" ({failures['by_stage']})" if failures["count"] else ""))
-    for row in failures["first"]:
-        click.echo(f"           {row['video']}: {row['stage']}: {row['error']}")
-    if report["unfinished_run"]:
-        click.echo("  note     a journal from an unfinished run is waiting: re-run its command to fold it in")
-    click.echo(f"  written  by c3d_extract {report['version']} with {report['decoder']}, {report['created']}")
-
-
-@main.command("export")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--layer", help="Layer to export (default: the model's default feature when the file has it: "
-                               "fc6 for C3D, res5b for Res3D).")
-def export_command(file: str, folder: str, layer: Optional[str]) -> None:
-    """One FOLDER/<key>.npy per video: (clips, D) when FILE has per-clip rows, else (D,)."""
-    from c3d_extract.featurefile.interop import export_npy
-
-    try:
-        count = export_npy(file, folder, layer)
-    except (StoreError, FeatureFileError) as exc:
-        raise Refused(str(exc)) from None
-    click.echo(f"{folder}: {count} .npy file(s)")
-
-
-@main.command("import-npy")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--layer", required=True, help="Name of the layer the arrays hold (e.g. fc6).")
-@click.option("--model", default="unknown", show_default=True, help="What computed them (recorded).")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def import_npy_command(folder: str, output: str, layer: str, model: str, overwrite: bool) -> None:
-    """Every FOLDER/**/*.npy into a feature file: (T, D) arrays as per-clip rows, (D,) as descriptors."""
-    from c3d_extract.featurefile.interop import import_npy
-
-    try:
-        count = import_npy(folder, output, layer, model, overwrite)
-    except StoreError as exc:
-        raise Refused(str(exc)) from None
-    click.echo(f"{output}: {count} video(s) imported")
-
-
-@main.command("import-blobs")
-@click.argument("prefix_list", type=click.Path(exists=True, dir_okay=False))
-@click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--blob", "blobs", multiple=True, default=("fc6-1",), show_default=True,
-              help="Blob name(s) to read (<prefix>.<blob>); fc6-1 is stored as layer fc6.")
-@click.option("--clip-len", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--model", default="c3d", show_default=True, help="What computed them (recorded).")
-@click.option("--root", type=click.Path(file_okay=False), help="Keys are the prefix folders relative to this.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def import_blobs_command(prefix_list: str, output: str, blobs: tuple[str, ...], clip_len: int, model: str,
-                         root: Optional[str], overwrite: bool) -> None:
-    """The original C3D tool's output (one <prefix>.fc6-1 file per clip, prefixes listed one per line
-    in PREFIX_LIST, e.g. output/c3d/v_X/000016) into a feature file, one row per prefix folder."""
-    from c3d_extract.featurefile.interop import import_blobs
-
-    try:
-        count = import_blobs(prefix_list, output, list(blobs), clip_len, model, root, overwrite)
-    except (StoreError, OSError) as exc:
-        raise Refused(str(exc)) from None
-    click.echo(f"{output}: {count} video(s) imported")
+for _command in (files.merge_command, files.info_command, files.export_command, files.import_npy_command,
+                 files.import_blobs_command):
+    main.add_command(_command)

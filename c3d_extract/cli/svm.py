@@ -9,17 +9,12 @@ import sys
 from typing import Optional
 
 import click
-import numpy as np
 
 from c3d_extract import __version__
-from c3d_extract.evaluation import aslan
-from c3d_extract.featurefile import reader as features
-from c3d_extract.evaluation import splits
-from c3d_extract.evaluation import svm
+from c3d_extract.errors import C3DError
+from c3d_extract.evaluation import reports as evaluation
 
 PROG = "c3d-svm"
-# the layers each paper stacks for ASLAN (C3D section 5, Res3D section 5.2), by network
-ASLAN_LAYERS = {"c3d": ("prob", "fc7", "fc6", "pool5"), "res3d": ("res5b", "pool5", "prob")}
 
 
 def _say(message: str) -> None:
@@ -47,52 +42,13 @@ def _pyplot():
     return plt
 
 
-def _classify(path: str, layer: Optional[str], opts: dict) -> dict:
-    """Every split of the protocol on one file: accuracies, per-class table, confusion, PCA curve."""
-    feats = features.load(path, layer)
-    protocol = splits.protocol(opts["dataset"], feats.keys, opts["splits_dir"], opts["split"], opts["folds"],
-                               opts["seed"])
-    rows, missing = splits.match(protocol, feats.keys)
-    if missing:
-        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        _say(f"{path}: {len(missing)} video(s) of the split files are not in the feature file and are "
-             f"left out: {shown}")
-    if len(protocol.classes) < 2:
-        raise click.ClickException(f"{path}: the labels give {len(protocol.classes)} class; at least 2 are needed")
-    split_rows = []
-    for split in protocol.splits:
-        train = [(rows[v], c) for v, c in split.train if v in rows]
-        test = [(rows[v], c) for v, c in split.test if v in rows]
-        split_rows.append((split.name, np.array([r for r, _ in train], int), np.array([c for _, c in train], int),
-                           np.array([r for r, _ in test], int), np.array([c for _, c in test], int)))
-    run = dict(C=opts["C"], C_grid=opts["cv_C"], renormalize=opts["renormalize"], jobs=opts["jobs"], seed=opts["seed"])
-    results = svm.evaluate(feats.matrix, split_rows, **run)
-    n = len(protocol.classes)
-    report = {
-        "file": path, "layer": feats.layer, "dataset": protocol.dataset, "notes": protocol.notes,
-        "classes": protocol.classes, "missing": {"count": len(missing), "videos": missing},
-        "splits": [{"split": r.split, "accuracy": r.accuracy, "n_train": r.n_train, "n_test": r.n_test, "C": r.C,
-                    "per_class": dict(zip(protocol.classes, r.per_class(n))), "confusion": r.confusion(n)}
-                   for r in results],
-    }
-    accuracies = np.array([r.accuracy for r in results])
-    report["mean_accuracy"] = float(accuracies.mean())
-    report["std_accuracy"] = float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0
-    if opts["pca"]:
-        report["pca"] = []
-        for dims in opts["pca"]:
-            curve = svm.evaluate(feats.matrix, split_rows, pca_dim=int(dims), **run)
-            report["pca"].append({"dims": int(dims), "splits": {r.split: r.accuracy for r in curve},
-                                  "mean_accuracy": float(np.mean([r.accuracy for r in curve]))})
-    return report
-
-
 def _print_classification(reports: list[dict]) -> None:
-    click.echo(f"{'file':<28} {'layer':<7} {'dataset':<8} {'split':<8} {'train':>6} {'test':>6} {'C':>7} {'accuracy':>9}")
+    click.echo(f"{'file':<28} {'layer':<7} {'dataset':<8} {'split':<8} {'train':>6} {'test':>6} {'C':>7} "
+               f"{'accuracy':>9}")
     for rep in reports:
         for s in rep["splits"]:
-            click.echo(f"{os.path.basename(rep['file'])[:28]:<28} {rep['layer']:<7} {rep['dataset']:<8} {s['split']:<8} "
-                       f"{s['n_train']:>6} {s['n_test']:>6} {s['C']:>7g} {100 * s['accuracy']:>8.2f}%")
+            click.echo(f"{os.path.basename(rep['file'])[:28]:<28} {rep['layer']:<7} {rep['dataset']:<8} "
+                       f"{s['split']:<8} {s['n_train']:>6} {s['n_test']:>6} {s['C']:>7g} {100 * s['accuracy']:>8.2f}%")
         if len(rep["splits"]) > 1:
             click.echo(f"{'':<28} {rep['layer']:<7} {rep['dataset']:<8} {'mean':<8} {'':>6} {'':>6} {'':>7} "
                        f"{100 * rep['mean_accuracy']:>8.2f}% (std {100 * rep['std_accuracy']:.2f})")
@@ -120,31 +76,6 @@ def _plot_pca(reports: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _aslan(paths: tuple[str, ...], pairs_path: str, layers: Optional[str], opts: dict) -> list[dict]:
-    pairs = aslan.read_pairs(pairs_path)
-    reports = []
-    for path in paths:
-        names = [n.strip() for n in layers.split(",")] if layers else None
-        if names is None:
-            model = str(features.file_attrs(path).get("model", ""))
-            names = [n for n in ASLAN_LAYERS.get(model, ()) if n in features.layers_of(path)] or \
-                [features.default_layer(path)]
-        loaded = [features.load(path, n) for n in names]
-        negative = aslan.negative_layers({f.layer: f.matrix for f in loaded})
-        if negative:
-            _say(f"warning: {path}: layer(s) {', '.join(negative)} have negative values; measures "
-                 f"{', '.join(map(str, aslan.NEEDS_NON_NEGATIVE))} assume non-negative input (is fc6 read "
-                 f"before its ReLU?)")
-        result = aslan.evaluate([f.matrix for f in loaded], loaded[0].keys, pairs, opts["C"], opts["l1_last_four"],
-                                warn=lambda m, p=path: _say(f"{p}: {m}"))
-        reports.append({"file": path, "layers": names, "dims": 12 * len(names), "accuracy": result.accuracy,
-                        "standard_error": result.standard_error, "auc_mean_of_folds": result.auc,
-                        "auc_pooled": result.pooled_auc, "fold_accuracy": result.fold_accuracy.tolist(),
-                        "fold_auc": result.fold_auc.tolist(), "missing_pairs": result.missing_pairs,
-                        "roc": {"fpr": result.roc[0].tolist(), "tpr": result.roc[1].tolist()}})
-    return reports
 
 
 def _print_aslan(reports: list[dict]) -> None:
@@ -192,9 +123,10 @@ def _write_csv(path: str, reports: list[dict], aslan_mode: bool) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=PROG)
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--layer", help="Feature layer to classify (default: fc6 for C3D files, res5b for Res3D, else the first).")
-@click.option("--dataset", type=click.Choice(["auto", "ucf101", "hmdb51", "folders"]), default="auto", show_default=True,
-              help="auto recognises UCF101 names and the UCF101/HMDB51 split folders.")
+@click.option("--layer", help="Feature layer to classify (default: fc6 for C3D files, res5b for Res3D, "
+                              "else the first).")
+@click.option("--dataset", type=click.Choice(["auto", "ucf101", "hmdb51", "folders"]), default="auto",
+              show_default=True, help="auto recognises UCF101 names and the UCF101/HMDB51 split folders.")
 @click.option("--splits-dir", type=click.Path(file_okay=False),
               help="UCF101's ucfTrainTestlist (classInd.txt, trainlistNN.txt, testlistNN.txt) or HMDB51's "
                    "testTrainMulti_7030_splits. Without it, UCF101 splits follow the group numbers.")
@@ -233,22 +165,27 @@ def main(files, layer, dataset, splits_dir, split, folds, C, cv_C, pca, renormal
     Results are a table on stdout; --json/--csv for scripts. Exit status 1 when the evaluation
     cannot be done (no such layer, too few classes, no test videos, labels not found).
     """
-    opts = dict(dataset=dataset, splits_dir=splits_dir, split=split, folds=folds, C=C, cv_C=_floats(cv_C, "--cv-C"),
-                pca=_floats(pca, "--pca"), renormalize=renormalize, jobs=jobs, seed=seed, l1_last_four=l1_last_four)
+    cv_C, pca = _floats(cv_C, "--cv-C"), _floats(pca, "--pca")
     try:
         if aslan_pairs:
-            reports = _aslan(files, aslan_pairs, layers, opts)
+            names = [n.strip() for n in layers.split(",")] if layers else None
+            reports = [r.to_dict() for r in evaluation.aslan_runs(files, aslan_pairs, names, C=C,
+                                                                  l1_last_four=l1_last_four, warn=_say)]
             _print_aslan(reports)
             if plot:
                 _plot_roc(reports, plot)
         else:
-            reports = [_classify(path, layer, opts) for path in files]
+            reports = [evaluation.classify(path, layer, dataset=dataset, splits_dir=splits_dir, split=split,
+                                           folds=folds, C=C, cv_C=cv_C, pca=pca, renormalize=renormalize, jobs=jobs,
+                                           seed=seed, warn=_say).to_dict() for path in files]
             _print_classification(reports)
             if plot:
-                if not opts["pca"]:
+                if not pca:
                     raise click.UsageError("--plot draws the PCA curve: give --pca DIMS (or --aslan for a ROC)")
                 _plot_pca(reports, plot)
-    except (features.FeatureFileError, splits.SplitError, aslan.AslanError, ValueError) as exc:
+    # a ValueError outside the family (scikit-learn's, on a NaN in a feature file) also ends with
+    # its one line and exit status 1, as it always has
+    except (C3DError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if json_path:
         with open(json_path, "w") as handle:

@@ -2,44 +2,36 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from c3d_extract import __version__
+from c3d_extract.cli.errors import TOOL_STATUSES, ToolGroup
+from c3d_extract.errors import UsageError
 from c3d_extract.weights.convert import WeightsError, read_checkpoint, read_mean, save_checkpoint
-from c3d_extract.weights.manifest import cache_dir, installed, load_manifest, manifest_path
-from c3d_extract.storage import EXIT_CODE, StorageError
 from c3d_extract.weights.load import file_sha256, install_with_mean, save_mean
+from c3d_extract.weights.manifest import cache_dir, installed, load_manifest, manifest_path
 
 PROG = "c3d-weights"
 MEAN_SHAPE = (3, 16, 128, 171)
 
 
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"{PROG}: error: {message}", err=True)
-    sys.exit(code)
+class _Group(ToolGroup):
+    """Every command: an error is one line `c3d-weights: error: ...`, exit status 1 (3 for the disk)."""
 
-
-class _Group(click.Group):
-    """Every command: a full or failing disk is one line and exit status 3, never a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except StorageError as exc:
-            _fail(str(exc), EXIT_CODE)
+    statuses = TOOL_STATUSES
+    prefix = f"{PROG}: error: "
 
 
 def _read_any(path: str):
-    """(Converted, None) for a checkpoint, (None, cube) for a mean cube; exits 1 for anything else."""
+    """(Converted, None) for a checkpoint, (None, cube) for a mean cube; the checkpoint's error for
+    anything else."""
     try:
         return read_checkpoint(path), None
     except WeightsError as weights_error:
         try:
             return None, read_mean(path, MEAN_SHAPE)
         except WeightsError:
-            _fail(str(weights_error))
+            raise weights_error from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,11 +69,7 @@ def fetch_command(name: str, quiet: bool) -> None:
     entries = load_manifest()
     if name not in entries:
         raise click.BadParameter(f"unknown name {name!r}; known: {', '.join(entries)}", param_hint="NAME")
-    try:
-        path = install_with_mean(entries[name], lambda message: click.echo(f"{PROG}: {message}", err=True),
-                                 quiet=quiet)
-    except WeightsError as exc:
-        _fail(str(exc))
+    path = install_with_mean(entries[name], lambda message: click.echo(f"{PROG}: {message}", err=True), quiet=quiet)
     click.echo(f"{name}: installed {path} (sha256 {file_sha256(path)})")
 
 
@@ -94,7 +82,7 @@ def convert_command(src: str, dst: str) -> None:
     converted, cube = _read_any(src)
     if cube is not None:
         if not dst.endswith(".npy"):
-            _fail(f"{dst}: a mean cube is written as .npy")
+            raise UsageError(f"{dst}: a mean cube is written as .npy")
         save_mean(cube, dst)
         click.echo(f"{src}: mean cube {cube.shape} -> {dst}")
         return

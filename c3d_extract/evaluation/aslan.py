@@ -18,13 +18,15 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from c3d_extract.errors import UsageError
+
 EPS = 1e-10
 MEASURES = ("inner product", "sqrt inner product", "sqrt Bhattacharyya", "sqrt harmonic", "cosine",
             "sqrt chi2", "L1", "Hellinger", "L2", "symmetric KL", "sqrt max / sqrt sum", "intersection / sums")
 NEEDS_NON_NEGATIVE = (2, 3, 4, 6, 8, 10, 11, 12)  # 1-based measure numbers
 
 
-class AslanError(Exception):
+class AslanError(UsageError):
     """Pairs that cannot be read or matched to videos."""
 
 

@@ -15,11 +15,13 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from c3d_extract.errors import UsageError
+
 UCF_NAME = re.compile(r"v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
 HMDB_FILE = re.compile(r"(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
 
 
-class SplitError(Exception):
+class SplitError(UsageError):
     """Split files or names that cannot give labels; says which file or video."""
 
 
@@ -84,7 +86,8 @@ def ucf101_lists(folder: Path, split: str) -> Protocol:
             raise SplitError(f"{source}: class folder {folder_name!r} of {path} is not in {class_ind}")
         return index[folder_name.lower()]
 
-    available = sorted(int(m[1]) for m in (re.fullmatch(r"trainlist(\d+)\.txt", p.name) for p in folder.iterdir()) if m)
+    found = (re.fullmatch(r"trainlist(\d+)\.txt", p.name) for p in folder.iterdir())
+    available = sorted(int(m[1]) for m in found if m)
     splits = []
     for number in _split_ids(split, available):
         train, test = [], []

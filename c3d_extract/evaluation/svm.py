@@ -18,6 +18,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import LinearSVC
 
+from c3d_extract.errors import UsageError
+
 
 def classifier(C: float = 1.0, jobs: int = 1) -> OneVsRestClassifier:
     """One binary LinearSVC per class, trained in parallel over `jobs` processes (the same models
@@ -74,7 +76,7 @@ def choose_C(x_train: np.ndarray, y_train: np.ndarray, C_grid: Sequence[float], 
     fold's validation videos."""
     folds = min(3, int(np.bincount(y_train).min()))
     if folds < 2:
-        raise ValueError("choosing C by cross-validation needs at least 2 training videos per class")
+        raise UsageError("choosing C by cross-validation needs at least 2 training videos per class")
     search = GridSearchCV(pipeline(pca_dim=pca_dim, renormalize=renormalize, seed=seed),
                           {"svm__estimator__C": list(C_grid)},
                           cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=jobs, refit=False)
@@ -88,7 +90,7 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, C:
     """Predict test classes; PCA (if `pca_dim`) and C (if `C_grid`) are fitted on the training part
     only. Returns the predictions and the C that was used."""
     if pca_dim is not None and pca_dim > min(x_train.shape):
-        raise ValueError(f"PCA to {pca_dim} dimensions needs at least {pca_dim} training videos and "
+        raise UsageError(f"PCA to {pca_dim} dimensions needs at least {pca_dim} training videos and "
                          f"feature dimensions (have {x_train.shape[0]} x {x_train.shape[1]})")
     if C_grid:
         C, _ = choose_C(x_train, y_train, C_grid, pca_dim, renormalize, jobs, seed)
@@ -103,9 +105,9 @@ def evaluate(x: np.ndarray, splits: Sequence[tuple[str, np.ndarray, np.ndarray, 
     results = []
     for name, train_rows, y_train, test_rows, y_test in splits:
         if len(test_rows) == 0:
-            raise ValueError(f"split {name} has no test video in the feature file")
+            raise UsageError(f"split {name} has no test video in the feature file")
         if len(np.unique(y_train)) < 2:
-            raise ValueError(f"split {name}: the training videos cover {len(np.unique(y_train))} class; "
+            raise UsageError(f"split {name}: the training videos cover {len(np.unique(y_train))} class; "
                              f"a classifier needs at least 2")
         predictions, used_C = fit_predict(x[train_rows], y_train, x[test_rows], C, C_grid, pca_dim,
                                           renormalize, jobs, seed)

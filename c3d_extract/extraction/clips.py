@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-SHORT_RULES = ("loop", "edge", "skip")
+from c3d_extract.errors import UsageError
 
 
 def window_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
@@ -29,7 +29,7 @@ def short_indices(num_frames: int, clip_len: int, rule: str) -> list[int]:
         return [i % num_frames for i in range(clip_len)]
     if rule == "edge":
         return [min(i, num_frames - 1) for i in range(clip_len)]
-    raise ValueError(f"no padding rule {rule!r} (choose loop or edge)")
+    raise UsageError(f"no padding rule {rule!r} (choose loop or edge)")
 
 
 class ClipCutter:

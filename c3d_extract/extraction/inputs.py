@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from c3d_extract.errors import UsageError
+
 VIDEO_EXTENSIONS = ("3gp", "asf", "avi", "flv", "m2ts", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg",
                     "mts", "ogv", "ts", "vob", "webm", "wmv")
 
@@ -24,19 +26,8 @@ def parse_extensions(text: Optional[str]) -> tuple[str, ...]:
         return VIDEO_EXTENSIONS
     exts = tuple(e.strip().lower().lstrip(".") for e in text.split(",") if e.strip())
     if not exts:
-        raise ValueError(f"no extension in {text!r}")
+        raise UsageError(f"no extension in {text!r}")
     return exts
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """`"I/N"` -> (I, N) with 0 <= I < N."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must be I/N (e.g. 0/8), not {text!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {text}: I must be between 0 and N-1")
-    return index, count
 
 
 def shard_of(key: str, count: int) -> int:
@@ -51,7 +42,7 @@ def read_list(path: str) -> list[str]:
         with open(path, newline="", encoding="utf-8") as handle:
             text = handle.read()
     except OSError as exc:
-        raise ValueError(f"@{path}: cannot read the list ({exc.strerror or exc})") from None
+        raise UsageError(f"@{path}: cannot read the list ({exc.strerror or exc})") from None
     first = text.splitlines()[0] if text.strip() else ""
     if "," in first and "path" in [c.strip().lower() for c in next(csv.reader([first]))]:
         rows = list(csv.DictReader(text.splitlines(keepends=True)))
@@ -111,7 +102,7 @@ def find_videos(inputs: Iterable[str], root: Optional[str] = None,
         absolute = os.path.abspath(path)
         key = os.path.relpath(absolute, root)
         if key.startswith(".." + os.sep) or key == "..":
-            raise ValueError(f"{path} is outside the root {root}; choose another --root")
+            raise UsageError(f"{path} is outside the root {root}; choose another --root")
         key = key.replace(os.sep, "/")
         jobs.setdefault(key, VideoJob(key, path))
     return sorted(jobs.values(), key=lambda job: job.key), problems

@@ -12,13 +12,14 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from c3d_extract.extraction.assemble import Clip, Failed, Finished, decode_video  # noqa: F401 (decode_video: engines)
+from c3d_extract.extraction.assemble import Clip, Failed, Finished
 from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.runtime import Runtime
+from c3d_extract.extraction.workers import DecodePool
+from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.models.net import StagedNet
 from c3d_extract.models.preprocess import InputSpec
-from c3d_extract.extraction.runtime import Runtime
-from c3d_extract.featurefile.writer import FeatureStore
-from c3d_extract.extraction.workers import DecodePool
+from c3d_extract.vectors import l2_normalize
 
 
 @dataclass
@@ -78,14 +79,8 @@ class Aggregator:
             kept = sorted(state.kept, key=lambda item: item[0])  # engines may deliver clips out of order
             clips = ClipRows([start for start, _ in kept],
                              {layer: np.stack([outputs[layer] for _, outputs in kept]) for layer in state.sums})
-        return ({layer: l2_normalize(total / state.clips) for layer, total in state.sums.items()},
+        return ({layer: l2_normalize(total / state.clips).astype(np.float32) for layer, total in state.sums.items()},
                 {**state.facts, "num_clips": state.clips}, clips)
-
-
-def l2_normalize(vector: np.ndarray) -> np.ndarray:
-    """vector / ||vector|| as float32; an all-zero vector stays zero (it has no direction)."""
-    norm = np.linalg.norm(vector)
-    return (vector / norm if norm > 0 else vector).astype(np.float32)
 
 
 class Network:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from c3d_extract.errors import UsageError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -29,14 +31,14 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name} asked for, but torch sees no CUDA device")
+            raise UsageError(f"device {name} asked for, but torch sees no CUDA device")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name} asked for, but only {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"device {name} asked for, but only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -53,13 +55,13 @@ def resolve_precision(name: str, device: torch.device) -> str:
     to fp32, tests/test_precision.py), else fp32. On CUDA `auto` stays fp32 (TF32 off) until a
     parity test on a GPU backs a lower precision."""
     if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
     if name == "auto":
         return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
     if name == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is for CUDA devices; on the CPU use bf16 or fp32")
+        raise UsageError("fp16 is for CUDA devices; on the CPU use bf16 or fp32")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this CUDA device has no bf16 support; use fp16 or fp32")
+        raise UsageError("this CUDA device has no bf16 support; use fp16 or fp32")
     return name
 
 

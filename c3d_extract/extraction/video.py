@@ -15,6 +15,8 @@ import numpy as np
 import av
 import decord
 
+from c3d_extract.errors import Failure
+
 decord.logging.set_level(decord.logging.QUIET)
 
 # decord 0.6.0 raises RuntimeError for unreadable containers, DECORDError (not a RuntimeError
@@ -33,7 +35,7 @@ CHUNK_BYTES = 2 * 2**20
 _DECORD_FAULT_TOL = "0.000001"
 
 
-class VideoError(Exception):
+class VideoError(Failure):
     """A video that cannot be processed: `stage` is open, decode or clips; str() is the reason.
     `final` errors (no file, a directory, empty, unreadable) are not worth a second decoder;
     `frames` is how many frames were decoded before a decode error."""

@@ -15,6 +15,7 @@ replaced too.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import multiprocessing as mp
 import signal
@@ -83,6 +84,17 @@ def _spawn() -> _Worker:
     task_reader.close()   # the child's ends: EOF reaches each side when the other goes
     result_writer.close()
     return _Worker(process, task_writer, result_reader, heartbeat)
+
+
+def _stop_spares() -> None:
+    """At exit, the spares no pool took are killed: they ignore SIGTERM (the parent decides when a
+    decoder stops), which is all multiprocessing's own exit handler would send before it waits for
+    them. Registered after that handler, so it runs first."""
+    while _SPARES:
+        _SPARES.pop().stop()
+
+
+atexit.register(_stop_spares)
 
 
 def prestart(count: int) -> None:

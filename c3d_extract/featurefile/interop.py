@@ -19,23 +19,28 @@ from typing import Optional, Sequence
 import h5py
 import numpy as np
 
+from c3d_extract.errors import UsageError
+from c3d_extract.extraction.pipeline import ClipRows
 from c3d_extract.featurefile.reader import FeatureFile
-from c3d_extract.extraction.pipeline import ClipRows, l2_normalize
+from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.storage import StorageError, is_storage_error, write_atomically
-from c3d_extract.featurefile.writer import FeatureStore, StoreError
+from c3d_extract.vectors import l2_normalize
 
 HEADER_BYTES = 20
 
 
 def read_blob(path: str) -> np.ndarray:
     """One blob file -> its values (n, c*l*h*w)."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the blob ({exc.strerror or exc})") from None
     if len(data) < HEADER_BYTES:
-        raise StoreError(f"{path}: {len(data)} bytes, shorter than the 20-byte blob header")
+        raise UsageError(f"{path}: {len(data)} bytes, shorter than the 20-byte blob header")
     n, c, length, h, w = np.frombuffer(data[:HEADER_BYTES], "<i4")
     count = int(n) * int(c) * int(length) * int(h) * int(w)
     if min(n, c, length, h, w) < 1 or len(data) != HEADER_BYTES + 4 * count:
-        raise StoreError(f"{path}: header says {n}x{c}x{length}x{h}x{w} = {count} floats, the file holds "
+        raise UsageError(f"{path}: header says {n}x{c}x{length}x{h}x{w} = {count} floats, the file holds "
                          f"{(len(data) - HEADER_BYTES) / 4:g}")
     return np.frombuffer(data, "<f4", offset=HEADER_BYTES).reshape(int(n), -1)
 
@@ -55,7 +60,7 @@ def import_blobs(prefix_list: str, output: str, blobs: Sequence[str], clip_len: 
     """Blob files of the prefixes in `prefix_list` (one per line) -> a feature file; returns videos."""
     prefixes = [line.strip() for line in Path(prefix_list).read_text().splitlines() if line.strip()]
     if not prefixes:
-        raise StoreError(f"{prefix_list}: no prefix")
+        raise UsageError(f"{prefix_list}: no prefix")
     base = Path(prefix_list).parent
     paths = [p if os.path.isabs(p) else str(base / p) for p in prefixes]
     root = root or os.path.commonpath([os.path.dirname(os.path.dirname(p)) for p in paths])
@@ -64,7 +69,7 @@ def import_blobs(prefix_list: str, output: str, blobs: Sequence[str], clip_len: 
     for path in paths:
         name = os.path.basename(path)
         if not name.isdigit():
-            raise StoreError(f"{path}: the prefix name should be the clip's first frame (e.g. 000016)")
+            raise UsageError(f"{path}: the prefix name should be the clip's first frame (e.g. 000016)")
         videos[os.path.relpath(os.path.dirname(path), root).replace(os.sep, "/")].append((int(name), path))
     first = {layers[b]: read_blob(f"{paths[0]}.{b}").shape[1] for b in blobs}
     settings = {"model": model, "spec": f"imported:{model}", "weights_sha256": "imported", "layers": list(first),
@@ -76,7 +81,7 @@ def import_blobs(prefix_list: str, output: str, blobs: Sequence[str], clip_len: 
                 continue
             clips.sort()
             rows = {layers[b]: np.concatenate([read_blob(f"{p}.{b}") for _, p in clips]) for b in blobs}
-            features = {n: l2_normalize(r.astype(np.float64).mean(0)) for n, r in rows.items()}
+            features = {n: l2_normalize(r.astype(np.float64).mean(0)).astype(np.float32) for n, r in rows.items()}
             store.add_video(key, features, _facts(clips[-1][0] + clip_len, len(clips), "imported"),
                             clips=ClipRows([s for s, _ in clips], rows))
     return len(videos)
@@ -90,7 +95,7 @@ def export_npy(path: str, folder: str, layer: Optional[str] = None) -> int:
     layer = features.layer(layer)  # the spec's default (res5b for Res3D) when none is named
     names = [str(PurePosixPath(k).with_suffix("")) + ".npy" for k in features.keys]
     if len(set(names)) != len(names):
-        raise StoreError(f"{path}: two videos differ only by extension; their .npy names would collide")
+        raise UsageError(f"{path}: two videos differ only by extension; their .npy names would collide")
     with h5py.File(path, "r") as f:  # once, not once per video
         clips = f["clips"][layer] if "clips" in f else None
         rows = f["features"][layer]
@@ -114,7 +119,7 @@ def import_npy(folder: str, output: str, layer: str, model: str = "unknown", ove
     become per-clip rows (mean + L2 per video), (D,) arrays the descriptor itself."""
     files = sorted(Path(folder).rglob("*.npy"))
     if not files:
-        raise StoreError(f"{folder}: no .npy file")
+        raise UsageError(f"{folder}: no .npy file")
     arrays = {str(f.relative_to(folder).with_suffix("")).replace(os.sep, "/"): f for f in files}
     sample = np.load(files[0])
     per_clip = sample.ndim == 2
@@ -127,9 +132,9 @@ def import_npy(folder: str, output: str, layer: str, model: str = "unknown", ove
                 continue
             values = np.load(path).astype(np.float32)
             if (values.ndim == 2) != per_clip or values.shape[-1] != sample.shape[-1]:
-                raise StoreError(f"{path}: shape {values.shape} differs from {files[0]}'s {sample.shape}")
+                raise UsageError(f"{path}: shape {values.shape} differs from {files[0]}'s {sample.shape}")
             if per_clip:
-                row = l2_normalize(values.astype(np.float64).mean(0))
+                row = l2_normalize(values.astype(np.float64).mean(0)).astype(np.float32)
                 store.add_video(key, {layer: row}, _facts(0, len(values), "imported"),
                                 clips=ClipRows(list(range(len(values))), {layer: values}))
             else:

@@ -22,12 +22,14 @@ from typing import Iterator, Mapping, Optional
 
 import numpy as np
 
+from c3d_extract.errors import Refused
+
 MAGIC = b"C3DJ"
 HEADER = struct.Struct("<4sBBII")
 VIDEO, FAILURE = 1, 2
 
 
-class JournalBusy(Exception):
+class JournalBusy(Refused):
     """Another process holds the journal (two runs into one output)."""
 
 

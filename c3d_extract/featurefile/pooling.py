@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from c3d_extract.vectors import l2_normalize
+
 
 def matlab_round(values: np.ndarray) -> np.ndarray:
     """Round halves away from zero, as MATLAB's round()."""
@@ -33,5 +35,4 @@ def segment_pool(clips: np.ndarray, segments: int) -> np.ndarray:
     """(N, D) clip features -> (K, D) L2-normalised segment means (a zero mean stays zero)."""
     clips = np.asarray(clips, dtype=np.float64)
     pooled = np.stack([clips[a:b].mean(axis=0) for a, b in segment_bounds(len(clips), segments)])
-    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return (pooled / np.where(norms > 0, norms, 1)).astype(np.float32)
+    return l2_normalize(pooled).astype(np.float32)

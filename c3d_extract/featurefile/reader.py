@@ -11,10 +11,22 @@ from typing import Optional
 import h5py
 import numpy as np
 
-from c3d_extract.models.registry import SPECS
+from c3d_extract.errors import UsageError
+
+# Each spec's default feature (ModelSpec.default_layers), by spec name: the copy that reading a
+# file needs, since models/ imports torch and `c3d-svm` should not pay for it.
+# tests/test_svm_cli.py holds it equal to models.registry.SPECS.
+DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
+    "c3d-sports1m": ("fc6",),
+    "res3d-sports1m": ("res5b",),
+    "r3d18-kinetics400": ("pool5",),
+    # DenseNet3D and T3D, at 32 x 224 and as their 16 x 112 variants
+    **{name + size: ("pool5",)
+       for name in ("densenet3d-121", "t3d-121", "t3d-169") for size in ("", "-16x112")},
+}
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(UsageError):
     """A feature file that cannot serve the request (missing, not ours, no such layer)."""
 
 
@@ -61,9 +73,8 @@ class FeatureFile:
         first layer the network computes: what every reader takes when no layer is named."""
         if not self.layers:
             raise FeatureFileError(f"{self.path}: holds no feature layer")
-        spec = SPECS.get(str(self.attrs.get("spec", "")))
-        return next((layer for layer in (spec.default_layers if spec else ()) if layer in self.layers),
-                    self.layers[0])
+        wanted = DEFAULT_LAYERS.get(str(self.attrs.get("spec", "")), ())
+        return next((layer for layer in wanted if layer in self.layers), self.layers[0])
 
     def _open(self) -> h5py.File:
         return _open(self.path)
@@ -151,8 +162,6 @@ def _count(values) -> dict:
     for value in values:
         out[value] = out.get(value, 0) + 1
     return out
-
-
 
 
 def layers_of(path: str) -> list[str]:

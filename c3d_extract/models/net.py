@@ -9,6 +9,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from c3d_extract.errors import UsageError
+
 
 class StagedNet(nn.Module):
     """Runs named stages in order and returns the outputs of the requested ones.
@@ -29,10 +31,10 @@ class StagedNet(nn.Module):
         layers = list(layers)
         unknown = [name for name in layers if name not in self.stage_names]
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"unknown layer(s) {', '.join(unknown)}; valid layers: {', '.join(self.stage_names)}")
         if not layers:
-            raise ValueError(f"no layer requested; valid layers: {', '.join(self.stage_names)}")
+            raise UsageError(f"no layer requested; valid layers: {', '.join(self.stage_names)}")
         return sorted(set(layers), key=self.stage_names.index)
 
     def forward(self, x: torch.Tensor, layers: Sequence[str]) -> "OrderedDict[str, torch.Tensor]":

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import cv2
 import numpy as np
 
+from c3d_extract.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -74,25 +76,25 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if self.clip_len < 1 or self.stride < 1 or self.frame_step < 1:
-            raise ValueError("clip_len, stride and frame_step must be positive")
+            raise UsageError("clip_len, stride and frame_step must be positive")
         if self.clip_len % self.frame_step:
-            raise ValueError(f"clip_len {self.clip_len} is not a multiple of frame_step {self.frame_step}")
+            raise UsageError(f"clip_len {self.clip_len} is not a multiple of frame_step {self.frame_step}")
         if self.channels not in ("BGR", "RGB"):
-            raise ValueError(f"channels must be BGR or RGB, not {self.channels!r}")
+            raise UsageError(f"channels must be BGR or RGB, not {self.channels!r}")
         if (self.resize is None) == (self.short_side is None):
-            raise ValueError("give either a fixed resize or a short_side")
+            raise UsageError("give either a fixed resize or a short_side")
         if self.resize is not None:
             bottom, right = (o + c for o, c in zip(self.offset(self.resize), self.crop))
             if bottom > self.resize[0] or right > self.resize[1]:
-                raise ValueError(f"crop {self.crop} at {self.crop_offset} does not fit in {self.resize}")
+                raise UsageError(f"crop {self.crop} at {self.crop_offset} does not fit in {self.resize}")
         elif self.short_side < max(self.crop):
-            raise ValueError(f"crop {self.crop} does not fit in a short side of {self.short_side}")
+            raise UsageError(f"crop {self.crop} does not fit in a short side of {self.short_side}")
         if self.mean_cube is not None:
             if self.resize is None:
-                raise ValueError("a mean cube needs a fixed resize")
+                raise UsageError("a mean cube needs a fixed resize")
             expected = (3, self.frames, *self.resize)
             if tuple(self.mean_cube.shape) != expected:
-                raise ValueError(f"mean cube has shape {tuple(self.mean_cube.shape)}, expected {expected}")
+                raise UsageError(f"mean cube has shape {tuple(self.mean_cube.shape)}, expected {expected}")
 
     @property
     def frames(self) -> int:
@@ -181,9 +183,9 @@ def parse_mean(text: str) -> tuple[float, float, float]:
     try:
         values: Sequence[float] = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"mean must be one number or three comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"mean must be one number or three comma-separated numbers, got {text!r}") from None
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:
-        raise ValueError(f"mean must be one number or three comma-separated numbers, got {text!r}")
+        raise UsageError(f"mean must be one number or three comma-separated numbers, got {text!r}")
     return (values[0], values[1], values[2])

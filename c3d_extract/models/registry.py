@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from c3d_extract.errors import UsageError
 from c3d_extract.models.c3d import C3D_SPORTS1M, c3d
 from c3d_extract.models.densenet3d import DENSENET3D_121, SMALL, T3D_121, T3D_169, densenet3d
 from c3d_extract.models.res3d import R3D18_KINETICS400, RES3D_SPORTS1M, r3d_18, res3d
@@ -19,7 +20,7 @@ def get_spec(name: str) -> ModelSpec:
     """The spec for a `--model` name ("c3d", "res3d") or a spec name ("r3d18-kinetics400")."""
     spec = MODELS.get(name) or SPECS.get(name)
     if spec is None:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join([*MODELS, *SPECS])}")
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(dict.fromkeys([*MODELS, *SPECS]))}")
     return spec
 
 

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from c3d_extract.errors import UsageError
 from c3d_extract.models.net import StagedNet
 from c3d_extract.models.preprocess import InputSpec
 
@@ -45,7 +46,7 @@ class ModelSpec:
             with torch.inference_mode():
                 out = net.eval()(clip, layers)
         except RuntimeError as exc:
-            raise ValueError(
+            raise UsageError(
                 f"{self.name}: {self.input.frames}-frame clips of {self.input.crop} do not fit "
                 f"the layers {', '.join(layers)}: {exc}") from None
         finally:

@@ -22,10 +22,12 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from c3d_extract.errors import UsageError
+
 _F = descriptor_pb2.FieldDescriptorProto
 
 
-class CaffeError(Exception):
+class CaffeError(UsageError):
     """A Caffe file that cannot be read: names the file and, for a cut file, the byte offset.
     `not_caffe` is True when nothing in the file looked like Caffe at all."""
 

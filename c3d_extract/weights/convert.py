@@ -21,16 +21,17 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from c3d_extract.errors import UsageError
 from c3d_extract.weights.caffe import CaffeError, CaffeNet, read_blob, read_net
 from c3d_extract.models.registry import SPECS, ModelSpec
 from c3d_extract.storage import StorageError, is_storage_error, temp_name, write_atomically
 
-LAYOUT = "c3d_extract.weights.load"
+LAYOUT = "c3d_extract.weights"
 C3D_PARAM_LAYERS = ("conv1a", "conv2a", "conv3a", "conv3b", "conv4a", "conv4b", "conv5a", "conv5b",
                     "fc6", "fc7", "fc8")
 
 
-class WeightsError(Exception):
+class WeightsError(UsageError):
     """A weights or mean file that is unreadable, unsafe or does not fit; names the layer or offset."""
 
 

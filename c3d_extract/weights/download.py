@@ -13,12 +13,13 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
+from c3d_extract.errors import Failure
 from c3d_extract.storage import StorageError, is_storage_error
 
 TIMEOUT = 30  # seconds without data before a connection counts as dropped
 
 
-class DownloadError(Exception):
+class DownloadError(Failure):
     """A download that failed everywhere; the message lists each address and why."""
 
 

@@ -1,0 +1,53 @@
+"""The package's errors (errors.py) as one line on stderr and an exit status: the only place where
+the command-line tools choose a status for an error."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import click
+
+from c3d_extract.errors import C3DError, Failure
+from c3d_extract.storage import EXIT_CODE, StorageError, is_storage_error
+
+# first match wins. c3d-extract: 1 = videos (or a download) failed, 2 = the run could not start or
+# was refused (nothing written), 3 = the disk. c3d-weights and c3d-svm: 1 for any error, 3 the disk.
+EXTRACT_STATUSES = ((StorageError, EXIT_CODE), (Failure, 1), (C3DError, 2))
+TOOL_STATUSES = ((StorageError, EXIT_CODE), (C3DError, 1))
+
+
+class ToolError(click.ClickException):
+    """One line, `prefix` then the message, and the exit status."""
+
+    def __init__(self, message: str, exit_code: int, prefix: str = "Error: "):
+        super().__init__(message)
+        self.exit_code, self.prefix = exit_code, prefix
+
+    def show(self, file=None) -> None:
+        click.echo(f"{self.prefix}{self.format_message()}", err=True)
+
+
+def exit_status(exc: C3DError, statuses=EXTRACT_STATUSES) -> int:
+    """The exit status of an error under a tool's table."""
+    return next(code for kind, code in statuses if isinstance(exc, kind))
+
+
+class ToolGroup(click.Group):
+    """A command group whose commands report the package's errors, and a full or failing disk,
+    as one line with the tool's exit status, never a traceback."""
+
+    statuses = EXTRACT_STATUSES
+    prefix = "Error: "
+
+    def fail(self, exc: C3DError) -> NoReturn:
+        raise ToolError(str(exc), exit_status(exc, self.statuses), self.prefix) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except C3DError as exc:
+            self.fail(exc)
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            self.fail(StorageError(exc.filename or "a file", exc, "files written before are unchanged"))
