@@ -55,12 +55,12 @@ def child(engine: str, folder: str) -> dict:
     from c3d_extract import api
     from c3d_extract.models.registry import get_spec
     from c3d_extract.models.net import StagedNet
-    from c3d_extract.extraction.pipeline import Network, extract
+    from c3d_extract.extraction.pipeline import BatchRunner, extract
     from c3d_extract.extraction.runtime import Runtime
 
     spec = get_spec("res3d").input
     net = StagedNet([("mean", nn.AdaptiveAvgPool3d(1)), ("flat", nn.Flatten())])
-    network = Network(net, ["flat"], spec, Runtime(torch.device("cpu"), "fp32"), 4)
+    network = BatchRunner(net, ["flat"], spec, Runtime(torch.device("cpu"), "fp32"), 4)
     jobs = api.find_jobs([folder])
     sink = api.Arrays(["flat"])
     started = time.perf_counter()

@@ -27,7 +27,7 @@ from c3d_extract.extraction.clips import window_starts
 from c3d_extract.extraction.inputs import VideoJob, find_videos
 from c3d_extract.models.registry import get_spec
 from c3d_extract.extraction.assemble import Clip, decode_video
-from c3d_extract.extraction.pipeline import Network, extract
+from c3d_extract.extraction.pipeline import BatchRunner, extract
 from c3d_extract.extraction.runtime import Runtime, cpu_has_fast_bf16
 from c3d_extract.weights.load import load_weights
 
@@ -52,10 +52,10 @@ def report(text: str, out: str) -> None:
         handle.write(text)
 
 
-def _network(model: str, precision: str, batch: int) -> Network:
+def _network(model: str, precision: str, batch: int) -> BatchRunner:
     spec = get_spec(model)
     net = load_weights("random", model).net
-    return Network(net, list(spec.default_layers), spec.input, Runtime(torch.device("cpu"), precision), batch)
+    return BatchRunner(net, list(spec.default_layers), spec.input, Runtime(torch.device("cpu"), precision), batch)
 
 
 def network_only(model: str, precision: str, batch: int = 4, reps: int = 3) -> float:

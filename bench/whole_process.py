@@ -8,7 +8,7 @@ For each model and each precision that is fast here (fp32; bf16 where the CPU ha
   network built, decoder processes started) to its exit (the file folded and closed). FILE holds
   random weights in this package's checkpoint layout, written beforehand: a real run reads its
   weights from such a file (`--weights random` would time the drawing of 30-80 M random numbers);
-- network alone: the same prepared network (`pipeline.Network`: uint8 clips in, mean subtracted,
+- network alone: the same prepared network (`pipeline.BatchRunner`: uint8 clips in, mean subtracted,
   channels_last, the CLI's default batch of 4) on as many random clips as the run had, after a warm-up.
 The ratio is the run's clips/s over the network's: 1.0 would mean decoding and writing cost nothing.
 The two alternate --reps times and each keeps its best: on a shared machine whose speed drifts by

@@ -23,11 +23,11 @@ import torch
 from c3d_extract import __version__
 from c3d_extract.errors import UsageError
 from c3d_extract.extraction.inputs import VideoJob, find_videos, parse_extensions, shard_of
-from c3d_extract.extraction.pipeline import ClipRows, Failed, Network, Summary, extract as run_local
+from c3d_extract.extraction.pipeline import BatchRunner, Failed, Summary, extract as run_local
 from c3d_extract.extraction.runtime import Runtime, default_device, resolve_device, resolve_precision
 from c3d_extract.extraction.video import DECODERS
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile, load as load_features
-from c3d_extract.featurefile.writer import FeatureStore, StoreError
+from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
 from c3d_extract.settings import RunSettings, parse_shard
 from c3d_extract.storage import StorageError
 from c3d_extract.weights.load import RANDOM, WeightsError, load_weights, spec_mean
@@ -42,11 +42,11 @@ ENGINES = ("local", "ray")
 class Extractor:
     """A network ready to run with the exact settings a feature file records."""
 
-    network: Network          # the first replica
+    network: BatchRunner          # the first replica
     settings: RunSettings
     provenance: dict
     shapes: dict
-    replicas: list = field(default_factory=list)  # one Network per device, the first is `network`
+    replicas: list = field(default_factory=list)  # one BatchRunner per device, the first is `network`
 
 
 def check_engine(engine: str) -> None:
@@ -101,7 +101,7 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
                   "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
     batch = batch_size or (32 if runtime.device.type == "cuda" else 4)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
-    replicas = [Network(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, place == "device")
+    replicas = [BatchRunner(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, place == "device")
                 for net, target in zip([loaded.net, *copies], targets)]
     return Extractor(replicas[0], settings, provenance, shapes, replicas)
 

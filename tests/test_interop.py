@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.featurefile.interop import read_blob, write_blob
+from c3d_extract.featurefile.interop import read_blob_file, write_blob_file
 from tests.helpers import run
 from tests.videos import moving_frames, write_video
 
@@ -30,18 +30,18 @@ def blob_output(tmp_path):
             lines.append(f"output/c3d/{video}/{start:06d}")
             for blob, dim in (("fc6-1", 8), ("fc7-1", 5)):
                 values[video, start, blob] = rng.random(dim).astype(np.float32)
-                write_blob(f"{prefix}.{blob}", values[video, start, blob])
+                write_blob_file(f"{prefix}.{blob}", values[video, start, blob])
     (tmp_path / "output_list_video_prefix.txt").write_text("\n".join(lines) + "\n")
     return tmp_path / "output_list_video_prefix.txt", values
 
 
 def test_blob_layout_is_the_original_tools(tmp_path):
-    write_blob(str(tmp_path / "x.fc6-1"), np.arange(4096, dtype=np.float32))
+    write_blob_file(str(tmp_path / "x.fc6-1"), np.arange(4096, dtype=np.float32))
     data = (tmp_path / "x.fc6-1").read_bytes()
     assert len(data) == 16404 and np.frombuffer(data[:20], "<i4").tolist() == [1, 4096, 1, 1, 1]
     (tmp_path / "cut.fc6-1").write_bytes(data[:1000])
     with pytest.raises(Exception, match="cut.fc6-1: header says 1x4096x1x1x1"):
-        read_blob(str(tmp_path / "cut.fc6-1"))
+        read_blob_file(str(tmp_path / "cut.fc6-1"))
 
 
 def test_blobs_import_exactly(blob_output, tmp_path):

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from c3d_extract.cli.extract import main
 from c3d_extract.extraction.inputs import VideoJob, find_videos
 from c3d_extract.models.registry import RES3D_SPORTS1M
-from c3d_extract.extraction.pipeline import Network, extract
+from c3d_extract.extraction.pipeline import BatchRunner, extract
 from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.weights.load import load_weights
 from tests.helpers import load_bench as load
@@ -60,7 +60,7 @@ def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
     for i in range(2):
         write_video(folder / f"b_short{i}.mp4", moving_frames(20, 48, 64, seed=2 + i))
     jobs, _ = find_videos([str(folder)])
-    network = Network(load_weights("random", "res3d").net, ["pool5"], RES3D_SPORTS1M.input,
+    network = BatchRunner(load_weights("random", "res3d").net, ["pool5"], RES3D_SPORTS1M.input,
                       Runtime(__import__("torch").device("cpu"), "fp32"), 2)
 
     class Sink:

@@ -22,6 +22,11 @@ from c3d_extract.cli.svm import main
 from tests.helpers import FACTS, REPO, run
 
 
+def _l2(x):
+    """Rows divided by their norm, written here independently of the package."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def write_features(path, keys, layers, model="c3d", spec="c3d-sports1m"):
     shapes = {name: (m.shape[1],) for name, m in layers.items()}
     with FeatureStore.open(str(path), {"model": model, "spec": spec}, shapes, {}) as store:
@@ -95,7 +100,7 @@ def test_pca_curve_plot_and_two_files(tmp_path):
     from sklearn.decomposition import PCA
     test = np.array([int(k.split("_g")[1][:2]) <= 7 for k in keys])
     pca = PCA(5, random_state=0).fit(x[~test])
-    tr, te = svm.l2_rows(pca.transform(x[~test])), svm.l2_rows(pca.transform(x[test]))
+    tr, te = _l2(pca.transform(x[~test])), _l2(pca.transform(x[test]))
     direct = LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0).fit(tr, labels[~test])
     assert reports[0]["pca"][1]["mean_accuracy"] == pytest.approx(float((direct.predict(te) == labels[test]).mean()))
 
@@ -133,8 +138,8 @@ def test_choosing_C_refits_the_pca_inside_each_fold():
             for train, val in folds:
                 pca = PCA(6, random_state=0).fit(x[train]) if pca_inside else leaky
                 svc = OneVsRestClassifier(LinearSVC(C=C, dual=True, max_iter=5000, random_state=0))
-                svc.fit(svm.l2_rows(pca.transform(x[train])), y[train])
-                accuracies.append((svc.predict(svm.l2_rows(pca.transform(x[val]))) == y[val]).mean())
+                svc.fit(_l2(pca.transform(x[train])), y[train])
+                accuracies.append((svc.predict(_l2(pca.transform(x[val]))) == y[val]).mean())
             out.append(np.mean(accuracies))
         return np.array(out)
 
@@ -366,8 +371,8 @@ def test_classify_equals_one_vs_rest_svms_trained_directly(tmp_path):
     for point in curve.pca:
         pca = PCA(point.dims, random_state=0).fit(pool5[~test])
         direct = OneVsRestClassifier(LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0))
-        direct.fit(svm.l2_rows(pca.transform(pool5[~test])), labels[~test])
-        predicted = direct.predict(svm.l2_rows(pca.transform(pool5[test])))
+        direct.fit(_l2(pca.transform(pool5[~test])), labels[~test])
+        predicted = direct.predict(_l2(pca.transform(pool5[test])))
         assert point.mean_accuracy == pytest.approx((predicted == labels[test]).mean())
 
 

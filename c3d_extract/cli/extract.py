@@ -15,9 +15,9 @@ from c3d_extract import __version__, api
 from c3d_extract.cli import files
 from c3d_extract.cli.errors import ToolGroup
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.engine_ray import QuietRay
 from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS
 from c3d_extract.extraction.pipeline import Failed, Summary
+from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.extraction.runtime import DEVICE_ENV, PRECISIONS
 from c3d_extract.extraction.workers import prestart
 from c3d_extract.featurefile.writer import FeatureStore

@@ -8,11 +8,10 @@ from c3d_extract import __version__
 from c3d_extract.cli.errors import TOOL_STATUSES, ToolGroup
 from c3d_extract.errors import UsageError
 from c3d_extract.weights.convert import WeightsError, read_checkpoint, read_mean, save_checkpoint
-from c3d_extract.weights.load import file_sha256, install_with_mean, save_mean
+from c3d_extract.weights.load import MEAN_SHAPE, file_sha256, install_with_mean, save_mean
 from c3d_extract.weights.manifest import cache_dir, installed, load_manifest, manifest_path
 
 PROG = "c3d-weights"
-MEAN_SHAPE = (3, 16, 128, 171)
 
 
 class _Group(ToolGroup):

@@ -19,17 +19,13 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import LinearSVC
 
 from c3d_extract.errors import UsageError
+from c3d_extract.vectors import l2_normalize
 
 
 def classifier(C: float = 1.0, jobs: int = 1) -> OneVsRestClassifier:
     """One binary LinearSVC per class, trained in parallel over `jobs` processes (the same models
     as LinearSVC's own one-vs-rest, about 2x faster on 2 cores)."""
     return OneVsRestClassifier(LinearSVC(C=C, dual=True, max_iter=5000, random_state=0), n_jobs=jobs)
-
-
-def l2_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1)
 
 
 @dataclass
@@ -64,7 +60,7 @@ def pipeline(C: float = 1.0, pca_dim: Optional[int] = None, renormalize: bool = 
     if pca_dim is not None:
         steps.append(("pca", PCA(n_components=pca_dim, random_state=seed)))
         if renormalize:
-            steps.append(("l2", FunctionTransformer(l2_rows)))
+            steps.append(("l2", FunctionTransformer(l2_normalize)))
     return Pipeline(steps + [("svm", classifier(C, jobs))])
 
 

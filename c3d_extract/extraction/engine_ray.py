@@ -25,15 +25,15 @@ import logging
 import math
 import os
 import socket
-import sys
-import tempfile
 import time
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from c3d_extract.errors import UsageError
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.pipeline import Clip, Collector, Failed, Finished, Network, Summary
+from c3d_extract.extraction.pipeline import BatchRunner, Clip, Collector, Failed, Finished, Summary
+from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.featurefile.writer import FeatureStore
 
 MAX_VIDEOS_PER_BLOCK = 64  # a block is the unit Ray redoes when a node dies; each also starts a decoder
@@ -46,7 +46,7 @@ def _require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise RuntimeError("--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)") from None
+        raise UsageError("--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)") from None
     return ray
 
 
@@ -173,7 +173,7 @@ class _Forward:
         ray = _require_ray()
         if isinstance(net, ray.ObjectRef):  # the weights travel once through the object store
             net = ray.get(net)
-        self.network = Network(net, layers, spec, runtime, batch_size)
+        self.network = BatchRunner(net, layers, spec, runtime, batch_size)
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -190,110 +190,14 @@ class _Forward:
         return out
 
 
-class QuietRay:
-    """Keeps Ray's own log lines off the user's terminal while Ray runs in this process.
-
-    Ray's C++ core worker in the driver writes its errors (actor restarts, lost nodes, SIGTERM notes)
-    straight to file descriptor 2 whatever its log settings, and Ray Data logs the errors of skipped
-    blocks to the console. While this is entered, descriptor 2 points at a log file (a temporary one,
-    then, once Ray is up, `<session>/logs/c3d-extract-driver-<pid>.err` beside Ray's own logs: see
-    move_to). Where `sys.stderr` wrote to descriptor 2, it is replaced by a stream on a duplicate of
-    the terminal's descriptor, so Python's writes (this tool's messages, tracebacks, a progress bar
-    made after entering) still reach the user. Nested uses do nothing; where descriptor 2 cannot be
-    moved nothing is redirected and `path` stays None.
-    """
-
-    _outermost: Optional["QuietRay"] = None
-
-    def __init__(self) -> None:
-        self.path: Optional[str] = None
-        self._saved: Optional[int] = None
-        self._stderr = None
-        self._consoles: list[logging.Handler] = []
-        self._outer = False
-
-    def __enter__(self) -> "QuietRay":
-        if QuietRay._outermost is not None:  # nested: the outer one's log and path are ours
-            return QuietRay._outermost
-        self._outer, QuietRay._outermost = True, self
-        try:
-            import ray.data  # noqa: F401  (it installs its console handler when first imported)
-        except ImportError:
-            pass
-        data_logger = logging.getLogger("ray.data")
-        self._consoles = [h for h in data_logger.handlers
-                          if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
-        for handler in self._consoles:
-            data_logger.removeHandler(handler)
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError, AttributeError):
-            return self
-        try:
-            handle, path = tempfile.mkstemp(prefix=f"c3d-extract-ray-driver-{os.getpid()}-", suffix=".err")
-            os.dup2(handle, 2)
-            os.close(handle)
-        except OSError:
-            os.close(saved)
-            return self
-        self._saved, self.path = saved, path
-        try:
-            on_fd2 = sys.stderr.fileno() == 2
-        except (OSError, ValueError, AttributeError):  # captured (pytest, click's runner): leave it be
-            on_fd2 = False
-        if on_fd2:
-            self._stderr = sys.stderr
-            encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
-            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=encoding,
-                                   errors="backslashreplace")
-        return self
-
-    def move_to(self, folder: Optional[str]) -> None:
-        """Continue the log in `folder` (Ray's session log folder), with what was written so far."""
-        if self.path is None or not folder:
-            return
-        target = os.path.join(folder, f"c3d-extract-driver-{os.getpid()}.err")
-        try:
-            with open(self.path, "rb") as early, open(target, "ab") as late:
-                late.write(early.read())
-            handle = os.open(target, os.O_WRONLY | os.O_APPEND)
-            os.dup2(handle, 2)
-            os.close(handle)
-            os.unlink(self.path)
-            self.path = target
-        except OSError:  # keep the temporary file
-            pass
-
-    def __exit__(self, *exc) -> None:
-        if not self._outer:
-            return
-        QuietRay._outermost = None
-        if self._saved is not None:
-            if self._stderr is not None:
-                ours, sys.stderr = sys.stderr, self._stderr
-                try:
-                    ours.close()
-                except OSError:
-                    pass
-            os.dup2(self._saved, 2)
-            os.close(self._saved)
-            self._saved = None
-            if self.path and os.path.exists(self.path) and os.path.getsize(self.path) == 0:
-                os.unlink(self.path)  # nothing was said: leave no empty file behind
-        data_logger = logging.getLogger("ray.data")
-        for handler in self._consoles:
-            data_logger.addHandler(handler)
-
-
 def videos_per_block(videos: int, decoders: int) -> int:
     """Videos per Ray block: about two blocks per decoder so they share the work out, and at most
     MAX_VIDEOS_PER_BLOCK, which bounds what a lost node costs. Each block starts one decoder process
-    (Python and torch imported: about 2 s of CPU on a slow core), so blocks are not made smaller."""
+    (Python and the decoders imported), so blocks are not made smaller."""
     return max(1, min(MAX_VIDEOS_PER_BLOCK, math.ceil(videos / max(1, 2 * decoders))))
 
 
-def extract_ray(jobs: Sequence[VideoJob], network: Network, store: FeatureStore, short: str = "loop",
+def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureStore, short: str = "loop",
                 address: Optional[str] = None,
                 on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
                 timeout: float = 300.0, per_block: Optional[int] = None, keep_partial: bool = False) -> Summary:

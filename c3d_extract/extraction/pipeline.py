@@ -16,7 +16,7 @@ from c3d_extract.extraction.assemble import Clip, Failed, Finished
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.extraction.workers import DecodePool
-from c3d_extract.featurefile.writer import FeatureStore
+from c3d_extract.featurefile.writer import ClipRows, FeatureStore
 from c3d_extract.models.net import StagedNet
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.vectors import l2_normalize
@@ -29,14 +29,6 @@ class _Running:
     expected: Optional[int] = None
     facts: Optional[dict] = None
     kept: list = field(default_factory=list)  # (start frame, outputs) when clips are kept
-
-
-@dataclass
-class ClipRows:
-    """One video's clips in time order: their first frames and each layer's (clips, D) activations."""
-
-    starts: list[int]
-    layers: dict[str, np.ndarray]
 
 
 class Aggregator:
@@ -83,7 +75,7 @@ class Aggregator:
                 {**state.facts, "num_clips": state.clips}, clips)
 
 
-class Network:
+class BatchRunner:
     """The prepared network and the batch shape it is fed: clips of several videos per forward.
 
     Short batches are padded to `batch_size` so every forward has one shape: a clip's features then
@@ -134,7 +126,7 @@ class Replicas:
     runs in a thread of its own (PyTorch releases the GIL), which also overlaps the network with
     the reading of clips for a single device."""
 
-    def __init__(self, networks: Sequence[Network]):
+    def __init__(self, networks: Sequence[BatchRunner]):
         self.networks = list(networks)
         self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"replica{i}") for i in range(len(networks))]
         self._next = 0
@@ -219,7 +211,7 @@ class Collector:
                 self.on_video(key, None, self.summary)
 
 
-def extract(jobs: Sequence[VideoJob], network: "Network | Sequence[Network]", store: FeatureStore,
+def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunner]", store: FeatureStore,
             short: str = "loop", workers: int = 1,
             on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
             timeout: float = 300.0, keep_partial: bool = False) -> Summary:

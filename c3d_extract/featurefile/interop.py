@@ -20,16 +20,15 @@ import h5py
 import numpy as np
 
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.pipeline import ClipRows
 from c3d_extract.featurefile.reader import FeatureFile
-from c3d_extract.featurefile.writer import FeatureStore
+from c3d_extract.featurefile.writer import ClipRows, FeatureStore
 from c3d_extract.storage import StorageError, is_storage_error, write_atomically
 from c3d_extract.vectors import l2_normalize
 
 HEADER_BYTES = 20
 
 
-def read_blob(path: str) -> np.ndarray:
+def read_blob_file(path: str) -> np.ndarray:
     """One blob file -> its values (n, c*l*h*w)."""
     try:
         data = Path(path).read_bytes()
@@ -45,7 +44,7 @@ def read_blob(path: str) -> np.ndarray:
     return np.frombuffer(data, "<f4", offset=HEADER_BYTES).reshape(int(n), -1)
 
 
-def write_blob(path: str, values: np.ndarray) -> None:
+def write_blob_file(path: str, values: np.ndarray) -> None:
     """The original tool's layout for one clip: header (1, D, 1, 1, 1) then D floats."""
     values = np.asarray(values, "<f4").reshape(-1)
     Path(path).write_bytes(np.array([1, values.size, 1, 1, 1], "<i4").tobytes() + values.tobytes())
@@ -71,7 +70,7 @@ def import_blobs(prefix_list: str, output: str, blobs: Sequence[str], clip_len: 
         if not name.isdigit():
             raise UsageError(f"{path}: the prefix name should be the clip's first frame (e.g. 000016)")
         videos[os.path.relpath(os.path.dirname(path), root).replace(os.sep, "/")].append((int(name), path))
-    first = {layers[b]: read_blob(f"{paths[0]}.{b}").shape[1] for b in blobs}
+    first = {layers[b]: read_blob_file(f"{paths[0]}.{b}").shape[1] for b in blobs}
     settings = {"model": model, "spec": f"imported:{model}", "weights_sha256": "imported", "layers": list(first),
                 "clip_len": clip_len, "per_clip": True, "source": "C3D blob files"}
     with FeatureStore.open(output, settings, {n: (d,) for n, d in first.items()},
@@ -80,7 +79,7 @@ def import_blobs(prefix_list: str, output: str, blobs: Sequence[str], clip_len: 
             if key in store.done:
                 continue
             clips.sort()
-            rows = {layers[b]: np.concatenate([read_blob(f"{p}.{b}") for _, p in clips]) for b in blobs}
+            rows = {layers[b]: np.concatenate([read_blob_file(f"{p}.{b}") for _, p in clips]) for b in blobs}
             features = {n: l2_normalize(r.astype(np.float64).mean(0)).astype(np.float32) for n, r in rows.items()}
             store.add_video(key, features, _facts(clips[-1][0] + clip_len, len(clips), "imported"),
                             clips=ClipRows([s for s, _ in clips], rows))

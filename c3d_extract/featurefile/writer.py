@@ -23,6 +23,7 @@ any moment leaves the old file whole and the journal's complete records; the nex
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import h5py
@@ -36,6 +37,14 @@ from c3d_extract.featurefile.schema import (FAILURE_FIELDS, FORMAT, LATER_FACTS,
                                             differences, read_settings, settings_dict, strings)
 from c3d_extract.settings import RunSettings
 from c3d_extract.storage import StorageError, is_storage_error, new_hdf5, remove_stale_temps, temp_name
+
+
+@dataclass
+class ClipRows:
+    """One video's clips in time order: their first frames and each layer's (clips, D) activations."""
+
+    starts: list[int]
+    layers: dict[str, np.ndarray]
 
 
 class StoreError(Refused):
@@ -147,7 +156,7 @@ class FeatureStore:
     def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping, clips=None) -> None:
         """Record one finished video durably (journal + fsync); it is in the file after the fold.
 
-        `clips` (a pipeline.ClipRows, in time order) is needed when the file keeps per-clip rows or
+        `clips` (ClipRows, in time order) is needed when the file keeps per-clip rows or
         segments."""
         if key in self.done:
             raise ValueError(f"{key} is already in {self.path}")

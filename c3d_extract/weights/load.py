@@ -19,12 +19,14 @@ import torch
 from c3d_extract.weights.convert import Converted, WeightsError, read_checkpoint, read_mean, save_checkpoint
 from c3d_extract.weights.download import DownloadError, download, sha256_of
 from c3d_extract.weights.manifest import Entry, cache_dir, installed, load_manifest
-from c3d_extract.models.registry import ModelSpec, get_spec
+from c3d_extract.models.registry import C3D_SPORTS1M, ModelSpec, get_spec
 from c3d_extract.models.net import StagedNet, init_random
 from c3d_extract.models.preprocess import parse_mean
 from c3d_extract.storage import StorageError, is_storage_error, temp_name, write_atomically
 
 RANDOM = "random"
+# the published mean cube (C3D Sports-1M): channels, the clip's frames, the resized frame
+MEAN_SHAPE = (3, C3D_SPORTS1M.input.frames, *C3D_SPORTS1M.input.resize)
 
 __all__ = ["RANDOM", "Loaded", "WeightsError", "install", "install_with_mean", "load_weights", "spec_mean",
            "file_sha256", "save_mean"]
@@ -49,7 +51,7 @@ def install(entry: Entry, quiet: bool = False) -> Path:
     target = folder / entry.installed_name
     source_sha = sha256_of(source)
     if entry.is_mean:
-        save_mean(read_mean(str(source), (3, 16, 128, 171)), str(target))
+        save_mean(read_mean(str(source), MEAN_SHAPE), str(target))
     else:
         save_checkpoint(read_checkpoint(str(source)), str(target), source=str(source), source_sha256=source_sha)
     record = {"name": entry.name, "source": str(source), "source_sha256": source_sha,
