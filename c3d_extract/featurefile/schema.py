@@ -67,7 +67,7 @@ def create_layout(h5: h5py.File, settings: "RunSettings | Mapping", layer_shapes
             dim = int(np.prod(shape))
             pooled.create_dataset(layer, (rows, segments, dim), maxshape=(None, segments, dim),
                                   dtype=np.float32, chunks=(1, segments, dim))
-        pooled.attrs["rule"] = "UCF-Crime: round(linspace(1, N, K+1)) boundaries, mean, L2 (c3d_extract/pooling.py)"
+        pooled.attrs["rule"] = "UCF-Crime: round(linspace(1, N, K+1)) boundaries, mean, L2 (c3d_extract/featurefile/pooling.py)"
     if settings.get("per_clip"):
         h5.create_dataset("clip_offset", (rows,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
         clips = h5.create_group("clips")

@@ -1,0 +1,111 @@
+"""The layout's promises: light entry points and torch-free decoder processes, the one exception family
+and its exit statuses, the typed run settings, and the library deciding what the CLI used to."""
+
+import json
+import subprocess
+import sys
+import time
+
+import h5py
+import pytest
+
+from c3d_extract import api
+from c3d_extract.cli.errors import EXTRACT_STATUSES, TOOL_STATUSES, exit_status
+from c3d_extract.errors import C3DError, Failure, Refused, UsageError
+from c3d_extract.extraction.video import VideoError
+from c3d_extract.featurefile.journal import JournalBusy
+from c3d_extract.featurefile.reader import FeatureFileError
+from c3d_extract.featurefile.writer import StoreError
+from c3d_extract.settings import RunSettings
+from c3d_extract.storage import StorageError
+from c3d_extract.weights.convert import WeightsError
+from c3d_extract.weights.download import DownloadError
+from tests.videos import moving_frames, write_video
+
+
+def _imports_torch(*modules: str) -> bool:
+    """Whether importing `modules` in a fresh interpreter imports torch."""
+    code = f"import sys, {', '.join(modules)}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return out.strip() == "True"
+
+
+def test_entry_points_and_what_a_decoder_process_imports_leave_torch_out():
+    # a decoder process re-runs its parent's script (the console script enters through c3d_extract.cli)
+    # and unpickles its target from extraction.decode, an InputSpec from models.preprocess
+    assert not _imports_torch("c3d_extract.cli", "c3d_extract.extraction.decode", "c3d_extract.models.preprocess")
+    assert _imports_torch("c3d_extract.extraction.pipeline")  # the check can see torch where it is
+
+
+def test_every_error_of_the_package_is_one_family_with_the_documented_statuses():
+    usage = [WeightsError("w"), FeatureFileError("f"), UsageError("u")]
+    refused = [StoreError("s"), JournalBusy("j")]
+    failed = [VideoError("decode", "v"), DownloadError("d")]
+    disk = StorageError("out.h5", OSError(28, "No space left on device"), "nothing was written")
+    for exc in [*usage, *refused, *failed, disk]:
+        assert isinstance(exc, C3DError)
+    assert all(isinstance(e, ValueError) for e in usage)  # library callers catching ValueError still do
+    assert all(isinstance(e, Refused) for e in refused) and all(isinstance(e, Failure) for e in failed)
+    # c3d-extract (README "Exit status"): 2 could not start or refused, 1 failed, 3 the disk
+    assert [exit_status(e, EXTRACT_STATUSES) for e in [*usage, *refused, *failed, disk]] == [2, 2, 2, 2, 2, 1, 1, 3]
+    # c3d-weights and c3d-svm: 1 for any error, 3 for the disk
+    assert [exit_status(e, TOOL_STATUSES) for e in [*usage, *refused, *failed, disk]] == [1] * 7 + [3]
+
+
+def test_run_settings_are_validated_once_and_recorded_as_before():
+    base = dict(model="c3d", spec="c3d-sports1m", weights_sha256="x", layers=("fc6",))
+    for bad in ({"short_videos": "lop"}, {"precision": "fp64"}, {"resize_on": "gpu"}, {"shard": (3, 2)},
+                {"segments": -1}, {"layers": ()}):
+        with pytest.raises(UsageError):
+            RunSettings(**{**base, **bad})
+    settings = RunSettings(**base, clips={"clip_len": 16}, shard=(1, 4), per_clip=True)
+    assert settings.to_dict() == {"model": "c3d", "spec": "c3d-sports1m", "weights_sha256": "x", "layers": ["fc6"],
+                                  "clip_len": 16, "short_videos": "loop", "precision": "fp32",
+                                  "resize_on": "workers", "shard": "1/4", "per_clip": True}
+    with pytest.raises(AttributeError):
+        settings.precision = "bf16"  # frozen
+
+
+def test_a_misspelt_short_rule_is_a_usage_error_before_any_video(tmp_path):
+    # it used to travel unchecked and turn every short video into "unexpected ValueError"
+    with pytest.raises(UsageError, match="lop"):
+        api.build_extractor(model="res3d", weights="random", short="lop", device="cpu")
+
+
+def test_an_unknown_engine_is_refused_before_the_output_exists(tmp_path):
+    out = tmp_path / "out.h5"
+    with pytest.raises(UsageError, match="engine"):
+        api.extract([str(tmp_path)], str(out), engine="foo", weights="random")
+    assert not out.exists()
+
+
+def test_under_ray_the_file_records_the_resize_place_ray_uses():
+    local = api.build_extractor(model="res3d", weights="random", device="cpu", resize_on="device")
+    ray = api.build_extractor(model="res3d", weights="random", device="cpu", resize_on="device", engine="ray")
+    assert local.settings.resize_on == "device" and local.network.resize_on_device
+    assert ray.settings.resize_on == "workers" and not ray.network.resize_on_device
+
+
+def test_a_refused_run_ends_at_once_with_one_line_although_its_decoders_were_started(tmp_path):
+    # the decoder processes are started before the network is built and ignore SIGTERM; a run that
+    # stops there (an unknown layer) must still end, not wait for them
+    video = write_video(tmp_path / "v.mp4", moving_frames(20, 64, 96))
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "c3d_extract", str(video), str(tmp_path / "out.h5"), "--weights",
+                          "random", "--layers", "fc9"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "unknown layer(s) fc9" in run.stderr and "Traceback" not in run.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_a_file_written_by_a_run_keeps_the_settings_layout(tmp_path):
+    video = write_video(tmp_path / "v.mp4", moving_frames(20, 64, 96))
+    api.extract([str(video)], str(tmp_path / "out.h5"), model="res3d", weights="random", layers=["pool5"],
+                precision="fp32", shard="0/1", device="cpu")
+    with h5py.File(tmp_path / "out.h5", "r") as h5:
+        recorded = json.loads(h5.attrs["settings"])
+    # the keys files of earlier versions hold, so a later run can add to them
+    assert sorted(recorded) == sorted(["model", "spec", "weights_sha256", "layers", "clip_len", "stride", "frame_step",
+                                       "resize", "crop", "crop_offset", "channels", "value_scale", "mean", "std",
+                                       "short_videos", "precision", "resize_on", "shard"])
+    assert recorded["shard"] == "0/1" and recorded["layers"] == ["pool5"] and recorded["resize_on"] == "workers"
