@@ -109,3 +109,24 @@ def test_a_file_written_by_a_run_keeps_the_settings_layout(tmp_path):
                                        "resize", "crop", "crop_offset", "channels", "value_scale", "mean", "std",
                                        "short_videos", "precision", "resize_on", "shard"])
     assert recorded["shard"] == "0/1" and recorded["layers"] == ["pool5"] and recorded["resize_on"] == "workers"
+
+
+def test_each_console_entry_ends_promptly_with_its_status(tmp_path):
+    # c3d-svm with worker processes (--jobs 2, a C search): scikit-learn's workers are ended by the
+    # normal exit's hooks; c3d-extract's and c3d-weights' fast exit still gives their status
+    from tests.test_svm_cli import ucf_like, write_features
+
+    keys, _, x = ucf_like(n_classes=3, groups=25, clips=1, dim=16)
+    path = write_features(tmp_path / "f.h5", keys, {"fc6": x})
+    entry = "import sys; from c3d_extract.cli import {0}; sys.argv = ['{1}', *sys.argv[1:]]; {0}()"
+    for main, name, args, status in (
+            ("svm_main", "c3d-svm", [str(path), "--split", "1", "--jobs", "2", "--cv-C", "0.1,1"], 0),
+            ("svm_main", "c3d-svm", [str(path), "--layer", "fc7"], 1),
+            ("weights_main", "c3d-weights", ["convert", str(path), str(tmp_path / "w.pt")], 1),
+            ("extract_main", "c3d-extract", ["info", str(tmp_path / "none.h5")], 2)):
+        started = time.monotonic()
+        run = subprocess.run([sys.executable, "-c", entry.format(main, name), *args], capture_output=True,
+                             text=True, timeout=240)
+        assert run.returncode == status, (name, args, run.stderr[-2000:])
+        assert "Traceback" not in run.stderr
+        assert time.monotonic() - started < 120, (name, args)

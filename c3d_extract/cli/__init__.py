@@ -43,8 +43,11 @@ def extract_main() -> None:
 
 
 def svm_main() -> None:
-    """c3d-svm"""
-    _run("c3d_extract.cli.svm")
+    """c3d-svm: a normal exit. It imports no torch (nothing to save at exit), and scikit-learn's
+    worker processes (--jobs) are ended by the threading exit hooks that os._exit would skip."""
+    from c3d_extract.cli.svm import main
+
+    main()
 
 
 def weights_main() -> None:

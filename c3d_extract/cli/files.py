@@ -11,7 +11,8 @@ import click
 
 from c3d_extract.featurefile.interop import export_npy, import_blobs, import_npy
 from c3d_extract.featurefile.merge import merge
-from c3d_extract.featurefile.reader import FeatureFile
+from c3d_extract.featurefile.reader import FeatureFile, FeatureFileError
+from c3d_extract.storage import is_storage_error
 
 
 def _say(message: str) -> None:
@@ -46,7 +47,12 @@ def merge_command(output: str, parts: tuple[str, ...], overwrite: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def info_command(file: str, as_json: bool) -> None:
     """A short report on a feature file: model, weights, settings, counts, layers, failures."""
-    report = FeatureFile(file).info()
+    try:
+        report = FeatureFile(file).info()
+    except OSError as exc:  # a damaged HDF5 file can fail while its datasets are read
+        if is_storage_error(exc):
+            raise
+        raise FeatureFileError(f"{file}: cannot read it as a feature file ({exc})") from None
     if as_json:
         click.echo(json.dumps(report, indent=1, default=str))
         return

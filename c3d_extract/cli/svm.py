@@ -11,8 +11,10 @@ from typing import Optional
 import click
 
 from c3d_extract import __version__
+from c3d_extract.cli.errors import TOOL_STATUSES, ToolError, exit_status
 from c3d_extract.errors import C3DError
 from c3d_extract.evaluation import reports as evaluation
+from c3d_extract.storage import StorageError, is_storage_error
 
 PROG = "c3d-svm"
 
@@ -183,16 +185,23 @@ def main(files, layer, dataset, splits_dir, split, folds, C, cv_C, pca, renormal
                 if not pca:
                     raise click.UsageError("--plot draws the PCA curve: give --pca DIMS (or --aslan for a ROC)")
                 _plot_pca(reports, plot)
+        if json_path:
+            with open(json_path, "w") as handle:
+                json.dump({"version": __version__, "command_line": sys.argv,
+                           "mode": "aslan" if aslan_pairs else "svm", "results": reports}, handle, indent=1)
+        if csv_path:
+            _write_csv(csv_path, reports, bool(aslan_pairs))
+    except C3DError as exc:  # one line; 1, or 3 for the disk (cli/errors.py)
+        raise ToolError(str(exc), exit_status(exc, TOOL_STATUSES)) from None
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        disk = StorageError(exc.filename or "a file", exc, "the feature files are unchanged")
+        raise ToolError(str(disk), exit_status(disk, TOOL_STATUSES)) from None
     # a ValueError outside the family (scikit-learn's, on a NaN in a feature file) also ends with
     # its one line and exit status 1, as it always has
-    except (C3DError, ValueError) as exc:
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    if json_path:
-        with open(json_path, "w") as handle:
-            json.dump({"version": __version__, "command_line": sys.argv, "mode": "aslan" if aslan_pairs else "svm",
-                       "results": reports}, handle, indent=1)
-    if csv_path:
-        _write_csv(csv_path, reports, bool(aslan_pairs))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,11 @@ def _facts(num_frames: int, clips: int, status: str) -> dict:
 def import_blobs(prefix_list: str, output: str, blobs: Sequence[str], clip_len: int = 16, model: str = "c3d",
                  root: Optional[str] = None, overwrite: bool = False) -> int:
     """Blob files of the prefixes in `prefix_list` (one per line) -> a feature file; returns videos."""
-    prefixes = [line.strip() for line in Path(prefix_list).read_text().splitlines() if line.strip()]
+    try:
+        prefixes = [line.strip() for line in Path(prefix_list).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise UsageError(f"{prefix_list}: cannot read the prefix list ({reason})") from None
     if not prefixes:
         raise UsageError(f"{prefix_list}: no prefix")
     base = Path(prefix_list).parent
