@@ -28,7 +28,7 @@ from c3d_extract.extraction.runtime import Runtime, default_device, resolve_devi
 from c3d_extract.extraction.video import DECODERS
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile, load as load_features
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
-from c3d_extract.settings import RunSettings, parse_shard
+from c3d_extract.settings import RESIZE_PLACES, RunSettings, parse_shard
 from c3d_extract.storage import StorageError
 from c3d_extract.weights.load import RANDOM, WeightsError, load_weights, spec_mean
 
@@ -50,9 +50,14 @@ class Extractor:
 
 
 def check_engine(engine: str) -> None:
-    """Refuse an unknown engine before anything is built or written."""
+    """Refuse an unknown engine, or Ray where Ray Data is not installed, before anything is built or
+    written."""
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
+    if engine == "ray":
+        from c3d_extract.extraction.engine_ray import require_ray
+
+        require_ray()
 
 
 def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]] = None,
@@ -73,8 +78,8 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
     a video that breaks while decoding keeps its frames before the damage. Raises UsageError for bad
     arguments and WeightsError for weights that cannot be had or do not fit."""
     check_engine(engine)
-    if resize_on not in ("auto", "workers", "device"):
-        raise UsageError(f"resize_on must be auto, workers or device, not {resize_on!r}")
+    if resize_on not in ("auto", *RESIZE_PLACES):
+        raise UsageError(f"resize_on must be auto, {' or '.join(RESIZE_PLACES)}, not {resize_on!r}")
     place = "device" if resize_on == "device" and engine == "local" else "workers"
     device = device or default_device()
     targets = [resolve_device(name.strip()) for name in device.split(",")]
@@ -107,9 +112,9 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
 
 
 def find_jobs(inputs: Sequence[str], root: Optional[str] = None, ext: Optional[str] = None,
-              shard: "Optional[str | tuple[int, int]]" = None, warn: Warn = lambda message: None) -> list[VideoJob]:
+              shard: Optional[tuple[int, int]] = None, warn: Warn = lambda message: None) -> list[VideoJob]:
     """The videos of directories, files and @lists, keyed relative to `root`, optionally one shard
-    ("I/N" or (I, N), as in RunSettings)."""
+    (I, N) (RunSettings.shard)."""
     extensions = parse_extensions(ext)
     jobs, problems = find_videos(inputs, root, extensions)
     for path, problem in problems:
@@ -117,7 +122,7 @@ def find_jobs(inputs: Sequence[str], root: Optional[str] = None, ext: Optional[s
     if not jobs:
         raise UsageError(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
     if shard:
-        index, count = parse_shard(shard) if isinstance(shard, str) else shard
+        index, count = shard
         jobs = [job for job in jobs if shard_of(job.key, count) == index]
     return jobs
 

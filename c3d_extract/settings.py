@@ -22,8 +22,13 @@ def parse_shard(text: str) -> tuple[int, int]:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
         raise UsageError(f"--shard must be I/N (e.g. 0/8), not {text!r}") from None
+    return check_shard(index, count)
+
+
+def check_shard(index: int, count: int) -> tuple[int, int]:
+    """(I, N) if 0 <= I < N, else UsageError."""
     if count < 1 or not 0 <= index < count:
-        raise UsageError(f"--shard {text}: I must be between 0 and N-1")
+        raise UsageError(f"--shard {index}/{count}: I must be between 0 and N-1")
     return index, count
 
 
@@ -53,7 +58,7 @@ class RunSettings:
         if self.resize_on not in RESIZE_PLACES:
             raise UsageError(f"resize_on must be {' or '.join(RESIZE_PLACES)}, not {self.resize_on!r}")
         if self.shard is not None:
-            parse_shard(f"{self.shard[0]}/{self.shard[1]}")
+            check_shard(*self.shard)
         if self.segments < 0:
             raise UsageError(f"segments must be positive, not {self.segments}")
         if not self.layers:

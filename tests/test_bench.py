@@ -39,5 +39,5 @@ def test_decode_script_times_the_input_stage_and_counts_every_frame(tmp_path):
 def test_whole_process_script_runs_the_command_and_counts_its_clips(tmp_path):
     bench = load("whole_process")
     video = str(write_video(tmp_path / "v.mp4", moving_frames(40, 64, 96)))  # windows at 0, 8, 16, 24
-    seconds, clips = bench.whole_process("res3d", "fp32", [video])
+    seconds, clips = bench.whole_process("res3d", "fp32", [video], bench.weights_file("res3d", str(tmp_path)))
     assert clips == 4 and seconds > 0

@@ -14,14 +14,13 @@ from tqdm import tqdm
 from c3d_extract import __version__, api
 from c3d_extract.cli import files
 from c3d_extract.cli.errors import ToolGroup
-from c3d_extract.errors import UsageError
 from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS
 from c3d_extract.extraction.pipeline import Failed, Summary
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.extraction.runtime import DEVICE_ENV, PRECISIONS
 from c3d_extract.extraction.workers import prestart
 from c3d_extract.featurefile.writer import FeatureStore
-from c3d_extract.models.registry import MODELS, SPECS
+from c3d_extract.models.registry import MODEL_NAMES
 from c3d_extract.settings import SHORT_RULES
 from c3d_extract.storage import free_bytes, human
 from c3d_extract.weights.manifest import cache_dir
@@ -77,7 +76,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @main.command("extract")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--model", type=click.Choice(list(dict.fromkeys([*MODELS, *SPECS]))),
+@click.option("--model", type=click.Choice(MODEL_NAMES),
               help="c3d: C3D Sports-1M (fc6 by default). res3d: Res3D Sports-1M (res5b by default). A spec "
                    "name picks other preprocessing. Default: what --weights is for, else c3d.")
 @click.option("--layers", metavar="NAMES",
@@ -161,12 +160,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
     OUTPUT, 1 when any failed (see OUTPUT's `failures`), 2 when the run could not start, 3 when the
     disk is full or failing (finished videos are kept; the one-line message says where).
     """
-    if engine == "ray":
-        try:
-            import ray.data  # noqa: F401
-        except ImportError:
-            needs = "--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)"
-            raise UsageError(needs) from None
+    api.check_engine(engine)  # before decoder processes start and the network is built
     if engine == "local":
         prestart(workers)  # the decoder processes start while the network is built
     extractor = api.build_extractor(

@@ -41,7 +41,8 @@ _WARM_UP = "\0warm-up"  # a key no video has: keys are paths
 _LOST = "not processed: the Ray task that held this video failed (Ray's logs say why; {})"
 
 
-def _require_ray():
+def require_ray():
+    """The ray module, or UsageError naming the install that brings Ray Data."""
     try:
         import ray
         import ray.data  # noqa: F401
@@ -170,7 +171,7 @@ class _Forward:
     """Ray map_batches actor: the prepared network, built once per actor."""
 
     def __init__(self, net, layers, spec, runtime, batch_size: int):
-        ray = _require_ray()
+        ray = require_ray()
         if isinstance(net, ray.ObjectRef):  # the weights travel once through the object store
             net = ray.get(net)
         self.network = BatchRunner(net, layers, spec, runtime, batch_size)
@@ -207,7 +208,7 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
     A decoder that makes no progress for `timeout` seconds is abandoned and its video recorded as failed.
     `per_block` fixes the videos per Ray block (default: videos_per_block).
     """
-    ray = _require_ray()
+    ray = require_ray()
     started = time.perf_counter()
     # relative paths mean another file, or none, on a worker whose working directory differs
     jobs = [VideoJob(job.key, os.path.abspath(job.path)) for job in jobs]

@@ -15,12 +15,15 @@ MODELS: dict[str, ModelSpec] = {"c3d": C3D_SPORTS1M, "res3d": RES3D_SPORTS1M, "d
 SPECS: dict[str, ModelSpec] = {s.name: s for s in (C3D_SPORTS1M, RES3D_SPORTS1M, R3D18_KINETICS400,
                                                    DENSENET3D_121, T3D_121, T3D_169, *SMALL)}
 
+# what `--model` accepts: the family names, then every spec name not already among them
+MODEL_NAMES = list(dict.fromkeys([*MODELS, *SPECS]))
+
 
 def get_spec(name: str) -> ModelSpec:
     """The spec for a `--model` name ("c3d", "res3d") or a spec name ("r3d18-kinetics400")."""
     spec = MODELS.get(name) or SPECS.get(name)
     if spec is None:
-        raise UsageError(f"unknown model {name!r}; known: {', '.join(dict.fromkeys([*MODELS, *SPECS]))}")
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
     return spec
 
 
