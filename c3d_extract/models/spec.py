@@ -31,16 +31,15 @@ class ModelSpec:
 
     def layer_shapes(self, layers: list[str], num_classes: int | None = None,
                      net: StagedNet | None = None) -> dict[str, tuple[int, ...]]:
-        """Per-clip output shape of each layer. Without `net`, by a forward pass on the meta device
-        (no memory, no compute, but its first use imports ~1 s of torch's shape machinery); with the
-        built CPU `net`, by one real forward of a zero clip (0.2-0.5 s for C3D and Res3D at 112x112).
-        Raises ValueError when the clip settings do not fit a layer."""
+        """Per-clip output shape of each layer, from a forward pass of an empty batch (no clip: the
+        operators check and compute shapes only, ~1-10 ms). Without `net` the network is built
+        without initialising its weights. Raises UsageError when the clip settings do not fit a layer."""
         if net is None:
-            with torch.device("meta"):
-                return self.layer_shapes(layers, num_classes,
-                                         self.build() if num_classes is None else self.build(num_classes=num_classes))
+            with torch.device("meta"):  # no memory and no default init; `to_empty` gives real (unset) storage
+                net = self.build() if num_classes is None else self.build(num_classes=num_classes)
+            net = net.to_empty(device="cpu")
         layers = net.check_layers(layers)
-        clip = torch.zeros(1, 3, self.input.frames, *self.input.crop, device=next(net.parameters()).device)
+        clip = torch.zeros(0, 3, self.input.frames, *self.input.crop, device=next(net.parameters()).device)
         training = net.training
         try:
             with torch.inference_mode():
