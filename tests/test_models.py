@@ -107,3 +107,14 @@ def test_get_spec_accepts_model_and_spec_names():
     assert get_spec("c3d") is C3D_SPORTS1M and get_spec("res3d-sports1m") is RES3D_SPORTS1M
     with pytest.raises(UsageError, match="known: c3d, res3d, densenet3d-121, t3d-121"):
         get_spec("i3d")
+
+
+@pytest.mark.parametrize("spec", [C3D_SPORTS1M, RES3D_SPORTS1M.with_input(clip_len=32)], ids=lambda s: s.name)
+def test_layer_shapes_from_an_empty_batch_equal_those_of_a_real_clip(spec):
+    # layer_shapes runs no clip (an empty batch: shapes only); a real one-clip forward must agree on every layer
+    net = spec.build()
+    init_random(net, 0)
+    layers = list(net.stage_names)
+    with torch.inference_mode():
+        real = net.eval()(torch.rand(1, 3, spec.input.frames, *spec.input.crop), layers)
+    assert spec.layer_shapes(layers, net=net) == {name: tuple(t.shape[1:]) for name, t in real.items()}
