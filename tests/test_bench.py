@@ -41,3 +41,20 @@ def test_whole_process_script_runs_the_command_and_counts_its_clips(tmp_path):
     video = str(write_video(tmp_path / "v.mp4", moving_frames(40, 64, 96)))  # windows at 0, 8, 16, 24
     seconds, clips = bench.whole_process("res3d", "fp32", [video], bench.weights_file("res3d", str(tmp_path)))
     assert clips == 4 and seconds > 0
+
+
+def test_decoder_zoo_script_compares_decord_with_pyav_and_the_encoded_frames(tmp_path, capsys):
+    import av
+    import numpy as np
+
+    zoo = load("decoder_zoo")
+    source = moving_frames(24, 128, 160, seed=8)
+    np.save(tmp_path / zoo.SOURCE, source)
+    path = write_video(tmp_path / "h264.mp4", source)
+    with av.open(str(path)) as container:  # PyAV's frames, read here independently of the tool
+        np.save(str(path) + ".pyav.npy", np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
+    (tmp_path / "text.mp4").write_text("not a video")
+    zoo.read(str(tmp_path))
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()}
+    assert "24 x 128x160 | 0, 0.000 |" in rows["h264.mp4"]  # decord 0.6.0 and PyAV agree bit for bit on 8-bit H.264
+    assert "Error" in rows["text.mp4"]
