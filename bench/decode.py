@@ -90,8 +90,8 @@ def stage_one_process(path: str, copies: int = 4, pin: bool = False) -> float:
 
 def best(fn, path: str, reps: int, copies: int = 20) -> float:
     """Frames per second of the fastest of `reps` runs, each `copies` consecutive reads of the video:
-    a sustained rate, like the decoder process's (a single short read, best of several, catches the
-    machine's lucky moments: on a 164-frame file it read 20-40% above the sustained rate here)."""
+    a sustained rate, measured the way the decoder-process column is (20 videos in a row), so the
+    columns compare like with like."""
     rates = []
     fn(path)  # warm: files in the page cache, libraries' first calls
     for _ in range(reps):
