@@ -26,7 +26,7 @@ from c3d_extract.extraction.inputs import VideoJob, find_videos, parse_extension
 from c3d_extract.extraction.pipeline import BatchRunner, Failed, Summary, extract as run_local
 from c3d_extract.extraction.runtime import Runtime, default_device, resolve_device, resolve_precision
 from c3d_extract.extraction.video import DECODERS
-from c3d_extract.featurefile.reader import ClipSequence, FeatureFile, load as load_features
+from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
 from c3d_extract.settings import RESIZE_PLACES, RunSettings, parse_shard
 from c3d_extract.storage import StorageError
@@ -231,9 +231,9 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
         raise StoreError(f"{output}: no such feature file to verify")
     FeatureStore.check_existing(output, extractor.settings)
     network = extractor.network
-    stored = {layer: load_features(output, layer) for layer in network.layers}
-    rows = {key: i for i, key in enumerate(next(iter(stored.values())).keys)}
-    candidates = sorted((job for job in jobs if job.key in rows), key=lambda job: job.key)
+    stored = FeatureFile(output)
+    in_file = set(stored.keys)
+    candidates = sorted((job for job in jobs if job.key in in_file), key=lambda job: job.key)
     if not candidates:
         raise StoreError(f"{output}: none of the input videos is in the file: nothing to verify")
     sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
@@ -241,9 +241,10 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
     run_local(sample, network, sink, short=extractor.settings.short_videos, workers=workers,  # type: ignore[arg-type]
               timeout=timeout, keep_partial=extractor.settings.keep_partial)
     worst_diff, worst_cos = 0.0, 1.0
-    for key, recomputed in sink.rows.items():
-        for layer, value in recomputed.items():
-            old = stored[layer].matrix[rows[key]]
+    keys = list(sink.rows)
+    for layer in network.layers:  # only the re-extracted rows are read, whatever the file's size
+        for old, key in zip(stored.rows(keys, layer), keys):
+            value = sink.rows[key][layer]
             worst_diff = max(worst_diff, float(np.abs(old - value).max()))
             worst_cos = min(worst_cos, float(np.dot(old, value)))  # unit rows
     return Verification(len(sample), len(sink.rows), len(sink.failed), worst_diff, worst_cos,

@@ -64,8 +64,6 @@ def reason(exc: OSError) -> str:
 class StorageError(C3DError):
     """A write failed because of the storage. str() is the one line for the user; exit status 3."""
 
-    exit_code = EXIT_CODE
-
     def __init__(self, path: str, error: OSError, saved: str, todo: Optional[str] = None):
         self.path, self.error, self.saved = path, error, saved
         self.todo = todo or _TODO.get(error.errno, "fix the storage and run the same command again")

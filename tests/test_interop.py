@@ -124,3 +124,16 @@ def test_readers_default_to_the_models_feature_not_the_alphabetically_first(tmp_
     assert load(str(tmp_path / "o.h5")).layer == "res5b"
     run("export", tmp_path / "o.h5", tmp_path / "npy")
     np.testing.assert_array_equal(np.load(tmp_path / "npy" / "a.npy"), res5b[0])
+
+
+def test_rows_reads_only_the_keys_asked_in_their_order(tmp_path):
+    # what --verify reads: the sampled rows, not the whole layer
+    from c3d_extract.featurefile.reader import FeatureFile
+
+    matrix = np.arange(20, dtype=np.float32).reshape(5, 4)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("videos", data=["a", "b", "c", "d", "e"], dtype=h5py.string_dtype())
+        f.create_group("features")["fc6"] = matrix
+    features = FeatureFile(str(tmp_path / "f.h5"))
+    np.testing.assert_array_equal(features.rows(["d", "a", "c"], "fc6"), matrix[[3, 0, 2]])
+    assert features.rows([], "fc6").shape == (0, 4)

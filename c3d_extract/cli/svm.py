@@ -165,13 +165,13 @@ def main(files, layer, dataset, splits_dir, split, folds, C, cv_C, pca, renormal
     c3d-svm out.h5 --aslan View2.mat --layers prob,fc7,fc6,pool5 --plot roc.png
 
     Results are a table on stdout; --json/--csv for scripts. Exit status 1 when the evaluation
-    cannot be done (no such layer, too few classes, no test videos, labels not found).
+    cannot be done (no such layer, too few classes, no test videos, labels not found), 3 when the
+    disk is full or failing while --json, --csv or --plot is written.
     """
     cv_C, pca = _floats(cv_C, "--cv-C"), _floats(pca, "--pca")
     try:
         if aslan_pairs:
-            names = [n.strip() for n in layers.split(",")] if layers else None
-            reports = [r.to_dict() for r in evaluation.aslan_runs(files, aslan_pairs, names, C=C,
+            reports = [r.to_dict() for r in evaluation.aslan_runs(files, aslan_pairs, layers or None, C=C,
                                                                   l1_last_four=l1_last_four, warn=_say)]
             _print_aslan(reports)
             if plot:

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from c3d_extract import settings
 from c3d_extract.errors import UsageError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", *settings.PRECISIONS)  # what --precision takes: a file records one of the others
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

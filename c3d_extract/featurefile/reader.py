@@ -91,6 +91,17 @@ class FeatureFile:
         with self._open() as f:
             return f["features"][self.layer(layer)][()]
 
+    def rows(self, keys: list[str], layer: Optional[str] = None) -> np.ndarray:
+        """The descriptors of `keys` (len(keys), D), reading only their rows (not the whole layer)."""
+        index = np.array([self._rows[key] for key in keys], dtype=np.int64)
+        order = np.argsort(index)  # HDF5 reads a selection in increasing row order
+        with self._open() as f:
+            dataset = f["features"][self.layer(layer)]
+            picked = dataset[index[order]] if len(index) else np.zeros((0, *dataset.shape[1:]), dataset.dtype)
+        out = np.empty_like(picked)
+        out[order] = picked
+        return out
+
     def labels(self) -> list[str]:
         """The class of each video taken from its first folder (folder-per-class datasets)."""
         return [PurePosixPath(key).parts[0] if "/" in key else "" for key in self.keys]
@@ -167,11 +178,6 @@ def _count(values) -> dict:
 def layers_of(path: str) -> list[str]:
     """The feature layers a file holds, in the order the network computes them."""
     return FeatureFile(path).layers
-
-
-def file_attrs(path: str) -> dict:
-    """The root attributes of a feature file (model, spec, weights, settings, ...)."""
-    return FeatureFile(path).attrs
 
 
 def _open(path: str) -> h5py.File:
