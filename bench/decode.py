@@ -28,7 +28,7 @@ import cv2
 import decord
 
 from c3d_extract.extraction.assemble import ClipAssembler, Clip
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import C3D_SPORTS1M
 from c3d_extract.extraction.video import _chunk_frames
@@ -70,7 +70,8 @@ def stage_one_process(path: str, copies: int = 4, pin: bool = False) -> float:
     raw rates use more than one core)."""
     if pin:
         os.sched_setaffinity(0, {0})  # the decoder process inherits it
-    pool = DecodePool([VideoJob(f"v{i}", path) for i in range(copies + 1)], C3D_SPORTS1M.input, "loop", workers=1)
+    pool = DecodePool([VideoJob(f"v{i}", path) for i in range(copies + 1)], DecoderSettings(C3D_SPORTS1M.input), "loop",
+                      workers=1)
     frames, started = 0, None
     try:
         for item in pool:

@@ -93,13 +93,15 @@ def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
 def test_a_prestarted_decoder_is_taken_and_a_dead_spare_skipped(tmp_path):
     from c3d_extract.extraction import workers
     from c3d_extract.extraction.assemble import Clip, Finished
+    from c3d_extract.extraction.decode import DecoderSettings
 
     video = write_video(tmp_path / "a.mp4", moving_frames(24, 48, 64))
     workers.prestart(2)
     dead, alive = workers._SPARES[:2]
     dead.process.kill()
     dead.process.join(timeout=10)
-    pool = workers.DecodePool([VideoJob("a.mp4", str(video))], RES3D_SPORTS1M.input, "loop", workers=1)
+    pool = workers.DecodePool([VideoJob("a.mp4", str(video))], DecoderSettings(RES3D_SPORTS1M.input), "loop",
+                              workers=1)
     try:
         assert pool._workers[0].process.pid == alive.process.pid
         items = list(pool)

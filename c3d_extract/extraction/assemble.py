@@ -6,21 +6,25 @@ crossed from its decoder once although it is in two clips.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
-import torch
+import numpy as np
 
 from c3d_extract.extraction.clips import ClipCutter
-from c3d_extract.extraction.decode import End, Failed, Frames, decode_frames
+from c3d_extract.extraction.decode import End, Failed, Frames, FramesHeader, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.preprocess import InputSpec
 
 
 @dataclass
 class Clip:
+    """One window of a video. `frames` is uint8 (T, h, w, 3) RGB, cropped: a numpy view of the
+    cutter's buffer, or with `--resize-on device` a torch tensor on the network's device. A view is
+    never rewritten, but it holds its buffer: copy it (into a batch slot) rather than keep it."""
+
     key: str
     start: int
-    frames: torch.Tensor  # uint8 (T, h, w, 3) RGB: cropped, or as decoded with resize on the device
+    frames: Any
     attempt: int = 0
 
 
@@ -38,11 +42,15 @@ Item = Union[Clip, Finished, Failed]
 class ClipAssembler:
     """Turns the Frames/End/Failed streams of videos (interleaved across videos, in order within
     one) into Clip/Finished/Failed items: windows are cut as soon as they are complete, a video
-    shorter than one window is padded by the `short` rule, and a newer attempt starts a video over."""
+    shorter than one window is padded by the `short` rule, and a newer attempt starts a video over.
 
-    def __init__(self, spec: InputSpec, short: str):
-        self.spec, self.short = spec, short
+    `place`, when given, takes each chunk of decoded frames to where clips are cut (with
+    `--resize-on device`: uploaded once and resized on the network's device)."""
+
+    def __init__(self, spec: InputSpec, short: str, place: Optional[Callable[[np.ndarray], Any]] = None):
+        self.spec, self.short, self.place = spec, short, place
         self._videos: dict[str, tuple[int, ClipCutter]] = {}
+        self._scratch = np.empty(0, np.uint8)  # where frames for `place` are received
 
     def _cutter(self, key: str, attempt: int) -> ClipCutter:
         state = self._videos.get(key)
@@ -51,11 +59,30 @@ class ClipAssembler:
             self._videos[key] = state
         return state[1]
 
+    def receive(self, header: FramesHeader, read_into: Callable[[np.ndarray], None]) -> Iterator[Item]:
+        """Frames announced by `header`: `read_into(array)` fills an array of the header's shape in
+        place (from a decoder's pipe, straight into the cutter's buffer); then their clips."""
+        cutter = self._cutter(header.key, header.attempt)
+        count = header.shape[0]
+        if self.place is None:
+            read_into(cutter.reserve(count, header.shape[1:]))
+            chunks = cutter.commit(count)
+        else:
+            size = int(np.prod(header.shape))
+            if self._scratch.size < size:
+                self._scratch = np.empty(size, np.uint8)
+            frames = self._scratch[:size].reshape(header.shape)
+            read_into(frames)
+            chunks = cutter.push(self.place(frames))
+        for start, clip in chunks:
+            yield Clip(header.key, start, clip, header.attempt)
+
     def push(self, item) -> Iterator[Item]:
         if isinstance(item, Frames):
             cutter = self._cutter(item.key, item.attempt)
-            for start, clip in cutter.push(item.frames):
-                yield Clip(item.key, start, torch.from_numpy(clip), item.attempt)
+            frames = item.frames if self.place is None else self.place(item.frames)
+            for start, clip in cutter.push(frames):
+                yield Clip(item.key, start, clip, item.attempt)
         elif isinstance(item, End):
             cutter = self._cutter(item.key, item.attempt)
             del self._videos[item.key]
@@ -65,7 +92,7 @@ class ClipAssembler:
                     yield Failed(item.key, "clips", f"{cutter.frames_seen} frames: shorter than one "
                                                     f"{self.spec.clip_len}-frame window (--short skip)")
                     return
-                yield Clip(item.key, 0, torch.from_numpy(cutter.short_clip(self.short)), item.attempt)
+                yield Clip(item.key, 0, cutter.short_clip(self.short), item.attempt)
                 short = f"short:{self.short}"
                 facts["status"] = short if facts["status"] == "ok" else f"{facts['status']},{short}"
             yield Finished(item.key, max(cutter.clips_cut, 1), facts, item.attempt)

@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from c3d_extract.errors import UsageError
+from c3d_extract.extraction.decode import DecoderSettings
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.pipeline import BatchRunner, Clip, Collector, Failed, Finished, Summary
 from c3d_extract.extraction.ray_logs import QuietRay
@@ -125,8 +126,8 @@ class _Decode:
             return
         held: dict[str, Clip] = {}  # each video's latest clip, sent with its Finished as one row
         warm = []  # set once the decoder process has answered
-        pool = DecodePool(self._warm_first(jobs, warm), self.spec, self.short, 1, self.timeout,
-                          keep_partial=self.keep_partial)
+        pool = DecodePool(self._warm_first(jobs, warm), DecoderSettings(self.spec, keep_partial=self.keep_partial),
+                          self.short, 1, self.timeout)
         try:
             for item in pool:
                 if item.key == _WARM_UP:
@@ -136,14 +137,15 @@ class _Decode:
                     if item.key in held:
                         previous = held[item.key]
                         # meta: the decoder attempt (decode.py), so the driver drops a restarted video's old clips
-                        rows.add(previous.key, "clip", str(previous.attempt), previous.start, previous.frames.numpy())
+                        rows.add(previous.key, "clip", str(previous.attempt), previous.start, previous.frames)
+                    item.frames = np.array(item.frames)  # its own copy: the view would hold the cutter's buffer
                     held[item.key] = item
                 elif isinstance(item, Finished):
                     clip = held.pop(item.key, None)
                     if clip is None:
                         rows.add(item.key, "done", _done_meta(item))
                     else:
-                        rows.add(item.key, "last", _done_meta(item), clip.start, clip.frames.numpy())
+                        rows.add(item.key, "last", _done_meta(item), clip.start, clip.frames)
                 else:
                     held.pop(item.key, None)  # a failed video is whole or absent: its clips are dropped
                     rows.add(item.key, "fail", json.dumps({"stage": item.stage, "error": item.error}))
@@ -177,11 +179,9 @@ class _Forward:
         self.network = BatchRunner(net, layers, spec, runtime, batch_size)
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
         clips = np.flatnonzero(np.isin(batch["kind"], ("clip", "last")))
         out = {"key": batch["key"], "kind": batch["kind"], "meta": batch["meta"], "start": batch["start"]}
-        values = self.network([torch.from_numpy(batch["frames"][i]) for i in clips]) if len(clips) else {}
+        values = self.network(batch["frames"][clips]) if len(clips) else {}
         for layer in self.network.layers:
             column = np.zeros((len(batch["key"]), 1), np.float32)
             if len(clips):

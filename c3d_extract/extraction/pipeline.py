@@ -4,15 +4,15 @@ mean per video -> L2 -> feature file. A video is written the moment its last cli
 from __future__ import annotations
 
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from c3d_extract.extraction.assemble import Clip, Failed, Finished
+from c3d_extract.extraction.batches import Batches
+from c3d_extract.extraction.decode import DecoderSettings
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.extraction.workers import DecodePool
@@ -78,8 +78,10 @@ class Aggregator:
 class BatchRunner:
     """The prepared network and the batch shape it is fed: clips of several videos per forward.
 
-    Short batches are padded to `batch_size` so every forward has one shape: a clip's features then
-    do not depend on which clips shared its batch, and cuDNN/oneDNN pick one algorithm.
+    Short batches are padded to `batch_size` with zero clips so every forward has one shape: a
+    clip's features then do not depend on which clips shared its batch, and cuDNN/oneDNN pick one
+    algorithm. The staging of batches (batches.py) feeds `forward`; `__call__` serves callers that
+    hold clips as one array (Ray's forward actors, benchmarks).
     """
 
     def __init__(self, net: StagedNet, layers: Sequence[str], spec: InputSpec, runtime: Runtime,
@@ -90,25 +92,34 @@ class BatchRunner:
         self.resize_on_device = resize_on_device
         self._constants = spec.constants(runtime.device)  # the mean lives on the device once
 
-    def _to_device(self, clip: torch.Tensor) -> torch.Tensor:
-        if self.runtime.device.type == "cuda":
-            return clip.pin_memory().to(self.runtime.device, non_blocking=True)
-        return clip
-
-    def __call__(self, clips: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-        """uint8 clips (cropped, or full-size with resize_on_device) -> per-layer float32 (len(clips), D)."""
-        n = len(clips)
-        if self.resize_on_device:  # full-size frames of any size: resize and crop each clip where it runs
-            batch = torch.stack([self.spec.crop_frames_float(self._to_device(clip)) for clip in clips])
-        else:
-            batch = self._to_device(torch.stack(list(clips)))
-        if n < self.batch_size:
-            batch = torch.cat([batch, batch.new_zeros((self.batch_size - n, *batch.shape[1:]))])
+    def forward(self, batch: torch.Tensor, count: int) -> dict[str, torch.Tensor]:
+        """uint8 clips (batch_size, T, h, w, 3) on the runtime's device, the first `count` real ->
+        per-layer float32 activations (batch_size, ...) on the device. The rows past `count` are
+        zeroed in place first."""
+        if count < len(batch):
+            batch[count:].zero_()
         x = self.spec.normalize(batch, self.runtime.dtype, self._constants)
         x = x.contiguous(memory_format=self.runtime.memory_format)
         with torch.inference_mode():
             out = self.net(x, self.layers)
-        return {layer: value[:n].float().flatten(1).cpu().numpy() for layer, value in out.items()}
+        return {layer: value.float() for layer, value in out.items()}
+
+    def place_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """`--resize-on device`: decoded uint8 frames (n, H, W, 3) uploaded once, resized (float) and
+        cropped on the network's device; the clips are then cut there."""
+        return self.spec.crop_frames_float(torch.from_numpy(frames).to(self.runtime.device))
+
+    def __call__(self, clips: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 cropped clips (N, T, h, w, 3), any N -> per-layer float32 (N, D), batch by batch."""
+        parts: dict[str, list[np.ndarray]] = {layer: [] for layer in self.layers}
+        for at in range(0, len(clips), self.batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(clips[at: at + self.batch_size]))
+            batch = torch.zeros((self.batch_size, *chunk.shape[1:]), dtype=torch.uint8)
+            batch[:len(chunk)] = chunk
+            for layer, value in self.forward(batch.to(self.runtime.device), len(chunk)).items():
+                parts[layer].append(value[:len(chunk)].flatten(1).cpu().numpy())
+        return {layer: np.concatenate(values) if values else np.zeros((0, 0), np.float32)
+                for layer, values in parts.items()}
 
 
 @dataclass
@@ -117,41 +128,6 @@ class Summary:
     failed: int = 0
     clips: int = 0
     seconds: float = 0.0
-
-
-class Replicas:
-    """One network replica per device (`--device cuda:0,cuda:1`, or `cpu,cpu` as a stand-in), fed
-    batches round-robin from one decoding pool. Results are taken in the order batches were given,
-    so the running sums, and the features, do not depend on the number of replicas. Each replica
-    runs in a thread of its own (PyTorch releases the GIL), which also overlaps the network with
-    the reading of clips for a single device."""
-
-    def __init__(self, networks: Sequence[BatchRunner]):
-        self.networks = list(networks)
-        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"replica{i}") for i in range(len(networks))]
-        self._next = 0
-        self._in_flight: "deque[tuple[Future, list]]" = deque()
-
-    @property
-    def batch_size(self) -> int:
-        return self.networks[0].batch_size
-
-    def submit(self, clips: list) -> None:
-        i, self._next = self._next, (self._next + 1) % len(self.networks)
-        frames = [clip.frames for clip in clips]
-        self._in_flight.append((self._threads[i].submit(self.networks[i], frames), clips))
-
-    def results(self, wait: bool = False) -> Iterator[tuple[dict[str, np.ndarray], list]]:
-        """Finished batches in submission order; with `wait`, all of them, else those done (and the
-        oldest whenever more than two per replica are in flight, to bound memory)."""
-        while self._in_flight and (wait or self._in_flight[0][0].done()
-                                   or len(self._in_flight) > 2 * len(self.networks)):
-            future, clips = self._in_flight.popleft()
-            yield future.result(), clips
-
-    def close(self) -> None:
-        for thread in self._threads:
-            thread.shutdown(wait=True, cancel_futures=True)
 
 
 class Collector:
@@ -180,7 +156,6 @@ class Collector:
         """One clip's activations (layer -> 1-D array) and the video frame it starts at."""
         if self._current(key, attempt):
             self.aggregator.add(key, outputs, start)
-            self.summary.clips += 1
             self._write_if_finished(key)
 
     def finished(self, item: Finished) -> None:
@@ -207,6 +182,7 @@ class Collector:
             else:
                 self.store.add_video(key, features, facts, clips=clips)
             self.summary.written += 1
+            self.summary.clips += facts["num_clips"]  # only the clips of what was written count
             if self.on_video:
                 self.on_video(key, None, self.summary)
 
@@ -218,42 +194,43 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
     """Run every job through the network into `store`; failures are recorded, never raised.
 
     Decoding runs in `workers` processes; a video whose decoder makes no progress for `timeout`
-    seconds, or whose decoder process dies, is recorded as failed and the run goes on.
+    seconds, or whose decoder process dies, is recorded as failed and the run goes on. A list of
+    networks (one per device) shares the batches round-robin (batches.py).
 
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
     """
     started = time.perf_counter()
-    replicas = Replicas(network if isinstance(network, (list, tuple)) else [network])
+    runners = list(network) if isinstance(network, (list, tuple)) else [network]
     collector = Collector(store, on_video)
-    pending: list[Clip] = []
 
-    def take(wait: bool = False) -> None:
-        for outputs, clips in replicas.results(wait):
-            for i, clip in enumerate(clips):
-                collector.clip(clip.key, {layer: value[i] for layer, value in outputs.items()}, clip.start,
-                               clip.attempt)
+    def on_result(outputs: dict[str, np.ndarray], rows: list) -> None:
+        for i, (key, start, attempt) in enumerate(rows):
+            collector.clip(key, {layer: value[i] for layer, value in outputs.items()}, start, attempt)
 
-    pool = DecodePool(jobs, replicas.networks[0].spec, short, workers, timeout,
-                      resize=not replicas.networks[0].resize_on_device, keep_partial=keep_partial)
+    first = runners[0]
+    settings = DecoderSettings(first.spec, resize=not first.resize_on_device, keep_partial=keep_partial)
+    batches = Batches(runners, on_result)
+    pool = DecodePool(jobs, settings, short, workers, timeout,
+                      place=first.place_frames if first.resize_on_device else None)
+    newest: dict[str, int] = {}  # videos a second decoder started over: their current attempt
     try:
         for item in pool:
+            if not isinstance(item, Failed) and item.attempt > newest.get(item.key, 0):
+                newest[item.key] = item.attempt
+                batches.drop(item.key, item.attempt)  # a restarted video's old clips are not computed
             if isinstance(item, Clip):
-                if item.key in collector.failed or item.attempt < collector.attempts.get(item.key, 0):
-                    continue
-                pending.append(item)
-                if len(pending) == replicas.batch_size:
-                    replicas.submit(pending)
-                    pending = []
+                if item.key not in collector.failed:
+                    batches.add(item.key, item.start, item.attempt, item.frames)
             elif isinstance(item, Finished):  # written once its last clip is back (Aggregator)
+                newest.pop(item.key, None)
                 collector.finished(item)
             else:
+                newest.pop(item.key, None)
                 collector.fail(item)
-            take()
-        if pending:
-            replicas.submit(pending)
-        take(wait=True)
+            batches.take()
+        batches.finish()
     finally:
         pool.close()
-        replicas.close()
+        batches.close()
         collector.summary.seconds = time.perf_counter() - started
     return collector.summary

@@ -23,12 +23,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import numpy as np
 
 from c3d_extract.extraction.assemble import ClipAssembler
-from c3d_extract.extraction.decode import IDLE, Failed, serve
+from c3d_extract.extraction.decode import IDLE, DecoderSettings, Failed, FramesHeader, read_frames_into, serve
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.models.preprocess import InputSpec
 
 PIPE_BYTES = 1 << 20
 STARTUP_GRACE = 120.0  # seconds a new decoder process may take to start before its first job's clock runs
@@ -107,28 +108,29 @@ def prestart(count: int) -> None:
 
 
 class DecodePool:
-    """Worker processes decoding `jobs`; iterate to get Clip/Finished/Failed items as they come."""
+    """Worker processes decoding `jobs`; iterate to get Clip/Finished/Failed items as they come.
+    A Clip's frames are valid until the next item is asked for: copy them (into a batch slot) first.
+    `place` moves decoded frames to where clips are cut (ClipAssembler; `--resize-on device`)."""
 
-    def __init__(self, jobs: Iterable[VideoJob], spec: InputSpec, short: str, workers: int,
-                 timeout: float = 300.0, resize: bool = True, keep_partial: bool = False):
+    def __init__(self, jobs: Iterable[VideoJob], settings: DecoderSettings, short: str, workers: int,
+                 timeout: float = 300.0, place: Optional[Callable[[np.ndarray], Any]] = None):
         self._jobs = iter(jobs)
-        self._spec, self._timeout, self._resize, self._keep_partial = spec, timeout, resize, keep_partial
-        self._assembler = ClipAssembler(spec, short)
+        self._settings, self._timeout = settings, timeout
+        self._assembler = ClipAssembler(settings.input, short, place)
         self._requeued: list[VideoJob] = []  # jobs sent to a worker that died before starting them
         self._workers = [self._start() for _ in range(max(1, workers))]
 
     def _start(self) -> _Worker:
         """A spare from prestart that is still alive, else a new process; told this pool's settings."""
-        settings = (self._spec, self._resize, self._keep_partial)
         while _SPARES:
             worker = _SPARES.pop(0)
             try:
-                worker.tasks.send(settings)
+                worker.tasks.send(self._settings)
                 return worker
             except OSError:  # it died while waiting: its end of the pipe is closed
                 worker.stop()
         worker = _spawn()
-        worker.tasks.send(settings)
+        worker.tasks.send(self._settings)
         return worker
 
     def _assign(self, worker: _Worker) -> None:
@@ -176,6 +178,11 @@ class DecodePool:
                 worker = busy[reader]
                 try:
                     item = reader.recv()
+                    if isinstance(item, FramesHeader):  # the frames' bytes follow, read into place
+                        current = worker.job is not None and item.key == worker.job.key
+                        yield from self._assembler.receive(item, lambda array: read_frames_into(reader, array)) \
+                            if current else self._discard(reader, item)
+                        continue
                 except (EOFError, OSError):  # the worker died, maybe in the middle of a message
                     reader.close()
                     continue
@@ -188,6 +195,11 @@ class DecodePool:
                 last_check = time.time()
                 for failure in self._check():
                     yield from self._assembler.push(failure)
+
+    @staticmethod
+    def _discard(reader, header: FramesHeader) -> Iterator:
+        read_frames_into(reader, np.empty(header.shape, np.uint8))
+        return iter(())
 
     def close(self) -> None:
         """Stop every worker now (a decode in progress is abandoned, nothing is recorded for it)."""
