@@ -24,7 +24,8 @@ from c3d_extract import __version__
 from c3d_extract.errors import UsageError
 from c3d_extract.extraction.inputs import VideoJob, find_videos, parse_extensions, shard_of
 from c3d_extract.extraction.pipeline import BatchRunner, Failed, Summary, extract as run_local
-from c3d_extract.extraction.runtime import Runtime, default_device, resolve_device, resolve_precision
+from c3d_extract.extraction.runtime import (Runtime, default_batch_size, default_device, default_workers,
+                                            resolve_device, resolve_precision)
 from c3d_extract.extraction.video import DECODERS
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
@@ -47,6 +48,10 @@ class Extractor:
     provenance: dict
     shapes: dict
     replicas: list = field(default_factory=list)  # one BatchRunner per device, the first is `network`
+
+    def workers(self, count: Optional[int] = None) -> int:
+        """`count` decoder processes, or the default for the network's device (runtime.default_workers)."""
+        return count or default_workers(self.network.runtime.device)
 
 
 def check_engine(engine: str) -> None:
@@ -104,7 +109,7 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
     provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
                   "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(DECODERS),
                   "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
-    batch = batch_size or (32 if runtime.device.type == "cuda" else 4)
+    batch = batch_size or default_batch_size(runtime.device)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
     replicas = [BatchRunner(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, place == "device")
                 for net, target in zip([loaded.net, *copies], targets)]
@@ -155,7 +160,8 @@ class Arrays:
 
 
 def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Optional[str] = None,
-            ext: Optional[str] = None, overwrite: bool = False, retry_failed: bool = False, workers: int = 1,
+            ext: Optional[str] = None, overwrite: bool = False, retry_failed: bool = False,
+            workers: Optional[int] = None,
             timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
             on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
             warn: Warn = lambda message: None, **options) -> "Summary | Arrays":
@@ -170,7 +176,7 @@ def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Option
     if output is None:
         sink = Arrays(extractor.network.layers, keep_clips=extractor.settings.wants_clips)
         run_local(jobs, extractor.replicas, sink, short=extractor.settings.short_videos,  # type: ignore[arg-type]
-                  workers=workers, timeout=timeout, keep_partial=extractor.settings.keep_partial)
+                  workers=extractor.workers(workers), timeout=timeout, keep_partial=extractor.settings.keep_partial)
         return sink
     store, todo = open_output(output, extractor, jobs, overwrite, retry_failed)
     with store:
@@ -189,7 +195,7 @@ def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], ove
     return store, [job for job in jobs if job.key not in store.done and job.key not in store.failed]
 
 
-def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, workers: int = 1,
+def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, workers: Optional[int] = None,
              timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
              on_video=None) -> Summary:
     """Run the chosen engine over `todo` into an open store."""
@@ -201,7 +207,8 @@ def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore
         return extract_ray(todo, extractor.network, store, short=settings.short_videos, address=ray_address,
                            on_video=on_video, timeout=timeout, keep_partial=settings.keep_partial)
     return run_local(todo, extractor.replicas or extractor.network, store, short=settings.short_videos,
-                     workers=workers, on_video=on_video, timeout=timeout, keep_partial=settings.keep_partial)
+                     workers=extractor.workers(workers), on_video=on_video, timeout=timeout,
+                     keep_partial=settings.keep_partial)
 
 
 @dataclass
@@ -223,7 +230,7 @@ class Verification:
 
 
 def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: int, seed: int = 0,
-           workers: int = 1, timeout: float = 300.0) -> Verification:
+           workers: Optional[int] = None, timeout: float = 300.0) -> Verification:
     """Re-extract a seeded sample of `count` of `jobs` that `output` holds and compare them with the
     stored rows; `output` is not changed. Raises StoreError when `output` is missing, has other
     settings, or holds none of the jobs."""
@@ -238,7 +245,8 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
         raise StoreError(f"{output}: none of the input videos is in the file: nothing to verify")
     sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
     sink = Arrays(network.layers)
-    run_local(sample, network, sink, short=extractor.settings.short_videos, workers=workers,  # type: ignore[arg-type]
+    run_local(sample, network, sink, short=extractor.settings.short_videos,  # type: ignore[arg-type]
+              workers=extractor.workers(workers),
               timeout=timeout, keep_partial=extractor.settings.keep_partial)
     worst_diff, worst_cos = 0.0, 1.0
     keys = list(sink.rows)

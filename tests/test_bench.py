@@ -61,3 +61,20 @@ def test_decoder_zoo_script_compares_decord_with_pyav_and_the_encoded_frames(tmp
     expected = np.abs(np.load(str(path) + ".pyav.npy").astype(int) - source.astype(int)).mean()
     assert by_decord == by_pyav == round(expected, 2) and 0 < expected < 10  # a lossy codec moves the frames a little
     assert "Error" in rows["text.mp4"]
+
+
+def test_gpu_script_prints_every_figure_in_clips_per_second_on_the_cpu(tmp_path, capsys):
+    bench = load("gpu")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a.mp4", moving_frames(40, 64, 96, seed=3))  # windows at 0, 8, 16, 24
+    out = tmp_path / "results.md"
+    bench.main(["--device", "cpu", "--videos", str(videos), "--links", "2", "--models", "res3d",
+                "--precisions", "fp32", "--batch-sizes", "2", "--seconds", "0.1", "--whole-batch", "2",
+                "--workers", "1", "--out", str(out)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("res3d")]
+    for figure in ("network alone, batch 2", "batching path", "whole process, 2 videos, 8 clips",
+                   "batching process CPU per clip"):
+        assert any(figure in line and " clips/s" in line for line in lines), (figure, lines)
+    assert any("start-up of a fresh process" in line and "first batch" in line for line in lines), lines
+    assert "bench/gpu.py" in out.read_text() and "whole process" in out.read_text()

@@ -5,12 +5,19 @@ replicas write what one device writes; the resize on the device agrees with the 
 the defaults on CUDA (batch size, precision) are what the README says.
 """
 
+import os
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
 from c3d_extract import api
+from c3d_extract.extraction.batches import Batches
+from c3d_extract.extraction.pipeline import BatchRunner
+from c3d_extract.extraction.runtime import Runtime
+from c3d_extract.models.registry import C3D_SPORTS1M
+from c3d_extract.weights.load import load_weights
 from tests.helpers import assert_same_file, run
 from tests.videos import moving_frames, write_video
 
@@ -82,7 +89,42 @@ def test_resize_on_the_device_agrees_with_the_workers(videos, tmp_path):
 
 def test_defaults_on_cuda():
     extractor = api.build_extractor(model="res3d", weights="random", device="cuda")
-    assert extractor.network.batch_size == 32
-    assert extractor.network.runtime.precision == "fp32"  # auto stays fp32 on CUDA
+    assert extractor.network.batch_size == 64
+    # auto: bf16 where the device has it (the parity test above holds it to cosine >= 0.999)
+    assert extractor.network.runtime.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert extractor.network.runtime.device.type == "cuda"
+    assert extractor.workers() == max(1, len(os.sched_getaffinity(0)) - 1)  # the cores decode, the GPU computes
+    assert torch.backends.cudnn.benchmark == (extractor.network.runtime.precision != "fp32")
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    fp32 = api.build_extractor(model="res3d", weights="random", device="cuda", precision="fp32")
+    assert fp32.network.runtime.precision == "fp32" and not torch.backends.cudnn.benchmark  # no minute-long search
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_staging_ring_gives_the_plain_paths_features(precision):
+    """Clips through pinned slots, the copy stream and pinned features back equal a plain upload of
+    each batch (BatchRunner.__call__), in order, with rows of several videos and a partial batch."""
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip(f"{torch.cuda.get_device_name(0)} has no bf16 support")
+    runner = BatchRunner(load_weights("random", "c3d", seed=4).net, ["fc6", "pool5"], C3D_SPORTS1M.input,
+                         Runtime(torch.device("cuda"), precision), 4)
+    clips = np.random.default_rng(9).integers(0, 256, (11, 16, 112, 112, 3), dtype=np.uint8)
+    got, rows = {"fc6": [], "pool5": []}, []
+
+    def on_result(outputs, batch_rows):
+        rows.extend(batch_rows)
+        for layer, value in outputs.items():
+            got[layer].append(value.copy())
+
+    batches = Batches([runner], on_result, slots=2)  # fewer slots than batches: each is reused
+    try:
+        for i, clip in enumerate(clips):
+            batches.add(f"v{i % 3}", 8 * i, 0, clip)
+            batches.take()
+        batches.finish()
+    finally:
+        batches.close()
+    assert rows == [(f"v{i % 3}", 8 * i, 0) for i in range(len(clips))]
+    plain = runner(clips)
+    for layer in got:
+        np.testing.assert_allclose(np.concatenate(got[layer]), plain[layer], rtol=1e-3, atol=1e-4, err_msg=layer)

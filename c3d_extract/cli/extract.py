@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 from typing import Optional
 
 import click
 from tqdm import tqdm
+from torch import device as torch_device
 
 from c3d_extract import __version__, api
 from c3d_extract.cli import files
@@ -17,7 +17,8 @@ from c3d_extract.cli.errors import ToolGroup
 from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS
 from c3d_extract.extraction.pipeline import Failed, Summary
 from c3d_extract.extraction.ray_logs import QuietRay
-from c3d_extract.extraction.runtime import DEVICE_ENV, PRECISIONS
+from c3d_extract.extraction.runtime import (DEVICE_ENV, PRECISIONS, default_batch_size, default_device,
+                                            default_workers, resolve_device)
 from c3d_extract.extraction.workers import prestart
 from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.models.registry import MODEL_NAMES
@@ -99,12 +100,14 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @click.option("--short", type=click.Choice(SHORT_RULES), default="loop", show_default=True,
               help="Videos shorter than one window: loop them, repeat the last frame (edge), or skip "
                    "them as failures.")
-@click.option("--batch-size", type=click.IntRange(1), help="Clips per forward pass (default 4 on CPU, "
-                                                           "32 on CUDA).")
-@click.option("--workers", type=click.IntRange(1), default=max(1, min(4, (os.cpu_count() or 2) // 2)),
-              show_default=True,
-              help="Decoder processes (they share the CPU with the network: half the cores, at most 4). "
-                   "Local engine only: under Ray, one decoder per CPU.")
+@click.option("--batch-size", type=click.IntRange(1),
+              help=f"Clips per forward pass (default {default_batch_size(torch_device('cpu'))} on the CPU, "
+                   f"{default_batch_size(torch_device('cuda'))} on CUDA).")
+@click.option("--workers", type=click.IntRange(1),
+              help=f"Decoder processes. Default with the network on CUDA: the cores this process may use "
+                   f"but one ({default_workers(torch_device('cuda'))} here); on the CPU, where they share the "
+                   f"cores with the network: half of them, at most 4 ({default_workers(torch_device('cpu'))} "
+                   f"here). Local engine only: under Ray, one decoder per CPU.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds a decoder may go without progress before its video is abandoned as failed "
                    "(both engines).")
@@ -125,7 +128,8 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
               help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device. "
                    "Default: auto (the first CUDA device when there is one, else the CPU).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: bf16 on CPUs with bf16 units (cosine >= 0.999 to fp32, tested), else fp32.")
+              help="auto: bf16 on CUDA devices with bf16 support and on CPUs with bf16 units (cosine >= 0.999 "
+                   "to fp32, tested), else fp32. The file records what ran.")
 @click.option("--root", type=click.Path(file_okay=False),
               help="Keys are paths relative to this directory (default: the input directory, or the "
                    "deepest directory holding all inputs).")
@@ -146,7 +150,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: int, timeout: float, resize_on: str, keep_partial: bool, engine: str, ray_address: Optional[str],
+                    workers: Optional[int], timeout: float, resize_on: str, keep_partial: bool, engine: str, ray_address: Optional[str],
                     device: Optional[str], precision: str, root: Optional[str], ext: Optional[str], per_clip: bool,
                     segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool,
                     verify: Optional[int], quiet: bool) -> None:
@@ -162,6 +166,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
     """
     api.check_engine(engine)  # before decoder processes start and the network is built
     if engine == "local":
+        if workers is None:  # the count depends on where the network runs
+            workers = default_workers(resolve_device((device or default_device()).split(",")[0].strip()))
         prestart(workers)  # the decoder processes start while the network is built
     extractor = api.build_extractor(
         model=model, layers=_layers(layers), weights=weights, seed=seed, mean=mean_text, clip_len=clip_len,

@@ -51,13 +51,22 @@ class ClipAssembler:
         self.spec, self.short, self.place = spec, short, place
         self._videos: dict[str, tuple[int, ClipCutter]] = {}
         self._scratch = np.empty(0, np.uint8)  # where frames for `place` are received
+        # cropped frames have one shape per run: their buffers go from video to video (ClipCutter)
+        self._spares: Optional[list] = [] if place is None else None
 
     def _cutter(self, key: str, attempt: int) -> ClipCutter:
         state = self._videos.get(key)
         if state is None or state[0] != attempt:
-            state = (attempt, ClipCutter(self.spec.clip_len, self.spec.stride, self.spec.frame_step))
+            if state is not None:
+                state[1].release()
+            state = (attempt, ClipCutter(self.spec.clip_len, self.spec.stride, self.spec.frame_step, self._spares))
             self._videos[key] = state
         return state[1]
+
+    def _end(self, key: str) -> None:
+        state = self._videos.pop(key, None)
+        if state is not None:
+            state[1].release()
 
     def receive(self, header: FramesHeader, read_into: Callable[[np.ndarray], None]) -> Iterator[Item]:
         """Frames announced by `header`: `read_into(array)` fills an array of the header's shape in
@@ -77,6 +86,15 @@ class ClipAssembler:
         for start, clip in chunks:
             yield Clip(header.key, start, clip, header.attempt)
 
+    def receive_ring(self, key: str, attempt: int, ring: np.ndarray, first: int, position: int,
+                     count: int) -> Iterator[Item]:
+        """Frames a decoder wrote into its shared ring (ring.py): their clips, as views of the ring.
+        Returns the first frame of the video the ring must keep for what is still to come."""
+        cutter = self._cutter(key, attempt)
+        for start, clip in cutter.attach(ring, first, position, count):
+            yield Clip(key, start, clip, attempt)
+        return cutter.needed_from
+
     def push(self, item) -> Iterator[Item]:
         if isinstance(item, Frames):
             cutter = self._cutter(item.key, item.attempt)
@@ -85,19 +103,20 @@ class ClipAssembler:
                 yield Clip(item.key, start, clip, item.attempt)
         elif isinstance(item, End):
             cutter = self._cutter(item.key, item.attempt)
-            del self._videos[item.key]
+            short_clip = cutter.short_clip(self.short) if cutter.clips_cut == 0 and self.short != "skip" else None
+            self._end(item.key)
             facts = dict(item.facts)
             if cutter.clips_cut == 0:
-                if self.short == "skip":
+                if short_clip is None:
                     yield Failed(item.key, "clips", f"{cutter.frames_seen} frames: shorter than one "
                                                     f"{self.spec.clip_len}-frame window (--short skip)")
                     return
-                yield Clip(item.key, 0, cutter.short_clip(self.short), item.attempt)
+                yield Clip(item.key, 0, short_clip, item.attempt)
                 short = f"short:{self.short}"
                 facts["status"] = short if facts["status"] == "ok" else f"{facts['status']},{short}"
             yield Finished(item.key, max(cutter.clips_cut, 1), facts, item.attempt)
         else:
-            self._videos.pop(item.key, None)
+            self._end(item.key)
             yield item
 
 
@@ -105,10 +124,13 @@ def decode_video(job: VideoJob, spec: InputSpec, short: str, resize: bool = True
                  keep_partial: bool = False) -> Iterator[Item]:
     """All clips of one video, then Finished with its facts, or Failed as soon as anything breaks, in
     this process. Clips of an attempt that a later attempt replaces come first: a consumer keeps only
-    the highest attempt of a video (Collector does)."""
+    the highest attempt of a video (Collector does). Each clip's frames are its own copy."""
     assembler = ClipAssembler(spec, short)
     try:
         for item in decode_frames(job, spec, resize, keep_partial):
-            yield from assembler.push(item)
+            for out in assembler.push(item):
+                if isinstance(out, Clip):
+                    out.frames = out.frames.copy()
+                yield out
     except Exception as exc:  # a bug or a decoder surprise must cost one video, not the run
         yield Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}")

@@ -25,6 +25,7 @@ import decord
 import numpy as np
 
 from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.ring import FrameRing, RingWriter, ring_frames
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.extraction.video import READERS, VideoError, clean_decoder_message
 
@@ -39,6 +40,86 @@ class Frames:
     key: str
     attempt: int
     frames: np.ndarray
+
+
+@dataclass
+class FramesHeader:
+    """How Frames cross a decoder's pipe: a header (a plain tuple on the wire, cheap to unpickle,
+    `FramesHeader.wire`), then the frames' raw bytes, which the parent reads straight into the buffer
+    the clips are cut from (no pickling, no copy)."""
+
+    key: str
+    attempt: int
+    shape: tuple[int, ...]
+
+    TAG = "frames"
+
+    @classmethod
+    def from_wire(cls, message) -> "Optional[FramesHeader]":
+        """The header a received message is, or None for any other message."""
+        if type(message) is tuple and message[0] == cls.TAG:
+            return cls(message[1], message[2], message[3])
+        return None
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    """What a decoder process needs to know of its pool: the input spec, whether it resizes and
+    crops (else the network's device does), and whether a broken video keeps its first frames."""
+
+    input: InputSpec
+    resize: bool = True
+    keep_partial: bool = False
+    ring: Optional[str] = None  # where this decoder's shared frame ring is opened (ring.py), if any
+
+
+class FrameSender:
+    """A decoder's side of its pipe: Frames of one video attempt are gathered into messages of about
+    MESSAGE_BYTES (a chunk of a large video is a few frames; each message costs the parent a wake-up
+    and a header), sent as a header tuple and the raw bytes (os.write from the array: no pickling)."""
+
+    MESSAGE_BYTES = 2**20
+
+    def __init__(self, connection):
+        self.connection = connection
+        self._pending: list[Frames] = []
+        self._bytes = 0
+
+    def send(self, item) -> None:
+        """Frames are held until enough have come; anything else sends what is held first."""
+        if isinstance(item, Frames):
+            if self._pending and (item.key, item.attempt) != (self._pending[0].key, self._pending[0].attempt):
+                self.flush()
+            self._pending.append(item)
+            self._bytes += item.frames.nbytes
+            if self._bytes >= self.MESSAGE_BYTES:
+                self.flush()
+            return
+        self.flush()
+        self.connection.send(item)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        first = self._pending[0]
+        arrays = [p.frames for p in self._pending]
+        array = np.ascontiguousarray(arrays[0]) if len(arrays) == 1 else np.concatenate(arrays)
+        self._pending, self._bytes = [], 0
+        self.connection.send((FramesHeader.TAG, first.key, first.attempt, tuple(array.shape)))
+        view = memoryview(array.reshape(-1))
+        while len(view):
+            view = view[os.write(self.connection.fileno(), view):]
+
+
+def read_frames_into(connection, array: np.ndarray) -> None:
+    """Fill a contiguous uint8 `array` with the raw bytes that follow a FramesHeader (os.readv, straight
+    into place). EOFError when the sender died in the middle."""
+    view, fd = memoryview(array.reshape(-1)), connection.fileno()
+    while len(view):
+        count = os.readv(fd, [view])
+        if count == 0:
+            raise EOFError("the decoder's pipe closed in the middle of frames")
+        view = view[count:]
 
 
 @dataclass
@@ -90,17 +171,44 @@ class NativeStderr:
         return text
 
 
+def _damage_lines(text: str) -> list[str]:
+    """The lines of caught native output that FFmpeg logged: errors it concealed, among others."""
+    return [line for line in text.splitlines() if _FFMPEG_LINE.match(line)]
+
+
+def _damage_since(offset: int) -> tuple[list[str], int]:
+    """FFmpeg's lines among the complete lines NativeStderr caught past byte `offset`, and the offset
+    after those lines. One fstat when nothing was written; the file is read with pread, so neither
+    its offset (where fd 2 writes) nor its text (NativeStderr.text) changes."""
+    sink = NativeStderr._sink
+    if sink is None:
+        return [], offset
+    size = os.fstat(sink.fileno()).st_size
+    if size <= offset:
+        return [], offset
+    data = os.pread(sink.fileno(), size - offset, offset)
+    end = data.rfind(b"\n") + 1  # a line FFmpeg is still writing is looked at next time
+    return _damage_lines(data[:end].decode("utf-8", "replace")), offset + end
+
+
 def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_partial: bool = False,
-                  readers: Iterable = READERS) -> Iterator[Union[Frames, End, Failed]]:
+                  readers: Optional[Iterable] = None) -> Iterator[Union[Frames, End, Failed]]:
     """The frames of one video, resized and cropped (unless `resize` is False: the device does it),
-    then End with the video's facts; or Failed. decord reads first; a video it cannot open, fails
-    in, or would repair frames of, is read again from the start by PyAV. With `keep_partial`, a video
-    that breaks after some frames ends there (status partial:<frames>) instead of failing."""
+    then End with the video's facts; or Failed. The readers are tried in the order video.readers_for
+    gives (decord then PyAV; PyAV for MPEG program and transport streams), or in `readers`' order;
+    a video one cannot open, fails in, or would repair frames of, is read again from the start by the
+    next one. A reader with another after it stops at the first decoding error its FFmpeg logs (seen
+    after each chunk), before sending another frame. With `keep_partial`, a video that breaks after
+    some frames ends there (status partial:<frames>) instead of failing."""
+    from c3d_extract.extraction.video import readers_for  # here: the import lines are not this change's
+
+    order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
     sent: Optional[tuple[int, int, object]] = None   # (attempt, frames, reader) of the last try that sent frames
     codec = ""
-    NativeStderr.text()  # what an earlier video left behind is not this one's
-    for attempt, reader_class in enumerate(readers):
+    for attempt, reader_class in enumerate(order):
+        last = attempt == len(order) - 1
+        NativeStderr.text()  # what an earlier video or try left behind is not this try's
         try:
             reader = reader_class(job.path)
         except VideoError as exc:
@@ -113,9 +221,13 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
             stages.append(exc.stage)
             continue
         codec = getattr(reader, "codec", codec)
-        count = 0
+        count, seen = 0, 0
         try:
             for chunk in reader.chunks():
+                if not last:
+                    found, seen = _damage_since(seen)
+                    if found:  # doomed: the next reader reads the video again, these frames would be dropped
+                        break
                 yield Frames(job.key, attempt, spec.crop_frames(chunk) if resize else chunk)
                 count += len(chunk)
                 sent = (attempt, count, reader)
@@ -125,8 +237,8 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
             continue
         finally:
             reader.close()  # stops decord's decoder thread before its log is read
-        damage = [line for line in NativeStderr.text().splitlines() if _FFMPEG_LINE.match(line)]
-        if damage and reader_class is not READERS[-1]:  # every frame came, but FFmpeg concealed errors
+        damage = _damage_lines(NativeStderr.text())
+        if damage and not last:  # FFmpeg concealed errors (every frame came, or the try stopped early)
             notes.append(f"{reader.name}: FFmpeg reported {len(damage)} decoding error(s), e.g. "
                          f"{clean_decoder_message(damage[0])}")
             stages.append("decode")
@@ -151,8 +263,8 @@ def _facts(reader, frames: int, status: str) -> dict:
 
 def serve(tasks, results, heartbeat) -> None:
     """Decode the jobs received on `tasks` until None arrives; `results` is this process's own pipe.
-    The first message is the pool's settings (spec, resize, keep_partial): a process can be started
-    before they are known (prestart)."""
+    The first message is the pool's DecoderSettings: a process can be started before they are known
+    (prestart)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cv2.setNumThreads(1)  # one decoder per core: no thread pool inside the resize
@@ -160,13 +272,28 @@ def serve(tasks, results, heartbeat) -> None:
 
     def send(message) -> None:
         heartbeat.value = math.inf  # waiting on the parent, not hanging
-        results.send(message)
+        if ring is not None and isinstance(message, Frames):
+            ring.write(message.key, message.attempt, message.frames)
+        else:
+            if ring is not None:
+                ring.flush()
+            sender.send(message)
         heartbeat.value = time.time()
 
     try:
-        spec, resize, keep_partial = tasks.recv()
+        settings: DecoderSettings = tasks.recv()
     except EOFError:  # the parent is gone (or never needed this spare)
         return
+
+    sender, ring = FrameSender(results), None
+    if settings.ring and settings.resize:  # cropped frames go through shared memory, not the pipe
+        try:
+            spec = settings.input
+            shape = (*spec.crop, 3)
+            ring = RingWriter(FrameRing.open(settings.ring, shape, ring_frames(shape, spec.clip_len)),
+                              spec.clip_len, spec.stride, results)
+        except OSError:  # /proc not readable here: the pipe carries the frames
+            ring = None
 
     while True:
         try:
@@ -177,7 +304,7 @@ def serve(tasks, results, heartbeat) -> None:
             return
         heartbeat.value = time.time()
         try:
-            for item in decode_frames(job, spec, resize, keep_partial):
+            for item in decode_frames(job, settings.input, settings.resize, settings.keep_partial):
                 heartbeat.value = time.time()
                 send(item)
         except Exception as exc:  # a bug or a decoder surprise must cost one video, not the worker

@@ -43,6 +43,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which a batch scheduler sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoder processes when --workers is not given. With the network on CUDA the GPU does the
+    arithmetic and the cores decode: every core but the one that batches. On the CPU the decoders
+    share the cores with the network: half of them, at most 4."""
+    cores = usable_cores()
+    if device.type == "cuda":
+        return max(1, cores - 1)
+    return max(1, min(4, cores // 2))
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Clips per forward when --batch-size is not given (bench/results.md has the measurements)."""
+    return 64 if device.type == "cuda" else 4
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when oneDNN has bf16 kernels here (AVX512-BF16 / AMX): then bf16 is ~5x fp32."""
     try:
@@ -52,13 +75,14 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """The precision to run in. `auto`: bf16 on CPUs with bf16 units (features keep cosine >= 0.999
-    to fp32, tests/test_precision.py), else fp32. On CUDA `auto` stays fp32 (TF32 off) until a
-    parity test on a GPU backs a lower precision."""
+    """The precision to run in. `auto`: bf16 where it is fast, i.e. on CUDA devices with bf16 support
+    and on CPUs with bf16 units (features keep cosine >= 0.999 to fp32: tests/test_precision.py,
+    tests/test_cuda.py), else fp32 (on CUDA with TF32 off)."""
     if name not in PRECISIONS:
         raise UsageError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+        return "bf16" if fast else "fp32"
     if name == "fp16" and device.type == "cpu":
         raise UsageError("fp16 is for CUDA devices; on the CPU use bf16 or fp32")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -83,11 +107,19 @@ class Runtime:
         # and needed for the bf16 speed-up); on CUDA cuDNN prefers it for fp16/bf16 tensor cores.
         return torch.channels_last_3d
 
+    @property
+    def searches(self) -> bool:
+        """Whether cuDNN times its algorithms on the first batch of each shape (`cudnn.benchmark`).
+        It pays in bf16/fp16 (about 1-1.5 s once, then 1.3x for C3D on an H200); in fp32 with TF32
+        off the 3D convolutions' search took 18-25 s and more as the batch grows, for little or
+        nothing, so fp32 takes cuDNN's heuristic choice at once (bench/results.md)."""
+        return self.device.type == "cuda" and self.precision != "fp32"
+
     def prepare(self, net: nn.Module) -> nn.Module:
         """Move the whole network to the device and dtype (casting, not autocast: autocast re-casts
         the 80M weights every call) in eval mode."""
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = self.searches
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         return net.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format).eval()
