@@ -1,6 +1,7 @@
 """What runs in a decoder process: one video from file to resized, cropped frames (decord, then PyAV
-when decord cannot read it or would repair frames). The clips are cut where they are batched
-(assemble.py), so each frame travels from a decoder process once although it is in two clips.
+when decord cannot read it or would repair frames; PyAV alone for MPEG program and transport
+streams, video.readers_for). The clips are cut where they are batched (assemble.py), so each frame
+travels from a decoder process once (through a shared ring, ring.py) although it is in two clips.
 This module and what it imports stay free of torch: every decoder process imports it (torch would
 cost each one ~1.5 s of CPU at start, taken from the network on a small machine).
 
