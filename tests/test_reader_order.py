@@ -151,17 +151,24 @@ print(json.dumps({"alone": alone, "logged": logged, "sent": [[i.attempt, len(i.f
 """
 
 
-def test_a_decord_try_stops_at_the_first_decoding_error_its_ffmpeg_reports(tmp_path):
-    frames = 150
+def damaged_h264(tmp_path, frames: int = 150):
+    """An H.264 .mp4 with 8 flipped bytes inside the slice data of frame 20 (in decoding order):
+    damage FFmpeg conceals, which decord reads through and its FFmpeg logs."""
     clean = write_video(tmp_path / "clean.mp4", moving_frames(frames, 120, 160, seed=3), bit_rate=400_000)
     data = bytearray(clean.read_bytes())
     with av.open(str(clean)) as container:
         packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
-    pos, size = packets[20]  # damage inside the slice data of frame 20 (in decoding order): concealed
+    pos, size = packets[20]
     for at in range(pos + size // 3, pos + size // 3 + 8):
         data[at] ^= 0x55
     damaged = tmp_path / "damaged.mp4"
     damaged.write_bytes(data)
+    return damaged
+
+
+def test_a_decord_try_stops_at_the_first_decoding_error_its_ffmpeg_reports(tmp_path):
+    frames = 150
+    damaged = damaged_h264(tmp_path, frames)
     run = subprocess.run([sys.executable, "-c", EARLY_STOP, str(damaged)], capture_output=True, text=True,
                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert run.returncode == 0, run.stderr
@@ -176,3 +183,36 @@ def test_a_decord_try_stops_at_the_first_decoding_error_its_ffmpeg_reports(tmp_p
     assert kind == "End" and attempt == 1 and facts["decoder"].startswith("pyav ")
     assert facts["status"].startswith("repaired:") and facts["num_frames"] == frames
     assert sum(n for attempt, n in out["sent"] if attempt == 1) == frames
+
+
+def test_the_summary_counts_the_clips_written_not_those_of_a_replaced_try(tmp_path):
+    """Through the decoder processes, the shared frame rings and the batches: a video decord reads
+    with concealed errors is read again by PyAV; the run's clip count is that of the rows written."""
+    import torch
+    from torch import nn
+
+    from c3d_extract.extraction.pipeline import BatchRunner, extract
+    from c3d_extract.extraction.runtime import Runtime
+    from c3d_extract.models.net import StagedNet
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    damaged = damaged_h264(tmp_path)
+    os.replace(damaged, folder / "damaged.mp4")
+    write_video(folder / "plain.mp4", moving_frames(40, 64, 96, seed=5))  # windows at 0, 8, 16, 24
+    net = StagedNet([("mean", nn.AdaptiveAvgPool3d(1)), ("flat", nn.Flatten())])
+    runner = BatchRunner(net, ["flat"], RES3D_SPORTS1M.input, Runtime(torch.device("cpu"), "fp32"), 4)
+
+    class Sink:
+        facts: dict = {}
+
+        def add_video(self, key, features, facts):
+            self.facts[key] = facts
+
+        def add_failure(self, key, stage, error):
+            raise AssertionError(f"{key}: {stage}: {error}")
+
+    sink = Sink()
+    summary = extract([VideoJob(p.name, str(p)) for p in sorted(folder.iterdir())], runner, sink, workers=1)
+    assert sink.facts["plain.mp4"]["num_clips"] == 4 and sink.facts["damaged.mp4"]["num_clips"] == 17
+    assert summary.clips == 4 + 17 and summary.written == 2

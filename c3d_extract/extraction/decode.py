@@ -28,7 +28,7 @@ import numpy as np
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.ring import FrameRing, RingWriter, ring_frames
 from c3d_extract.models.preprocess import InputSpec
-from c3d_extract.extraction.video import READERS, VideoError, clean_decoder_message
+from c3d_extract.extraction.video import VideoError, clean_decoder_message, readers_for
 
 
 IDLE = "idle"  # what a decoder process sends when it finished a job
@@ -201,8 +201,6 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
     next one. A reader with another after it stops at the first decoding error its FFmpeg logs (seen
     after each chunk), before sending another frame. With `keep_partial`, a video that breaks after
     some frames ends there (status partial:<frames>) instead of failing."""
-    from c3d_extract.extraction.video import readers_for  # here: the import lines are not this change's
-
     order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
     sent: Optional[tuple[int, int, object]] = None   # (attempt, frames, reader) of the last try that sent frames
