@@ -3,6 +3,8 @@ process that dies costs one video, and reading a long video costs what a short o
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,7 +18,7 @@ from c3d_extract.models.registry import RES3D_SPORTS1M
 from c3d_extract.extraction.pipeline import BatchRunner, extract
 from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.weights.load import load_weights
-from tests.helpers import load_bench as load
+from tests.helpers import REPO, load_bench as load
 from tests.videos import moving_frames, write_video
 
 
@@ -121,3 +123,43 @@ def test_reading_a_long_video_costs_what_a_short_one_does(tmp_path):
     long_clips, long_rss, _ = bench.peak(str(long))
     assert long_clips == (15000 - 16) // 8 + 1 and short_clips == (500 - 16) // 8 + 1
     assert long_rss - short_rss < 80, (short_rss, long_rss)
+
+
+PARENT = """
+import sys, time
+from c3d_extract.extraction.decode import DecoderSettings
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.workers import DecodePool
+from c3d_extract.models.registry import C3D_SPORTS1M
+if __name__ == "__main__":
+    pool = DecodePool([VideoJob("v", sys.argv[1])], DecoderSettings(C3D_SPORTS1M.input), "loop", workers=1)
+    next(iter(pool))  # one clip taken, then nobody releases the ring: the decoder fills it and waits
+    print(pool._workers[0].process.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return any(line.split()[1] == "Z" for line in handle if line.startswith("State:"))  # a zombie
+    except FileNotFoundError:
+        return True
+
+
+def test_a_decoder_waiting_on_a_full_ring_ends_when_the_batching_process_is_killed(tmp_path):
+    video = write_video(tmp_path / "long.mp4", moving_frames(900, 48, 64, seed=9))  # 900 frames > one ring
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(video)], stdout=subprocess.PIPE, text=True,
+                              cwd=str(REPO))
+    try:
+        decoder = int(parent.stdout.readline())
+        time.sleep(3)  # the decoder fills the ring's 445 frames and waits for a release
+        assert not _gone(decoder)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.time() + 20
+        while not _gone(decoder) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _gone(decoder), "the decoder outlived the process it decoded for"
+    finally:
+        parent.kill()

@@ -101,6 +101,7 @@ class RingWriter:
         self._next_start = 0          # first frame a future window of it needs
         self._pending: Optional[list] = None  # [first frame, position, sequence, count] not announced
         self._frame_bytes = int(np.prod(ring.frame_shape))
+        self._parent = os.getppid()
 
     def write(self, key: str, attempt: int, frames: np.ndarray) -> None:
         """Put the next frames (n, *frame_shape) of video attempt (key, attempt) into the ring."""
@@ -139,12 +140,15 @@ class RingWriter:
         self._pending = None
 
     def _wait(self, end: int) -> None:
-        """Until every frame before `end - size` is released (the parent is behind, not us)."""
+        """Until every frame before `end - size` is released (the parent is behind, not us). A parent
+        that died releases nothing: BrokenPipeError, as a send to it would raise."""
         if end - self.ring.size <= self.ring.released[0]:
             return
         self.flush()  # the parent can only release what it was told about
         pause = 0.0002
         while end - self.ring.size > self.ring.released[0]:
+            if os.getppid() != self._parent:
+                raise BrokenPipeError("the process that batches is gone")
             time.sleep(pause)
             pause = min(pause * 2, 0.005)
 
