@@ -1,7 +1,7 @@
 """Which decoder reads a video first: MPEG program and transport streams go straight to PyAV, chosen
 from the file's first bytes (decord 0.6.0 would send frames of them that are thrown away when its fault
 tolerance stops it); everything else is read by decord first. And a decord try whose FFmpeg reports
-a concealed decoding error stops there, before sending the rest of the video for nothing."""
+a concealed decoding error sends nothing more from there (the rest would be thrown away)."""
 
 import json
 import os

@@ -198,8 +198,9 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
     then End with the video's facts; or Failed. The readers are tried in the order video.readers_for
     gives (decord then PyAV; PyAV for MPEG program and transport streams), or in `readers`' order;
     a video one cannot open, fails in, or would repair frames of, is read again from the start by the
-    next one. A reader with another after it stops at the first decoding error its FFmpeg logs (seen
-    after each chunk), before sending another frame. With `keep_partial`, a video that breaks after
+    next one. A reader with another after it sends no more frames after the first decoding error its
+    FFmpeg logs (seen after each chunk; decord logs from a thread of its own, so the moment varies),
+    but reads on, so that the try ends, and is described, as it would have without the check. With `keep_partial`, a video that breaks after
     some frames ends there (status partial:<frames>) instead of failing."""
     order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
@@ -220,13 +221,14 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
             stages.append(exc.stage)
             continue
         codec = getattr(reader, "codec", codec)
-        count, seen = 0, 0
+        count, seen, doomed = 0, 0, False
         try:
             for chunk in reader.chunks():
-                if not last:
+                if not last and not doomed:
                     found, seen = _damage_since(seen)
-                    if found:  # doomed: the next reader reads the video again, these frames would be dropped
-                        break
+                    doomed = bool(found)
+                if doomed:  # the next reader reads the video again: frames sent now would be dropped. The
+                    continue  # read goes on so that how it ends, and its message, do not depend on timing
                 yield Frames(job.key, attempt, spec.crop_frames(chunk) if resize else chunk)
                 count += len(chunk)
                 sent = (attempt, count, reader)
