@@ -23,6 +23,7 @@ import torch
 from c3d_extract import __version__
 from c3d_extract.errors import UsageError
 from c3d_extract.extraction.inputs import VideoJob, find_videos, parse_extensions, shard_of
+from c3d_extract.extraction.remote import FETCH_STAGE, redact_argv
 from c3d_extract.extraction.pipeline import BatchRunner, Failed, Summary, extract as run_local
 from c3d_extract.extraction.runtime import (Runtime, default_batch_size, default_device, default_workers,
                                             resolve_device, resolve_precision)
@@ -108,7 +109,7 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
                            keep_partial=keep_partial)
     provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
                   "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(DECODERS),
-                  "torch_version": torch.__version__, "command_line": shlex.join(sys.argv)}
+                  "torch_version": torch.__version__, "command_line": shlex.join(redact_argv(sys.argv))}
     batch = batch_size or default_batch_size(runtime.device)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
     replicas = [BatchRunner(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, place == "device")
@@ -117,11 +118,13 @@ def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]]
 
 
 def find_jobs(inputs: Sequence[str], root: Optional[str] = None, ext: Optional[str] = None,
-              shard: Optional[tuple[int, int]] = None, warn: Warn = lambda message: None) -> list[VideoJob]:
-    """The videos of directories, files and @lists, keyed relative to `root`, optionally one shard
-    (I, N) (RunSettings.shard)."""
+              shard: Optional[tuple[int, int]] = None, warn: Warn = lambda message: None,
+              storage_options: Optional[dict] = None) -> list[VideoJob]:
+    """The videos of directories, files, URLs, prefixes, tar shards and @lists, keyed relative to
+    `root`, optionally one shard (I, N) (RunSettings.shard). `storage_options` go to fsspec for URLs
+    (e.g. {"endpoint_url": ...}); RemoteError when the store cannot be listed or reached."""
     extensions = parse_extensions(ext)
-    jobs, problems = find_videos(inputs, root, extensions)
+    jobs, problems = find_videos(inputs, root, extensions, storage_options)
     for path, problem in problems:
         warn(f"warning: {path}: {problem}")
     if not jobs:
@@ -149,6 +152,9 @@ class Arrays:
     def add_failure(self, key: str, stage: str, error: str) -> None:
         self.failed[key] = (stage, error)
 
+    def clear_failure(self, key: str) -> None:
+        self.failed.pop(key, None)
+
     @property
     def keys(self) -> list[str]:
         return sorted(self.rows)
@@ -164,51 +170,93 @@ def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Option
             workers: Optional[int] = None,
             timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
             on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
-            warn: Warn = lambda message: None, **options) -> "Summary | Arrays":
-    """Extract descriptors of `videos` (paths, directories, @lists). With `output`, into that feature
-    file (resuming it; crash-safe) and return a Summary; without, return an `Arrays` in memory.
-    `options` are those of build_extractor (model, layers, weights, ...)."""
+            warn: Warn = lambda message: None, storage_options: Optional[dict] = None,
+            **options) -> "Summary | Arrays":
+    """Extract descriptors of `videos` (paths, directories, URLs, tar shards, @lists). With `output`,
+    into that feature file (resuming it; crash-safe) and return a Summary; without, return an `Arrays`
+    in memory. `options` are those of build_extractor (model, layers, weights, ...)."""
     check_engine(engine)
     if output is None and engine != "local":
         raise UsageError("extracting to arrays runs the local engine; give `output` for --engine ray")
     extractor = build_extractor(warn=warn, engine=engine, **options)
-    jobs = find_jobs(videos, root, ext, extractor.settings.shard, warn)
+    jobs = find_jobs(videos, root, ext, extractor.settings.shard, warn, storage_options)
     if output is None:
         sink = Arrays(extractor.network.layers, keep_clips=extractor.settings.wants_clips)
         run_local(jobs, extractor.replicas, sink, short=extractor.settings.short_videos,  # type: ignore[arg-type]
-                  workers=extractor.workers(workers), timeout=timeout, keep_partial=extractor.settings.keep_partial)
+                  workers=extractor.workers(workers), timeout=timeout, keep_partial=extractor.settings.keep_partial,
+                  storage=storage_options)
         return sink
     store, todo = open_output(output, extractor, jobs, overwrite, retry_failed)
     with store:
-        return run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video)
+        return run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video, storage_options)
 
 
 def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], overwrite: bool = False,
                 retry_failed: bool = False, warn: Optional[Warn] = None) -> tuple[FeatureStore, list[VideoJob]]:
     """Open (or create) the run's feature file, and what the run still has to do there: the failed
-    videos with `retry_failed`, else those not in the file. Raises StoreError for a file with other
-    settings (or not a feature file), StorageError for a full or failing disk."""
+    videos with `retry_failed`, else those not in the file and those whose download failed (the
+    store's fault, not the video's). A tar shard is read again passing over the members written (and,
+    without `retry_failed`, those that failed). Raises StoreError for a file with other settings (or
+    not a feature file), StorageError for a full or failing disk."""
     store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
                               overwrite=overwrite, warn=warn)
-    if retry_failed:
-        return store, [job for job in jobs if job.key in store.failed]
-    return store, [job for job in jobs if job.key not in store.done and job.key not in store.failed]
+    members = _members_by_shard(jobs, store)
+    todo = []
+    for job in jobs:
+        if job.is_shard:
+            done = {key for key in members.get(job.prefix, ()) if key in store.done or
+                    (not retry_failed and store.failed.get(key, ("",))[0] != FETCH_STAGE)}
+            failed = any(key in store.failed for key in members.get(job.prefix, ())) or job.key in store.failed
+            if not retry_failed or failed:
+                todo.append(VideoJob(job.key, job.path, job.members, frozenset(done)))
+        elif retry_failed:
+            if job.key in store.failed:
+                todo.append(job)
+        elif job.key not in store.done and store.failed.get(job.key, (FETCH_STAGE,))[0] == FETCH_STAGE:
+            todo.append(job)
+    return store, todo
+
+
+def keys_of(jobs: Sequence[VideoJob], store: FeatureStore) -> set[str]:
+    """The video keys of `jobs` as far as known: a tar shard counts its members the file holds (and
+    itself while a failure of its own is recorded)."""
+    keys = {job.key for job in jobs if not job.is_shard or job.key in store.failed}
+    for members in _members_by_shard(jobs, store).values():
+        keys |= members
+    return keys
+
+
+def _members_by_shard(jobs: Sequence[VideoJob], store: FeatureStore) -> dict[str, set[str]]:
+    """The keys the file holds (written or failed) of each tar shard's members, by shard prefix."""
+    prefixes = {job.prefix for job in jobs if job.is_shard}
+    found: dict[str, set[str]] = {}
+    if not prefixes:
+        return found
+    for key in (*store.done, *store.failed):
+        at = key.find("/")
+        while at != -1:
+            if key[:at + 1] in prefixes:
+                found.setdefault(key[:at + 1], set()).add(key)
+                break
+            at = key.find("/", at + 1)
+    return found
 
 
 def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, workers: Optional[int] = None,
              timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
-             on_video=None) -> Summary:
-    """Run the chosen engine over `todo` into an open store."""
+             on_video=None, storage_options: Optional[dict] = None) -> Summary:
+    """Run the chosen engine over `todo` into an open store (`storage_options`: fsspec's, for URLs)."""
     check_engine(engine)
     settings = extractor.settings
     if engine == "ray":
         from c3d_extract.extraction.engine_ray import extract_ray
 
         return extract_ray(todo, extractor.network, store, short=settings.short_videos, address=ray_address,
-                           on_video=on_video, timeout=timeout, keep_partial=settings.keep_partial)
+                           on_video=on_video, timeout=timeout, keep_partial=settings.keep_partial,
+                           storage=storage_options)
     return run_local(todo, extractor.replicas or extractor.network, store, short=settings.short_videos,
                      workers=extractor.workers(workers), on_video=on_video, timeout=timeout,
-                     keep_partial=settings.keep_partial)
+                     keep_partial=settings.keep_partial, storage=storage_options)
 
 
 @dataclass
@@ -230,7 +278,8 @@ class Verification:
 
 
 def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: int, seed: int = 0,
-           workers: Optional[int] = None, timeout: float = 300.0) -> Verification:
+           workers: Optional[int] = None, timeout: float = 300.0,
+           storage_options: Optional[dict] = None) -> Verification:
     """Re-extract a seeded sample of `count` of `jobs` that `output` holds and compare them with the
     stored rows; `output` is not changed. Raises StoreError when `output` is missing, has other
     settings, or holds none of the jobs."""
@@ -247,7 +296,7 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
     sink = Arrays(network.layers)
     run_local(sample, network, sink, short=extractor.settings.short_videos,  # type: ignore[arg-type]
               workers=extractor.workers(workers),
-              timeout=timeout, keep_partial=extractor.settings.keep_partial)
+              timeout=timeout, keep_partial=extractor.settings.keep_partial, storage=storage_options)
     worst_diff, worst_cos = 0.0, 1.0
     keys = list(sink.rows)
     for layer in network.layers:  # only the re-extracted rows are read, whatever the file's size

@@ -8,6 +8,7 @@ place (cli/errors.py); the library never exits.
     ├── Refused       a request declined to keep what exists intact (an OUTPUT with other settings,
     │                 a journal another run holds)
     ├── Failure       something tried and failed on the way: a video, a download, a conversion
+    ├── RemoteError   an object store refused the run before it started: credentials, bucket, endpoint
     └── StorageError  the disk is full or failing (storage.py): what was saved is said
 """
 
@@ -28,3 +29,8 @@ class Refused(C3DError):
 
 class Failure(C3DError):
     """Something tried and failed: a video, a download, a conversion."""
+
+
+class RemoteError(C3DError):
+    """An object store (s3://, gs://, http) refused the run before any work: wrong credentials, an
+    unknown bucket, an endpoint that cannot be reached. Nothing was started or changed."""

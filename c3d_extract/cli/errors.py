@@ -7,12 +7,14 @@ from typing import NoReturn
 
 import click
 
-from c3d_extract.errors import C3DError, Failure
+from c3d_extract.errors import C3DError, Failure, RemoteError
 from c3d_extract.storage import EXIT_CODE, StorageError, is_storage_error
 
 # first match wins. c3d-extract: 1 = videos (or a download) failed, 2 = the run could not start or
-# was refused (nothing written), 3 = the disk. c3d-weights and c3d-svm: 1 for any error, 3 the disk.
-EXTRACT_STATUSES = ((StorageError, EXIT_CODE), (Failure, 1), (C3DError, 2))
+# was refused (nothing written), 3 = the disk, 4 = the object store refused (credentials, bucket,
+# endpoint; nothing written). c3d-weights and c3d-svm: 1 for any error, 3 the disk.
+REMOTE_EXIT_CODE = 4
+EXTRACT_STATUSES = ((StorageError, EXIT_CODE), (Failure, 1), (RemoteError, REMOTE_EXIT_CODE), (C3DError, 2))
 TOOL_STATUSES = ((StorageError, EXIT_CODE), (C3DError, 1))
 
 

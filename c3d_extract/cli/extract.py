@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 from typing import Optional
@@ -14,6 +15,8 @@ from torch import device as torch_device
 from c3d_extract import __version__, api
 from c3d_extract.cli import files
 from c3d_extract.cli.errors import ToolGroup
+from c3d_extract.errors import UsageError
+from c3d_extract.extraction.remote import redact
 from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS
 from c3d_extract.extraction.pipeline import Failed, Summary
 from c3d_extract.extraction.ray_logs import QuietRay
@@ -133,6 +136,10 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 @click.option("--root", type=click.Path(file_okay=False),
               help="Keys are paths relative to this directory (default: the input directory, or the "
                    "deepest directory holding all inputs).")
+@click.option("--storage-options", "storage_text", metavar="JSON",
+              help="fsspec options for s3://, gs:// and http(s):// inputs, e.g. '{\"endpoint_url\": "
+                   "\"http://127.0.0.1:8333\"}' for an S3-compatible store (credentials are better left to "
+                   "AWS_* variables and files or GOOGLE_APPLICATION_CREDENTIALS; never recorded).")
 @click.option("--ext", metavar="EXTS", help=f"Extensions to look for in directories "
                                             f"(default: {','.join(VIDEO_EXTENSIONS)}).")
 @click.option("--per-clip", is_flag=True, help="Also store every clip's activations with its first and last "
@@ -151,20 +158,24 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
                     workers: Optional[int], timeout: float, resize_on: str, keep_partial: bool, engine: str, ray_address: Optional[str],
-                    device: Optional[str], precision: str, root: Optional[str], ext: Optional[str], per_clip: bool,
+                    device: Optional[str], precision: str, root: Optional[str], storage_text: Optional[str],
+                    ext: Optional[str], per_clip: bool,
                     segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool,
                     verify: Optional[int], quiet: bool) -> None:
-    """Extract one descriptor per video from INPUTS (directories, searched recursively, files, or
-    @LIST files of paths) into the HDF5 file OUTPUT.
+    """Extract one descriptor per video from INPUTS (directories, searched recursively, files, URLs
+    and prefixes: s3://, gs://, http(s)://, tar shards, or @LIST files of paths and URLs) into the
+    HDF5 file OUTPUT.
 
     Every video is cut into windows (C3D and Res3D: 16 frames every 8 frames); each clip goes
     through the network; a video's descriptor is the mean of its clips' activations, L2-normalised,
     per layer. Re-running
     the same command skips the videos already in OUTPUT. Exit status: 0 when every video is in
     OUTPUT, 1 when any failed (see OUTPUT's `failures`), 2 when the run could not start, 3 when the
-    disk is full or failing (finished videos are kept; the one-line message says where).
+    disk is full or failing (finished videos are kept; the one-line message says where), 4 when an
+    object store refused (credentials, bucket, endpoint).
     """
     api.check_engine(engine)  # before decoder processes start and the network is built
+    storage = _storage_options(storage_text)
     if engine == "local":
         if workers is None:  # the count depends on where the network runs
             workers = default_workers(resolve_device((device or default_device()).split(",")[0].strip()))
@@ -174,10 +185,10 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
         stride=stride, frame_step=frame_step, short=short, device=device, precision=precision,
         batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard, resize_on=resize_on,
         keep_partial=keep_partial, engine=engine, quiet=quiet, warn=_say)
-    jobs = api.find_jobs(inputs, root, ext, extractor.settings.shard, warn=_say)
+    jobs = api.find_jobs(inputs, root, ext, extractor.settings.shard, warn=_say, storage_options=storage)
     runtime = extractor.network.runtime
     if verify:
-        result = api.verify(output, jobs, extractor, verify, seed, workers, timeout)
+        result = api.verify(output, jobs, extractor, verify, seed, workers, timeout, storage)
         click.echo(f"{output}: re-extracted {result.recomputed} of {result.sampled} sampled video(s) "
                    f"({result.failed} failed now); largest difference {result.largest_difference:.3g}, lowest "
                    f"cosine {result.lowest_cosine:.6f}: {'reproduced' if result.reproduced else 'NOT reproduced'}")
@@ -186,20 +197,20 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                                   warn=lambda message: _say(f"warning: {message}"))
     # under Ray, Ray's own log lines go to a file from here on, before the progress bar takes stderr
     with store, (QuietRay() if engine == "ray" else contextlib.nullcontext()):
-        keys = {job.key for job in jobs}
+        keys = api.keys_of(jobs, store)
         skipped_done = len(keys & store.done)
         skipped_failed = 0 if retry_failed else len(keys & set(store.failed))
         if not quiet and (skipped_done or skipped_failed):
             _say(f"{output}: {skipped_done} video(s) already done, {skipped_failed} failed before "
                  f"(--retry-failed tries those again); {len(todo)} to do")
         _warn_if_disk_too_small(store, output, len(todo))
-        paths = {job.key: job.path for job in todo}
+        paths = {job.key: redact(job.path) for job in todo}
         bar = tqdm(total=len(todo), unit="video", disable=True if quiet else None, file=sys.stderr,
                    dynamic_ncols=True)
 
         def on_video(key: str, failure: Optional[Failed], summary: Summary) -> None:
             if failure is not None:
-                _say(f"{paths[key]}: {failure.stage}: {failure.error}")
+                _say(f"{paths.get(key, key)}: {failure.stage}: {failure.error}")
             bar.update(1)
             elapsed = bar.format_dict.get("elapsed") or 0
             if elapsed:
@@ -207,7 +218,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            summary = api.run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video)
+            summary = api.run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video, storage)
         except Stopped as stop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -220,6 +231,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             bar.close()
+        keys = api.keys_of(jobs, store)  # a tar shard's members are known once it was read
         still_failed = keys & set(store.failed)
         if not quiet:
             rate = summary.clips / summary.seconds if summary.seconds else 0.0
@@ -227,6 +239,19 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
                  f"{runtime.device} {runtime.precision}), {summary.failed} failed; "
                  f"{len(keys & store.done)} of {len(keys)} input video(s) are in the file")
     sys.exit(1 if still_failed else 0)
+
+
+def _storage_options(text: Optional[str]) -> Optional[dict]:
+    """--storage-options' JSON object (its values are never echoed: they may hold keys)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--storage-options is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise UsageError("--storage-options must be a JSON object, e.g. '{\"endpoint_url\": \"http://host:8333\"}'")
+    return value
 
 
 def _warn_if_disk_too_small(store: FeatureStore, output: str, videos: int) -> None:

@@ -26,7 +26,9 @@ import decord
 import numpy as np
 
 from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.remote import FETCH_STAGE, FetchError, fetch, is_url
 from c3d_extract.extraction.ring import FrameRing, RingWriter, ring_frames
+from c3d_extract.extraction.shards import ShardBroken, members
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.extraction.video import VideoError, clean_decoder_message, readers_for
 
@@ -72,6 +74,7 @@ class DecoderSettings:
     resize: bool = True
     keep_partial: bool = False
     ring: Optional[str] = None  # where this decoder's shared frame ring is opened (ring.py), if any
+    storage: Optional[dict] = None  # fsspec storage options for URL inputs (remote.py): never shown
 
 
 class FrameSender:
@@ -137,6 +140,13 @@ class Failed:
     key: str
     stage: str
     error: str
+
+
+@dataclass
+class ShardRead:
+    """A tar shard was read to its end (an older failure of the shard itself no longer holds)."""
+
+    key: str
 
 
 # how FFmpeg starts a line it logs: "[h264 @ 0x55d0c8a0] error while decoding MB 8 5"
@@ -256,6 +266,35 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
     yield Failed(job.key, stage, prefix + "; ".join(notes))
 
 
+def decode_job(job: VideoJob, settings: DecoderSettings, progress=lambda: None
+               ) -> Iterator[Union[Frames, End, Failed, ShardRead]]:
+    """decode_frames for any job: a local file as it is; a URL fetched first into a temporary file
+    (remote.fetch; a download that fails is a Failed of stage fetch); a tar shard member by member
+    (shards.py), then ShardRead, or a Failed of the shard's own key when it breaks."""
+    def frames(key: str, path: str):
+        return decode_frames(VideoJob(key, path), settings.input, settings.resize, settings.keep_partial)
+
+    if job.is_shard:
+        try:
+            for key, spool in members(job, settings.storage, progress):
+                with spool:
+                    yield from frames(key, spool.path)
+        except ShardBroken as exc:
+            yield Failed(job.key, exc.stage, str(exc))
+            return
+        yield ShardRead(job.key)
+    elif is_url(job.path):
+        try:
+            spool = fetch(job.path, settings.storage, progress)
+        except FetchError as exc:
+            yield Failed(job.key, FETCH_STAGE, str(exc))
+            return
+        with spool:
+            yield from frames(job.key, spool.path)
+    else:
+        yield from decode_frames(job, settings.input, settings.resize, settings.keep_partial)
+
+
 def _facts(reader, frames: int, status: str) -> dict:
     info = reader.info
     return {"num_frames": frames, "fps": info.fps, "height": info.height, "width": info.width,
@@ -304,8 +343,12 @@ def serve(tasks, results, heartbeat) -> None:
         if job is None:
             return
         heartbeat.value = time.time()
+
+        def beat() -> None:
+            heartbeat.value = time.time()
+
         try:
-            for item in decode_frames(job, settings.input, settings.resize, settings.keep_partial):
+            for item in decode_job(job, settings, beat):
                 heartbeat.value = time.time()
                 send(item)
         except Exception as exc:  # a bug or a decoder surprise must cost one video, not the worker

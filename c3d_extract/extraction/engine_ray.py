@@ -31,8 +31,9 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.decode import DecoderSettings
+from c3d_extract.extraction.decode import DecoderSettings, ShardRead
 from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.remote import is_url
 from c3d_extract.extraction.pipeline import BatchRunner, Clip, Collector, Failed, Finished, Summary
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.featurefile.writer import FeatureStore
@@ -102,8 +103,10 @@ class _Decode:
     done or fail row. Decoding runs in a DecodePool of one decoder process per call (the actor only
     relays), so a decoder that hangs for `timeout` seconds or crashes costs its own video."""
 
-    def __init__(self, spec, short: str, timeout: float, rows_per_batch: int = 16, keep_partial: bool = False):
+    def __init__(self, spec, short: str, timeout: float, rows_per_batch: int = 16, keep_partial: bool = False,
+                 storage: Optional[dict] = None):
         self.spec, self.short, self.timeout, self.keep_partial = spec, short, timeout, keep_partial
+        self.storage = storage
         self.rows_per_batch = rows_per_batch
         self.blank = np.zeros((spec.frames, *spec.crop, 3), np.uint8)
         self.node = node_name()
@@ -113,10 +116,11 @@ class _Decode:
 
         rows = _Rows(self.blank)
         jobs = []
-        for key, path in zip(batch["key"], batch["path"]):
+        for key, path, members, skip in zip(batch["key"], batch["path"], batch["members"], batch["skip"]):
             key, path = str(key), str(path)
-            if os.path.lexists(path):
-                jobs.append(VideoJob(key, path))
+            members = tuple(json.loads(str(members))) if members else None
+            if is_url(path) or os.path.lexists(path):
+                jobs.append(VideoJob(key, path, members, frozenset(json.loads(str(skip)))))
             else:  # on a cluster, the likely reason is a folder this node does not mount
                 rows.add(key, "fail", json.dumps({"stage": "open", "error": (
                     f"no such file on {self.node} (a cluster needs the videos at the same path on "
@@ -126,13 +130,15 @@ class _Decode:
             return
         held: dict[str, Clip] = {}  # each video's latest clip, sent with its Finished as one row
         warm = []  # set once the decoder process has answered
-        pool = DecodePool(self._warm_first(jobs, warm), DecoderSettings(self.spec, keep_partial=self.keep_partial),
-                          self.short, 1, self.timeout)
+        settings = DecoderSettings(self.spec, keep_partial=self.keep_partial, storage=self.storage)
+        pool = DecodePool(self._warm_first(jobs, warm), settings, self.short, 1, self.timeout)
         try:
             for item in pool:
                 if item.key == _WARM_UP:
                     if isinstance(item, Failed) and item.stage == "open":
                         warm.append(True)
+                elif isinstance(item, ShardRead):
+                    rows.add(item.key, "read")
                 elif isinstance(item, Clip):
                     if item.key in held:
                         previous = held[item.key]
@@ -201,17 +207,20 @@ def videos_per_block(videos: int, decoders: int) -> int:
 def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureStore, short: str = "loop",
                 address: Optional[str] = None,
                 on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
-                timeout: float = 300.0, per_block: Optional[int] = None, keep_partial: bool = False) -> Summary:
+                timeout: float = 300.0, per_block: Optional[int] = None, keep_partial: bool = False,
+                storage: Optional[dict] = None) -> Summary:
     """Extract `jobs` with Ray Data into `store`: the cluster at `address` (e.g. "auto", "host:6379",
     "ray://host:10001"), else $RAY_ADDRESS's, else a new local Ray. Failures are recorded, never raised.
 
     A decoder that makes no progress for `timeout` seconds is abandoned and its video recorded as failed.
-    `per_block` fixes the videos per Ray block (default: videos_per_block).
+    `per_block` fixes the videos per Ray block (default: videos_per_block). URL inputs are fetched
+    by each node itself with `storage` (fsspec's options): they need no shared file system.
     """
     ray = require_ray()
     started = time.perf_counter()
     # relative paths mean another file, or none, on a worker whose working directory differs
-    jobs = [VideoJob(job.key, os.path.abspath(job.path)) for job in jobs]
+    jobs = [job if is_url(job.path) else VideoJob(job.key, os.path.abspath(job.path), job.members, job.skip)
+            for job in jobs]
     with QuietRay() as quiet:
         ours = not ray.is_initialized()
         if ours:  # no address: $RAY_ADDRESS, else a new local Ray (never whichever cluster ran last here)
@@ -226,7 +235,7 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
         context.max_errored_blocks = -1  # a block whose task fails costs its videos (recorded), not the run
         try:
             return _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, quiet.path,
-                        keep_partial)
+                        keep_partial, storage)
         finally:
             (context.enable_progress_bars, context.execution_options.preserve_order,
              context.max_errored_blocks) = saved
@@ -243,13 +252,27 @@ def _session_logs(ray) -> Optional[str]:
         return None
 
 
-def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, log, keep_partial) -> Summary:
+def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, log, keep_partial,
+         storage) -> Summary:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0)) if network.runtime.device.type == "cuda" else 0
     decoders = max(1, cpus - (0 if gpus else 1))  # on CPU, one core is the network's
     per_block = per_block or videos_per_block(len(jobs), decoders)
     collector = Collector(store, None)
-    pending = {job.key for job in jobs}  # not yet written or failed
+    pending = {job.key for job in jobs}  # not yet written or failed (a tar shard: not yet read to its end)
+    shards = {job.prefix: job.key for job in jobs if job.is_shard}
+
+    def wanted(key: str) -> bool:
+        """Whether a row is news: its video is pending, or a member of a pending shard not yet resolved."""
+        if key in pending:
+            return True
+        at = key.find("/")
+        while at != -1 and shards:
+            shard = shards.get(key[:at + 1])
+            if shard is not None:
+                return shard in pending and key not in store.done and key not in collector.failed
+            at = key.find("/", at + 1)
+        return False
     clips_seen: dict[str, set[tuple[int, int]]] = {}  # (attempt, start) of the clips taken, per video in flight
 
     def resolved(key: str, failure: Optional[Failed], summary: Summary) -> None:
@@ -261,13 +284,15 @@ def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started
     collector.on_video = resolved
     if jobs:
         net = ray.put(network.net.to("cpu").float())  # the actors prepare their own copy
-        dataset = ray.data.from_items([{"key": job.key, "path": job.path} for job in jobs],
+        dataset = ray.data.from_items([{"key": job.key, "path": job.path,
+                                        "members": json.dumps(job.members) if job.is_shard else "",
+                                        "skip": json.dumps(sorted(job.skip))} for job in jobs],
                                       override_num_blocks=math.ceil(len(jobs) / per_block))
         dataset = dataset.map_batches(
             _Decode, batch_size=per_block, batch_format="numpy", num_cpus=1,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
             fn_constructor_kwargs={"spec": network.spec, "short": short, "timeout": timeout,
-                                   "keep_partial": keep_partial})
+                                   "keep_partial": keep_partial, "storage": storage})
         dataset = dataset.map_batches(
             _Forward, batch_size=network.batch_size, batch_format="numpy", num_gpus=1 if gpus else 0,
             compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
@@ -276,7 +301,11 @@ def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for i, (key, kind, meta) in enumerate(zip(batch["key"], batch["kind"], batch["meta"])):
                 key = str(key)
-                if key not in pending:  # a block Ray ran again after a lost node: already written or failed
+                if not wanted(key):  # a block Ray ran again after a lost node: already written or failed
+                    continue
+                if kind == "read":
+                    collector.shard_read(ShardRead(key))
+                    pending.discard(key)
                     continue
                 info = json.loads(meta) if kind in ("last", "done", "fail") else {}
                 if kind in ("clip", "last"):
@@ -287,7 +316,7 @@ def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started
                         seen.add((attempt, start))
                         outputs = {layer: batch[f"out_{layer}"][i] for layer in network.layers}
                         collector.clip(key, outputs, start, attempt)
-                if kind in ("last", "done") and key in pending:
+                if kind in ("last", "done") and wanted(key):
                     collector.finished(Finished(key, info["num_clips"], info["facts"], info.get("attempt", 0)))
                 elif kind == "fail":
                     collector.fail(Failed(key, info["stage"], info["error"]))

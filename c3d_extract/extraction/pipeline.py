@@ -12,7 +12,7 @@ import torch
 
 from c3d_extract.extraction.assemble import Clip, Failed, Finished
 from c3d_extract.extraction.batches import Batches
-from c3d_extract.extraction.decode import DecoderSettings
+from c3d_extract.extraction.decode import DecoderSettings, ShardRead
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.extraction.workers import DecodePool
@@ -173,6 +173,11 @@ class Collector:
         if self.on_video:
             self.on_video(item.key, item, self.summary)
 
+    def shard_read(self, item: ShardRead) -> None:
+        """A tar shard read to its end: a failure recorded for the shard itself by an earlier run is gone."""
+        if item.key in getattr(self.store, "failed", {}):
+            self.store.clear_failure(item.key)
+
     def _write_if_finished(self, key: str) -> None:
         done = self.aggregator.pop_finished(key)
         if done is not None:
@@ -190,11 +195,12 @@ class Collector:
 def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunner]", store: FeatureStore,
             short: str = "loop", workers: int = 1,
             on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
-            timeout: float = 300.0, keep_partial: bool = False) -> Summary:
+            timeout: float = 300.0, keep_partial: bool = False, storage: Optional[dict] = None) -> Summary:
     """Run every job through the network into `store`; failures are recorded, never raised.
 
     Decoding runs in `workers` processes; a video whose decoder makes no progress for `timeout`
-    seconds, or whose decoder process dies, is recorded as failed and the run goes on. A list of
+    seconds, or whose decoder process dies, is recorded as failed and the run goes on. `storage` holds
+    the fsspec options of URL inputs (remote.py). A list of
     networks (one per device) shares the batches round-robin (batches.py).
 
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
@@ -208,13 +214,17 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
             collector.clip(key, {layer: value[i] for layer, value in outputs.items()}, start, attempt)
 
     first = runners[0]
-    settings = DecoderSettings(first.spec, resize=not first.resize_on_device, keep_partial=keep_partial)
+    settings = DecoderSettings(first.spec, resize=not first.resize_on_device, keep_partial=keep_partial,
+                               storage=storage)
     batches = Batches(runners, on_result)
     pool = DecodePool(jobs, settings, short, workers, timeout,
                       place=first.place_frames if first.resize_on_device else None)
     newest: dict[str, int] = {}  # videos a second decoder started over: their current attempt
     try:
         for item in pool:
+            if isinstance(item, ShardRead):
+                collector.shard_read(item)
+                continue
             if not isinstance(item, Failed) and item.attempt > newest.get(item.key, 0):
                 newest[item.key] = item.attempt
                 batches.drop(item.key, item.attempt)  # a restarted video's old clips are not computed

@@ -47,6 +47,19 @@ class _Worker:
     jobs: deque = field(default_factory=deque)
     ring: Optional[FrameRing] = None  # the shared memory its cropped frames come through (ring.py)
     announced: int = 0                # sequence number after the last frame it announced there
+    members: set = field(default_factory=set)  # of a tar shard it reads: the member keys it started
+    current: str = ""                           # the video of its current job it sent last
+
+    def owns(self, key: str) -> bool:
+        """Whether an item's video is the current job's (a tar shard's member counts), noting it."""
+        job = self.job
+        if job is None or not job.owns(key):
+            return False
+        if key != self.current:
+            self.current = key
+            if job.is_shard and key != job.key:
+                self.members.add(key)
+        return True
 
     @property
     def job(self) -> Optional[VideoJob]:
@@ -153,6 +166,15 @@ class DecodePool:
             worker.jobs.append(job)
             worker.tasks.send(job)
 
+    def _lost(self, worker: _Worker) -> str:
+        """The video a dead or stuck worker was on. A tar shard's other members are not lost: the
+        shard goes back to the queue, passing over the members it had reached."""
+        job = worker.job
+        if job is None or not job.is_shard or not worker.members:  # no member reached: the shard fails
+            return job.key if job else ""
+        self._requeued.append(replace(job, skip=job.skip | frozenset(worker.members)))
+        return worker.current if worker.current in worker.members else job.key
+
     def _replace(self, index: int) -> None:
         old = self._workers[index]
         old.stop()
@@ -169,11 +191,12 @@ class DecodePool:
                 worker.process.join(timeout=2)  # its pipe closed: let it finish dying to read its status
                 code = worker.process.exitcode
                 how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit status {code}"
-                yield Failed(worker.job.key, "decode", f"the decoder process died ({how})")
+                yield Failed(self._lost(worker), "decode", f"the decoder process died ({how})")
                 self._replace(index)
             elif time.time() - worker.heartbeat.value > self._timeout:
-                yield Failed(worker.job.key, "decode", f"no progress for {self._timeout:g} s: abandoned "
-                                                       f"(a hanging decoder or an endless stream; see --timeout)")
+                yield Failed(self._lost(worker), "decode", f"no progress for {self._timeout:g} s: abandoned "
+                                                           f"(a hanging decoder, an endless stream or a stalled "
+                                                           f"download; see --timeout)")
                 self._replace(index)
 
     def __iter__(self) -> Iterator:
@@ -216,19 +239,20 @@ class DecodePool:
                     key, attempt, first, position, sequence, count = ring
                     worker.announced = sequence + count
                     keep = first + count
-                    if worker.job is not None and key == worker.job.key:
+                    if worker.owns(key):
                         keep = yield from self._assembler.receive_ring(key, attempt, worker.ring.frames, first,
                                                                        position, count)
                     worker.ring.release(sequence + min(keep, first + count) - first)
                 elif header is not None:  # the frames' bytes follow, read into place
-                    if worker.job is not None and header.key == worker.job.key:
+                    if worker.owns(header.key):
                         yield from self._assembler.receive(header, lambda array: read_frames_into(reader, array))
                     else:
                         read_frames_into(reader, np.empty(header.shape, np.uint8))
                 elif item == IDLE:
                     worker.jobs.popleft()
+                    worker.members, worker.current = set(), ""
                     self._assign(worker)
-                elif worker.job is not None and item.key == worker.job.key:
+                elif worker.owns(item.key):
                     yield from self._assembler.push(item)
                 if ring is None and worker.ring is not None:  # a video (attempt) ended: none of it is kept
                     worker.ring.release(worker.announced)

@@ -38,6 +38,8 @@ from c3d_extract.featurefile.schema import (FAILURE_FIELDS, FORMAT, LATER_FACTS,
 from c3d_extract.settings import RunSettings
 from c3d_extract.storage import StorageError, is_storage_error, new_hdf5, remove_stale_temps, temp_name
 
+CLEARED = "cleared"  # the stage of a journal record that takes an earlier failure back (clear_failure)
+
 
 @dataclass
 class ClipRows:
@@ -79,7 +81,10 @@ class FeatureStore:
                 self.done.add(key)
                 self.failed.pop(key, None)
             elif record.kind == FAILURE and key not in self.done:
-                self.failed[key] = (record.meta["stage"], record.meta["error"])
+                if record.meta["stage"] == CLEARED:
+                    self.failed.pop(key, None)
+                else:
+                    self.failed[key] = (record.meta["stage"], record.meta["error"])
 
     @classmethod
     def open(cls, path: str, settings: "RunSettings | Mapping", layer_shapes: Mapping[str, tuple[int, ...]],
@@ -189,6 +194,14 @@ class FeatureStore:
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.failed[key] = (stage, error)
+
+    def clear_failure(self, key: str) -> None:
+        """Forget the failure recorded for `key` (a tar shard that was read to its end this time)."""
+        try:
+            self._journal.append_failure(key, CLEARED, "")
+        except OSError as exc:
+            raise self._storage_error(self._journal.path, exc) from None
+        self.failed.pop(key, None)
 
     def fold(self) -> None:
         """Write the old rows and the journal's into a new file, sorted by key, and swap it in."""
