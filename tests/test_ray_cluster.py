@@ -186,3 +186,39 @@ def test_a_node_that_cannot_see_a_video_names_itself(cluster):
     failure = json.loads(batch["meta"][0])
     assert failure["stage"] == "open"
     assert failure["error"].startswith("no such file on ") and f"Ray node {node[:12]}" in failure["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_s3_inputs_and_a_tar_shard_on_a_cluster_without_a_shared_folder(cluster, folder, tmp_path):
+    """Every node fetches its objects itself (the endpoint and keys travel as --storage-options): the
+    file equals the local engine's of the same s3:// prefix; run from a folder holding no video."""
+    pytest.importorskip("s3fs", reason="s3fs is not installed (the test extra has it)")
+    from tests.remote_servers import KEY, SECRET, S3Server
+    from tests.test_remote import make_shard
+
+    server = S3Server(tmp_path / "weed").start()
+    try:
+        fs = server.filesystem()
+        fs.mkdir("media")
+        for i in range(4):
+            name = f"v{i}.mp4" if i % 2 == 0 else f"sub/v{i}.mp4"
+            fs.put(str(folder / "videos" / name), f"media/set/{name}")
+        make_shard(tmp_path / "00000.tar", {"v4.mp4": (folder / "videos/v4.mp4").read_bytes(), "v4.json": b"{}",
+                                            "v5.mp4": (folder / "videos/sub/v5.mp4").read_bytes()})
+        fs.put(str(tmp_path / "00000.tar"), "media/set/shards/00000.tar")
+        options = ["--storage-options", f'{{"endpoint_url": "{server.endpoint}", "key": "{KEY}", "secret": "{SECRET}"}}']
+        local = CliRunner().invoke(main, ["s3://media/set/", str(tmp_path / "local.h5"), *ARGS, *options, "-q"])
+        assert local.exit_code == 0, local.output
+        process = subprocess.Popen([sys.executable, "-m", "c3d_extract", "s3://media/set/", "cluster.h5", *ARGS,
+                                    *options, "--engine", "ray", "--ray-address", cluster.address],
+                                   cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        assert_same_contents(tmp_path / "cluster.h5", tmp_path / "local.h5")
+        with h5py.File(tmp_path / "cluster.h5", "r") as f:
+            assert list(f["videos"].asstr()[:]) == ["shards/00000/v4.mp4", "shards/00000/v5.mp4", "sub/v1.mp4",
+                                                     "sub/v3.mp4", "v0.mp4", "v2.mp4"]
+        assert_quiet(stderr)
+    finally:
+        server.stop()

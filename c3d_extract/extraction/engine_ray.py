@@ -116,7 +116,9 @@ class _Decode:
 
         rows = _Rows(self.blank)
         jobs = []
-        for key, path, members, skip in zip(batch["key"], batch["path"], batch["members"], batch["skip"]):
+        blank = [""] * len(batch["key"])  # rows of plain videos may come without the shard columns
+        for key, path, members, skip in zip(batch["key"], batch["path"], batch.get("members", blank),
+                                            batch.get("skip", ["[]"] * len(blank))):
             key, path = str(key), str(path)
             members = tuple(json.loads(str(members))) if members else None
             if is_url(path) or os.path.lexists(path):
