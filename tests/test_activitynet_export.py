@@ -145,6 +145,7 @@ def write_official_layout(path: Path, rows: np.ndarray) -> tuple[np.ndarray, np.
     centred = rows.astype(np.float32) - x_mean
     u, s, _ = np.linalg.svd(centred.T @ centred)
     with h5py.File(path, "w") as f:
+        f["type"] = ["dict"]  # hickle 1.x's record of what `data` holds
         for name, value in (("U", u), ("S", s), ("x_mean", x_mean)):
             f.create_dataset(f"data/{name}", data=value)
     return x_mean, u
