@@ -163,26 +163,27 @@ def export_activitynet(path: str, output: str, layer: str = LAYER, ids: str = "s
         raise UsageError(f"--pca {pca}: must be at least 1")
     if os.path.exists(output) and not overwrite:
         raise UsageError(f"{output}: exists; use --overwrite to replace it")
-    if pca_out and pca is None:
-        raise UsageError("--pca-file names where --pca writes its fit; it needs --pca N")
+    if pca_out and (pca is None or pca_from):
+        raise UsageError("--pca-file names where --pca writes its fit; it needs --pca N without --pca-from")
+    written = None if pca is None or pca_from else pca_out or default_pca_path(output)
+    if written and os.path.exists(written) and not overwrite:
+        raise UsageError(f"{written}: exists; use --overwrite to replace it (or --pca-file to name another)")
     settings = json.loads(features.attrs.get("settings", "{}"))
     notes = check_protocol(path, settings, layer, any_protocol)
     for note in notes:
         warn(note)
     names = video_ids(features.keys, ids, prefix, path)
 
-    written = None
     with h5py.File(path, "r") as f:
         source = f["clips"][layer]
         block_rows = max(1, BLOCK_BYTES // (4 * source.shape[1]))
         if pca_from:
             projection = pca_file.load(pca_from, pca)
-        elif pca is not None:
+        elif written:
             projection = pca_file.fit(_rows(source, block_rows), pca, {
                 "fitted_on": f"every clip row of {os.path.abspath(path)}", "layer": layer,
                 "normalisation": "none: the raw per-clip activations (after ReLU), as stored",
                 "source_settings": json.dumps(settings, sort_keys=True), "c3d_extract_version": __version__})
-            written = pca_out or default_pca_path(output)
             pca_file.save(projection, written, write_hdf5)
         else:
             projection = None

@@ -162,8 +162,8 @@ def load(path: str, dim: Optional[int] = None) -> PCA:
                        "pca_fitted": json.dumps({k: v for k, v in attrs.items() if k != "format"},
                                                 default=str)})
         elif all(name in h5 for name in OFFICIAL_DATASETS):
-            pca = _official(h5, path)
             dim = 500 if dim is None else dim
+            pca = _official(h5, path, dim)
         else:
             raise UsageError(f"{path}: not a PCA file (neither this tool's nor the official layout with "
                              f"{' and '.join(OFFICIAL_DATASETS)})")
@@ -171,12 +171,15 @@ def load(path: str, dim: Optional[int] = None) -> PCA:
     return pca if dim is None else pca.leading(dim, path)
 
 
-def _official(h5: h5py.File, path: str) -> PCA:
+def _official(h5: h5py.File, path: str, dim: int) -> PCA:
+    """The official file's leading `dim` components (only those columns of U are read)."""
     mean = np.asarray(h5["data/x_mean"][()], dtype=np.float64).reshape(-1)
-    basis = np.asarray(h5["data/U"][()], dtype=np.float64)
-    if basis.ndim != 2 or basis.shape[0] != mean.size:
-        raise UsageError(f"{path}: data/U has shape {basis.shape}; (D, K) with D = {mean.size} (data/x_mean) "
-                         f"expected")
+    shape = h5["data/U"].shape
+    if len(shape) != 2 or shape[0] != mean.size:
+        raise UsageError(f"{path}: data/U has shape {shape}; (D, K) with D = {mean.size} (data/x_mean) expected")
+    if dim > shape[1]:
+        raise UsageError(f"{path}: holds {shape[1]} component(s), {dim} asked")
+    basis = np.asarray(h5["data/U"][:, :dim], dtype=np.float64)
     return PCA(mean, basis.T, None,
                {"pca_file": os.path.abspath(path), "pca_layout": "ActivityNet (data/U, data/S, data/x_mean)",
                 "pca_convention": "(x - x_mean) @ U[:, :K]: centred, U's columns the components, not whitened"})
