@@ -78,3 +78,14 @@ def test_gpu_script_prints_every_figure_in_clips_per_second_on_the_cpu(tmp_path,
         assert any(figure in line and " clips/s" in line for line in lines), (figure, lines)
     assert any("start-up of a fresh process" in line and "first batch" in line for line in lines), lines
     assert "bench/gpu.py" in out.read_text() and "whole process" in out.read_text()
+
+
+def test_activitynet_export_benchmark_writes_a_per_clip_file_the_export_takes(tmp_path):
+    from c3d_extract.featurefile.reader import FeatureFile
+
+    bench = load("export_activitynet")
+    assert bench.write(str(tmp_path / "c.h5"), videos=6, clips=3, dim=8, block=4) == 18
+    features = FeatureFile(str(tmp_path / "c.h5"))
+    assert features.keys[-1] == "v_0000005.mp4" and features.clips("v_0000005.mp4").features.shape == (3, 8)
+    seconds, peak, stdout = bench.export(str(tmp_path / "c.h5"), str(tmp_path / "a.hdf5"), 4)
+    assert "6 video(s), 18 clip(s) of 4 values" in stdout and peak > 0

@@ -4,11 +4,14 @@ errors reach the user through the group (cli/errors.py): one line and an exit st
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Optional
 
 import click
 
+from c3d_extract.errors import UsageError
+from c3d_extract.featurefile.activitynet import export_activitynet
 from c3d_extract.featurefile.interop import export_npy, import_blobs, import_npy
 from c3d_extract.featurefile.merge import merge
 from c3d_extract.featurefile.reader import FeatureFile, FeatureFileError
@@ -83,13 +86,48 @@ def info_command(file: str, as_json: bool) -> None:
 
 @click.command("export")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--layer", help="Layer to export (default: the model's default feature when the file has it: "
-                               "fc6 for C3D, res5b for Res3D).")
-def export_command(file: str, folder: str, layer: Optional[str]) -> None:
-    """One FOLDER/<key>.npy per video: (clips, D) when FILE has per-clip rows, else (D,)."""
-    count = export_npy(file, folder, layer)
-    click.echo(f"{folder}: {count} .npy file(s)")
+@click.argument("out", metavar="OUT", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["npy", "activitynet"]), default="npy", show_default=True,
+              help="npy: one OUT/<key>.npy per video (OUT a folder). activitynet: one HDF5 file OUT with a "
+                   "group per video holding c3d_features (clips, D), as ActivityNet's C3D release.")
+@click.option("--layer", help="Layer to export (npy default: the model's default feature when the file has it: "
+                               "fc6 for C3D, res5b for Res3D; activitynet default: fc7, the release's).")
+@click.option("--ids", type=click.Choice(["stem", "key"]), default="stem", show_default=True,
+              help="activitynet: group names, the file name without folders and extension (v_X.mp4 -> v_X) "
+                   "or the whole key without extension.")
+@click.option("--id-prefix", default="", help="activitynet: put before every group name (e.g. v_ when the "
+                                               "files are named by their YouTube id alone).")
+@click.option("--pca", type=click.IntRange(1), help="activitynet: fit a PCA with N components (the release: "
+                                                    "500) on every clip row, write it (--pca-file) and project.")
+@click.option("--pca-from", type=click.Path(exists=True, dir_okay=False),
+              help="activitynet: project with this PCA file: one written by --pca, or the official "
+                   "PCA_activitynet_v1-3.hdf5 (500 components unless --pca N).")
+@click.option("--pca-file", type=click.Path(dir_okay=False),
+              help="activitynet: where --pca writes its fit (default: OUT's name with .pca.hdf5).")
+@click.option("--any-protocol", is_flag=True, help="activitynet: export a file made with other clips than "
+                                                   "16 frames every 8 (refused otherwise).")
+@click.option("--overwrite", is_flag=True, help="activitynet: replace OUT if it exists.")
+def export_command(file: str, out: str, fmt: str, layer: Optional[str], ids: str, id_prefix: str,
+                   pca: Optional[int], pca_from: Optional[str], pca_file: Optional[str], any_protocol: bool,
+                   overwrite: bool) -> None:
+    """FILE's features out: one OUT/<key>.npy per video ((clips, D) when FILE has per-clip rows, else
+    (D,)), or with --format activitynet one HDF5 file OUT, f[video]["c3d_features"] (clips, D)."""
+    if fmt == "npy":
+        used = [name for name, value in (("--ids", ids != "stem"), ("--id-prefix", id_prefix), ("--pca", pca),
+                                         ("--pca-from", pca_from), ("--pca-file", pca_file),
+                                         ("--any-protocol", any_protocol), ("--overwrite", overwrite)) if value]
+        if used:
+            raise UsageError(f"{', '.join(used)}: only with --format activitynet")
+        if os.path.isfile(out):
+            raise UsageError(f"{out}: is a file; --format npy writes a folder of .npy files")
+        count = export_npy(file, out, layer)
+        click.echo(f"{out}: {count} .npy file(s)")
+        return
+    report = export_activitynet(file, out, layer or "fc7", ids, id_prefix, pca, pca_from, pca_file,
+                                any_protocol, overwrite, warn=_say)
+    if report.pca_written:
+        click.echo(f"{report.pca_written}: PCA with {report.dim} components fitted on {report.clips} clip rows")
+    click.echo(f"{out}: {report.videos} video(s), {report.clips} clip(s) of {report.dim} values")
 
 
 @click.command("import-npy")
