@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -296,3 +297,12 @@ def remove_stale_temps(path: str) -> list[str]:
             _unlink_quietly(os.path.join(folder, entry))
             removed.append(os.path.join(folder, entry))
     return removed
+
+
+def sha256_of(path: "str | os.PathLike") -> str:
+    """The sha256 of a file's bytes, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -17,7 +17,6 @@ columns are the components in decreasing order, data/S; its projection is (x - x
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import scipy.linalg
 
 from c3d_extract.errors import UsageError
 from c3d_extract.featurefile.schema import attr_value
+from c3d_extract.storage import sha256_of
 
 FORMAT = "c3d_extract.pca"
 OFFICIAL_DATASETS = ("data/U", "data/x_mean")
@@ -167,7 +167,7 @@ def load(path: str, dim: Optional[int] = None) -> PCA:
         else:
             raise UsageError(f"{path}: not a PCA file (neither this tool's nor the official layout with "
                              f"{' and '.join(OFFICIAL_DATASETS)})")
-    pca.provenance["pca_file_sha256"] = _sha256(path)
+    pca.provenance["pca_file_sha256"] = sha256_of(path)
     return pca if dim is None else pca.leading(dim, path)
 
 
@@ -183,11 +183,3 @@ def _official(h5: h5py.File, path: str, dim: int) -> PCA:
     return PCA(mean, basis.T, None,
                {"pca_file": os.path.abspath(path), "pca_layout": "ActivityNet (data/U, data/S, data/x_mean)",
                 "pca_convention": "(x - x_mean) @ U[:, :K]: centred, U's columns the components, not whitened"})
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

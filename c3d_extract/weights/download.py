@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -14,7 +13,7 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from c3d_extract.errors import Failure
-from c3d_extract.storage import StorageError, is_storage_error
+from c3d_extract.storage import StorageError, is_storage_error, sha256_of
 
 TIMEOUT = 30  # seconds without data before a connection counts as dropped
 
@@ -82,14 +81,6 @@ def _fetch_with_retries(url: str, part: Path, retries: int, quiet: bool, reasons
             reasons.append(f"{url}: cannot connect ({getattr(exc, 'reason', exc)})")
             return False
     return False
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(urls: Sequence[str], dest: Path, size: Optional[int] = None, sha256: Optional[str] = None,

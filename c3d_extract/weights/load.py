@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from c3d_extract.weights.convert import Converted, WeightsError, read_checkpoint, read_mean, save_checkpoint
-from c3d_extract.weights.download import DownloadError, download, sha256_of
+from c3d_extract.weights.download import DownloadError, download
 from c3d_extract.weights.manifest import Entry, cache_dir, installed, load_manifest
 from c3d_extract.models.registry import C3D_SPORTS1M, ModelSpec, get_spec
 from c3d_extract.models.net import StagedNet, init_random
 from c3d_extract.models.preprocess import parse_mean
-from c3d_extract.storage import StorageError, is_storage_error, temp_name, write_atomically
+from c3d_extract.storage import StorageError, is_storage_error, sha256_of, temp_name, write_atomically
 
 RANDOM = "random"
 # the published mean cube (C3D Sports-1M): channels, the clip's frames, the resized frame
