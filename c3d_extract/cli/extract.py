@@ -127,6 +127,9 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                    "paths; needs the [ray] extra.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, HOST:6379 or ray://head:10001); "
                                                     "default: $RAY_ADDRESS, else a new local Ray.")
+@click.option("--ray-connect-timeout", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="Seconds to join the Ray cluster before the run stops with one line naming the address and "
+                   "Ray's reason (Ray itself retries an unreachable address for minutes).")
 @click.option("--device", envvar=DEVICE_ENV, show_envvar=True,
               help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device. "
                    "Default: auto (the first CUDA device when there is one, else the CPU).")
@@ -157,7 +160,8 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
 def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
                     weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
                     stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: Optional[int], timeout: float, resize_on: str, keep_partial: bool, engine: str, ray_address: Optional[str],
+                    workers: Optional[int], timeout: float, resize_on: str, keep_partial: bool, engine: str,
+                    ray_address: Optional[str], ray_connect_timeout: float,
                     device: Optional[str], precision: str, root: Optional[str], storage_text: Optional[str],
                     ext: Optional[str], per_clip: bool,
                     segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool,
@@ -218,7 +222,8 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            summary = api.run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video, storage)
+            summary = api.run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video, storage,
+                                   ray_connect_timeout)
         except Stopped as stop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

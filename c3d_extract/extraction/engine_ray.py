@@ -25,7 +25,10 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -38,6 +41,7 @@ from c3d_extract.extraction.pipeline import BatchRunner, Clip, Collector, Failed
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.featurefile.writer import FeatureStore
 
+CONNECT_TIMEOUT = 30.0  # seconds to join a cluster before the run is refused (--ray-connect-timeout)
 MAX_VIDEOS_PER_BLOCK = 64  # a block is the unit Ray redoes when a node dies; each also starts a decoder
 _WARM_UP = "\0warm-up"  # a key no video has: keys are paths
 _LOST = "not processed: the Ray task that held this video failed (Ray's logs say why; {})"
@@ -65,10 +69,12 @@ def node_name() -> str:
 
 
 class _Rows:
-    """Output rows of one decode call, turned into a numpy batch on `take`."""
+    """Output rows of one decode call, turned into a numpy batch on `take`. `nonce` names the call:
+    a block Ray runs again (a lost node) decodes its videos again under another nonce, and the driver
+    never mixes the partial sums of two runs of one video."""
 
-    def __init__(self, blank: np.ndarray):
-        self.blank = blank
+    def __init__(self, blank: np.ndarray, nonce: str):
+        self.blank, self.nonce = blank, nonce
         self.key: list[str] = []
         self.kind: list[str] = []
         self.meta: list[str] = []
@@ -89,8 +95,8 @@ class _Rows:
     def take(self) -> dict:
         batch = {"key": np.array(self.key, dtype=object), "kind": np.array(self.kind, dtype=object),
                  "meta": np.array(self.meta, dtype=object), "start": np.array(self.start, np.int64),
-                 "frames": np.stack(self.frames)}
-        self.__init__(self.blank)
+                 "frames": np.stack(self.frames), "nonce": np.array([self.nonce] * len(self.key), dtype=object)}
+        self.__init__(self.blank, self.nonce)
         return batch
 
 
@@ -114,7 +120,7 @@ class _Decode:
     def __call__(self, batch: dict) -> Iterator[dict]:
         from c3d_extract.extraction.workers import DecodePool
 
-        rows = _Rows(self.blank)
+        rows = _Rows(self.blank, uuid.uuid4().hex)
         jobs = []
         blank = [""] * len(batch["key"])  # rows of plain videos may come without the shard columns
         for key, path, members, skip in zip(batch["key"], batch["path"], batch.get("members", blank),
@@ -178,25 +184,68 @@ class _Decode:
 
 
 class _Forward:
-    """Ray map_batches actor: the prepared network, built once per actor."""
+    """Ray map_batches actor: the prepared network, built once per actor. It returns per video of a
+    batch one `part` row: the float64 sum of its clips' activations, their count and their starts
+    (and the video's facts when its last clip is among them), so the driver receives a row per video
+    rather than per clip; with `per_clip` (the file keeps every clip) the rows stay one per clip."""
 
-    def __init__(self, net, layers, spec, runtime, batch_size: int):
+    def __init__(self, net, layers, spec, runtime, batch_size: int, per_clip: bool = False):
         ray = require_ray()
         if isinstance(net, ray.ObjectRef):  # the weights travel once through the object store
             net = ray.get(net)
         self.network = BatchRunner(net, layers, spec, runtime, batch_size)
+        self.per_clip = per_clip
 
     def __call__(self, batch: dict) -> dict:
         clips = np.flatnonzero(np.isin(batch["kind"], ("clip", "last")))
-        out = {"key": batch["key"], "kind": batch["kind"], "meta": batch["meta"], "start": batch["start"]}
         values = self.network(batch["frames"][clips]) if len(clips) else {}
-        for layer in self.network.layers:
-            column = np.zeros((len(batch["key"]), 1), np.float32)
-            if len(clips):
-                column = np.zeros((len(batch["key"]), values[layer].shape[1]), np.float32)
-                column[clips] = values[layer]
-            out[f"out_{layer}"] = column
-        return out
+        if self.per_clip:
+            out = {"key": batch["key"], "kind": batch["kind"], "meta": batch["meta"], "start": batch["start"],
+                   "nonce": batch["nonce"]}
+            for layer in self.network.layers:
+                column = np.zeros((len(batch["key"]), 1), np.float32)
+                if len(clips):
+                    column = np.zeros((len(batch["key"]), values[layer].shape[1]), np.float32)
+                    column[clips] = values[layer]
+                out[f"out_{layer}"] = column
+            return out
+        return partial_sums(batch, clips, values, self.network.layers)
+
+
+def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[str]) -> dict:
+    """A decoded batch and its clips' activations -> one `part` row per (video, nonce, attempt), the
+    other rows (done, fail, read) as they were. A part's sum is sequential in clip order, in float64
+    (as the local engine sums)."""
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    finish: dict[tuple[str, str, int], dict] = {}
+    for j, i in enumerate(clips):
+        kind, meta = batch["kind"][i], batch["meta"][i]
+        info = json.loads(meta) if kind == "last" else {"attempt": int(meta or 0)}
+        group = (str(batch["key"][i]), str(batch["nonce"][i]), int(info.get("attempt", 0)))
+        groups.setdefault(group, []).append(j)
+        if kind == "last":
+            finish[group] = info
+    others = [i for i in range(len(batch["key"])) if batch["kind"][i] not in ("clip", "last")]
+    count = len(groups) + len(others)
+    out = {"key": [], "kind": [], "meta": [], "start": np.zeros(count, np.int64), "nonce": []}
+    for (key, nonce, attempt), members in groups.items():
+        meta = {"attempt": attempt, "starts": [int(batch["start"][clips[j]]) for j in members]}
+        if (key, nonce, attempt) in finish:
+            meta.update(num_clips=finish[key, nonce, attempt]["num_clips"], facts=finish[key, nonce, attempt]["facts"])
+        out["key"].append(key), out["kind"].append("part"), out["meta"].append(json.dumps(meta))
+        out["nonce"].append(nonce)
+    for i in others:
+        out["key"].append(batch["key"][i]), out["kind"].append(batch["kind"][i])
+        out["meta"].append(batch["meta"][i]), out["nonce"].append(batch["nonce"][i])
+    for name in ("key", "kind", "meta", "nonce"):
+        out[name] = np.array(out[name], dtype=object)
+    for layer in layers:
+        width = values[layer].shape[1] if len(clips) else 1
+        column = np.zeros((count, width), np.float64)
+        for row, members in enumerate(groups.values()):
+            column[row] = np.cumsum(values[layer][members], axis=0, dtype=np.float64)[-1]
+        out[f"out_{layer}"] = column
+    return out
 
 
 def videos_per_block(videos: int, decoders: int) -> int:
@@ -210,13 +259,14 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
                 address: Optional[str] = None,
                 on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
                 timeout: float = 300.0, per_block: Optional[int] = None, keep_partial: bool = False,
-                storage: Optional[dict] = None) -> Summary:
+                storage: Optional[dict] = None, connect_timeout: float = CONNECT_TIMEOUT) -> Summary:
     """Extract `jobs` with Ray Data into `store`: the cluster at `address` (e.g. "auto", "host:6379",
     "ray://host:10001"), else $RAY_ADDRESS's, else a new local Ray. Failures are recorded, never raised.
 
     A decoder that makes no progress for `timeout` seconds is abandoned and its video recorded as failed.
     `per_block` fixes the videos per Ray block (default: videos_per_block). URL inputs are fetched
-    by each node itself with `storage` (fsspec's options): they need no shared file system.
+    by each node itself with `storage` (fsspec's options): they need no shared file system. A
+    cluster that cannot be joined within `connect_timeout` seconds raises UsageError (nothing written).
     """
     ray = require_ray()
     started = time.perf_counter()
@@ -226,8 +276,7 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
     with QuietRay() as quiet:
         ours = not ray.is_initialized()
         if ours:  # no address: $RAY_ADDRESS, else a new local Ray (never whichever cluster ran last here)
-            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.ERROR)
+            connect(ray, address or os.environ.get("RAY_ADDRESS") or "local", connect_timeout, quiet.path)
         quiet.move_to(_session_logs(ray))
         context = ray.data.DataContext.get_current()  # the process's: put back what we change
         saved = (context.enable_progress_bars, context.execution_options.preserve_order,
@@ -245,6 +294,55 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
                 ray.shutdown()
 
 
+def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT, log: Optional[str] = None) -> None:
+    """ray.init(address), given `timeout` seconds: Ray retries an address it cannot reach for minutes
+    without a word (its errors go to `log`, off the terminal). UsageError naming the address, Ray's
+    reason (its last error line) and the log file when it does not succeed in time. "local" starts a
+    new Ray here: that takes as long as it takes (seconds to a minute on a loaded machine)."""
+    if address == "local":
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        return
+    outcome: list = []
+
+    def join() -> None:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+            outcome.append(None)
+        except BaseException as exc:  # reported by the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=join, name="c3d-ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if outcome and outcome[0] is None:
+        return
+    if outcome:
+        reason = " ".join(str(outcome[0]).split()) or type(outcome[0]).__name__
+    else:
+        reason = _last_error(log) or "no answer"
+        reason = f"no connection within {timeout:g} s (--ray-connect-timeout): {reason}"
+    where = f"; Ray's messages are in {log}" if log else ""
+    hint = ""
+    if address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+        hint = (" (a cluster started with --node-ip-address=127.0.0.1 is joined from the head itself with "
+                "--ray-address auto; from elsewhere start it on the host's address)")
+    raise UsageError(f"cannot join the Ray cluster at {address}: {reason}{hint}{where}")
+
+
+def _last_error(log: Optional[str]) -> str:
+    """The last line Ray logged at warning level or above in the driver's log file, cleaned."""
+    try:
+        with open(log or "", "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 65536))
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if any(mark in line for mark in (" E ", " W ", "ERROR", "WARNING", "Error", "Failed")):
+            return " ".join(line.split())[-300:]
+    return ""
+
+
 def _session_logs(ray) -> Optional[str]:
     """Ray's log folder on this node (None where Ray does not say, e.g. a ray:// client)."""
     try:
@@ -254,36 +352,124 @@ def _session_logs(ray) -> Optional[str]:
         return None
 
 
+COMMIT_SECONDS = 0.1  # group commit: the journal is fsynced at most about this often (and at the end)
+
+
+@dataclass
+class _Partial:
+    """The clips of one video from one decode run (nonce) summed so far."""
+
+    attempt: int = 0
+    sums: Optional[dict] = None
+    starts: set = field(default_factory=set)
+    expected: Optional[int] = None
+    facts: Optional[dict] = None
+
+
+class Driver:
+    """The driver's side of the engine: result batches in, rows of the store out. A video is written
+    once the part rows of one decode run of it hold all its clips (starts unique: a block Ray runs
+    again under another nonce never adds to the first run's sums); per-clip rows when the file keeps
+    every clip. The store's records are committed in groups (COMMIT_SECONDS)."""
+
+    def __init__(self, jobs: Sequence[VideoJob], collector: Collector, layers: Sequence[str]):
+        self.collector, self.layers = collector, list(layers)
+        self.store = collector.store
+        self.pending = {job.key for job in jobs}  # not yet written or failed (a tar shard: not yet read to its end)
+        self.shards = {job.prefix: job.key for job in jobs if job.is_shard}
+        self.parts: dict[str, dict[str, _Partial]] = {}     # video -> nonce -> its sums so far
+        self.clips_seen: dict[str, set[tuple[int, int]]] = {}  # per-clip rows: (attempt, start) taken
+        self.committed = time.monotonic()
+
+    def wanted(self, key: str) -> bool:
+        """Whether a row is news: its video (or the tar shard it is a member of) is pending and the
+        video is neither written nor failed."""
+        if key in self.store.done or key in self.collector.failed:
+            return False
+        if key in self.pending:
+            return True
+        at = key.find("/")
+        while at != -1 and self.shards:
+            shard = self.shards.get(key[:at + 1])
+            if shard is not None:
+                return shard in self.pending
+            at = key.find("/", at + 1)
+        return False
+
+    def resolved(self, key: str) -> None:
+        self.pending.discard(key)
+        self.parts.pop(key, None)
+        self.clips_seen.pop(key, None)
+
+    def absorb(self, batch: dict) -> None:
+        """One result batch of the forward actors; the group is committed when COMMIT_SECONDS passed."""
+        outputs = [batch[f"out_{layer}"] for layer in self.layers]
+        for i, (key, kind, meta) in enumerate(zip(batch["key"], batch["kind"], batch["meta"])):
+            key = str(key)
+            if not self.wanted(key):  # a block Ray ran again after a lost node: already written or failed
+                continue
+            if kind == "part":
+                self._part(key, str(batch["nonce"][i]), json.loads(meta), [column[i] for column in outputs])
+            elif kind == "read":
+                self.collector.shard_read(ShardRead(key))
+                self.pending.discard(key)
+            elif kind == "fail":
+                info = json.loads(meta)
+                self.collector.fail(Failed(key, info["stage"], info["error"]))
+                self.resolved(key)
+            else:
+                self._clip_row(key, kind, meta, int(batch["start"][i]), [column[i] for column in outputs])
+            if key in self.store.done:
+                self.resolved(key)
+        if time.monotonic() - self.committed >= COMMIT_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        self.collector.commit()
+        self.committed = time.monotonic()
+
+    def _part(self, key: str, nonce: str, info: dict, sums: list) -> None:
+        part = self.parts.setdefault(key, {}).setdefault(nonce, _Partial())
+        attempt = int(info.get("attempt", 0))
+        if attempt > part.attempt:  # a second decoder started the video over: the first's clips go
+            part.__init__(attempt)
+        elif attempt < part.attempt:
+            return
+        starts = info["starts"]
+        if part.starts.intersection(starts):
+            return  # the same clips twice in one run: cannot happen; never counted twice
+        part.starts.update(starts)
+        if part.sums is None:
+            part.sums = {layer: np.array(value, np.float64) for layer, value in zip(self.layers, sums)}
+        else:
+            for layer, value in zip(self.layers, sums):
+                part.sums[layer] += value
+        if "num_clips" in info:
+            part.expected, part.facts = info["num_clips"], info["facts"]
+        if part.expected is not None and len(part.starts) == part.expected:
+            self.collector.whole(key, part.sums, part.expected, part.facts)
+
+    def _clip_row(self, key: str, kind: str, meta: str, start: int, values: list) -> None:
+        """A per-clip row (clip, last or done): the Collector's running sums, duplicates dropped."""
+        info = json.loads(meta) if kind in ("last", "done") else {}
+        if kind in ("clip", "last"):
+            attempt = int(info.get("attempt", 0) if kind == "last" else (meta or 0))
+            seen = self.clips_seen.setdefault(key, set())
+            if (attempt, start) not in seen:
+                seen.add((attempt, start))
+                self.collector.clip(key, dict(zip(self.layers, values)), start, attempt)
+        if kind in ("last", "done") and self.wanted(key):
+            self.collector.finished(Finished(key, info["num_clips"], info["facts"], info.get("attempt", 0)))
+
+
 def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, log, keep_partial,
          storage) -> Summary:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0)) if network.runtime.device.type == "cuda" else 0
     decoders = max(1, cpus - (0 if gpus else 1))  # on CPU, one core is the network's
     per_block = per_block or videos_per_block(len(jobs), decoders)
-    collector = Collector(store, None)
-    pending = {job.key for job in jobs}  # not yet written or failed (a tar shard: not yet read to its end)
-    shards = {job.prefix: job.key for job in jobs if job.is_shard}
-
-    def wanted(key: str) -> bool:
-        """Whether a row is news: its video is pending, or a member of a pending shard not yet resolved."""
-        if key in pending:
-            return True
-        at = key.find("/")
-        while at != -1 and shards:
-            shard = shards.get(key[:at + 1])
-            if shard is not None:
-                return shard in pending and key not in store.done and key not in collector.failed
-            at = key.find("/", at + 1)
-        return False
-    clips_seen: dict[str, set[tuple[int, int]]] = {}  # (attempt, start) of the clips taken, per video in flight
-
-    def resolved(key: str, failure: Optional[Failed], summary: Summary) -> None:
-        pending.discard(key)
-        clips_seen.pop(key, None)
-        if on_video:
-            on_video(key, failure, summary)
-
-    collector.on_video = resolved
+    collector = Collector(store, on_video, grouped=True)
+    driver = Driver(jobs, collector, network.layers)
     if jobs:
         net = ray.put(network.net.to("cpu").float())  # the actors prepare their own copy
         dataset = ray.data.from_items([{"key": job.key, "path": job.path,
@@ -299,32 +485,17 @@ def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started
             _Forward, batch_size=network.batch_size, batch_format="numpy", num_gpus=1 if gpus else 0,
             compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
             fn_constructor_kwargs={"net": net, "layers": network.layers, "spec": network.spec,
-                                   "runtime": network.runtime, "batch_size": network.batch_size})
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for i, (key, kind, meta) in enumerate(zip(batch["key"], batch["kind"], batch["meta"])):
-                key = str(key)
-                if not wanted(key):  # a block Ray ran again after a lost node: already written or failed
-                    continue
-                if kind == "read":
-                    collector.shard_read(ShardRead(key))
-                    pending.discard(key)
-                    continue
-                info = json.loads(meta) if kind in ("last", "done", "fail") else {}
-                if kind in ("clip", "last"):
-                    start = int(batch["start"][i])
-                    attempt = int(info.get("attempt", 0) if kind == "last" else (meta or 0))
-                    seen = clips_seen.setdefault(key, set())
-                    if (attempt, start) not in seen:
-                        seen.add((attempt, start))
-                        outputs = {layer: batch[f"out_{layer}"][i] for layer in network.layers}
-                        collector.clip(key, outputs, start, attempt)
-                if kind in ("last", "done") and wanted(key):
-                    collector.finished(Finished(key, info["num_clips"], info["facts"], info.get("attempt", 0)))
-                elif kind == "fail":
-                    collector.fail(Failed(key, info["stage"], info["error"]))
+                                   "runtime": network.runtime, "batch_size": network.batch_size,
+                                   "per_clip": store.wants_clips})
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                driver.absorb(batch)
+        finally:
+            driver.commit()  # what was absorbed is durable before the run ends, however it ends
     log_hint = f"this driver's: {log}" if log else "see the Ray session's logs folder"
     for job in jobs:  # in the order given, so the records do not depend on the set's order
-        if job.key in pending:
+        if job.key in driver.pending:
             collector.fail(Failed(job.key, "decode", _LOST.format(log_hint)))
+    collector.commit()
     collector.summary.seconds = time.perf_counter() - started
     return collector.summary

@@ -22,6 +22,11 @@ from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.vectors import l2_normalize
 
 
+def descriptor(total: np.ndarray, count: int) -> np.ndarray:
+    """A video's row of one layer from the float64 sum of its clips' activations: mean, then L2."""
+    return l2_normalize(total / count).astype(np.float32)
+
+
 @dataclass
 class _Running:
     sums: dict[str, np.ndarray] = field(default_factory=dict)
@@ -71,7 +76,7 @@ class Aggregator:
             kept = sorted(state.kept, key=lambda item: item[0])  # engines may deliver clips out of order
             clips = ClipRows([start for start, _ in kept],
                              {layer: np.stack([outputs[layer] for _, outputs in kept]) for layer in state.sums})
-        return ({layer: l2_normalize(total / state.clips).astype(np.float32) for layer, total in state.sums.items()},
+        return ({layer: descriptor(total, state.clips) for layer, total in state.sums.items()},
                 {**state.facts, "num_clips": state.clips}, clips)
 
 
@@ -135,10 +140,17 @@ class Collector:
 
     Items of one video may come in any order (clip outputs after its Finished, say); a video is
     written once all its clips are in, and nothing of a failed video is written. Both engines use it.
+    With `grouped`, the store's records wait for `commit()` (one fsync for a group), and `on_video`
+    hears of a video only once its group is durable.
     """
 
-    def __init__(self, store: FeatureStore, on_video: Optional[Callable[[str, Optional[Failed], "Summary"], None]]):
+    def __init__(self, store: FeatureStore, on_video: Optional[Callable[[str, Optional[Failed], "Summary"], None]],
+                 grouped: bool = False):
         self.store, self.on_video = store, on_video
+        self.grouped = grouped
+        if grouped:
+            store.grouped = True
+        self._waiting: list[tuple[str, Optional[Failed]]] = []  # told once their group is committed
         self.summary = Summary()
         self.aggregator = Aggregator(keep_clips=getattr(store, "wants_clips", False))
         self.failed: set[str] = set()
@@ -170,8 +182,32 @@ class Collector:
         self.aggregator.drop(item.key)
         self.store.add_failure(item.key, item.stage, item.error)
         self.summary.failed += 1
+        self._tell(item.key, item)
+
+    def whole(self, key: str, sums: dict[str, np.ndarray], count: int, facts: dict) -> None:
+        """A video whose clips were summed elsewhere (float64 per layer, `count` clips): written now."""
+        if key in self.failed:
+            return
+        self.aggregator.drop(key)
+        self._written(key, {layer: descriptor(total, count) for layer, total in sums.items()},
+                      {**facts, "num_clips": count}, None)
+
+    def _tell(self, key: str, failure: Optional[Failed]) -> None:
+        if self.grouped:
+            self._waiting.append((key, failure))
+        elif self.on_video:
+            self.on_video(key, failure, self.summary)
+
+    def commit(self) -> None:
+        """Group commit: the store's records since the last commit made durable (one fsync), then
+        `on_video` told of their videos."""
+        if not self.grouped:
+            return
+        self.store.commit()
+        waiting, self._waiting = self._waiting, []
         if self.on_video:
-            self.on_video(item.key, item, self.summary)
+            for key, failure in waiting:
+                self.on_video(key, failure, self.summary)
 
     def shard_read(self, item: ShardRead) -> None:
         """A tar shard read to its end: a failure recorded for the shard itself by an earlier run is gone."""
@@ -181,15 +217,16 @@ class Collector:
     def _write_if_finished(self, key: str) -> None:
         done = self.aggregator.pop_finished(key)
         if done is not None:
-            features, facts, clips = done
-            if clips is None:
-                self.store.add_video(key, features, facts)
-            else:
-                self.store.add_video(key, features, facts, clips=clips)
-            self.summary.written += 1
-            self.summary.clips += facts["num_clips"]  # only the clips of what was written count
-            if self.on_video:
-                self.on_video(key, None, self.summary)
+            self._written(key, *done)
+
+    def _written(self, key: str, features: dict, facts: dict, clips: Optional[ClipRows]) -> None:
+        if clips is None:
+            self.store.add_video(key, features, facts)
+        else:
+            self.store.add_video(key, features, facts, clips=clips)
+        self.summary.written += 1
+        self.summary.clips += facts["num_clips"]  # only the clips of what was written count
+        self._tell(key, None)
 
 
 def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunner]", store: FeatureStore,

@@ -6,6 +6,11 @@ record and fsynced; a record cut short by a kill fails its length or CRC check a
 the journal is next opened (only that video is redone). At the end of a run (or on Ctrl-C/SIGTERM)
 the journal is folded into a new feature file that atomically replaces the old one.
 
+Group commit: with `sync=False` a record is written but not fsynced; `sync()` then makes every such
+record durable with one fsync (an engine that absorbs thousands of videos a second cannot pay an
+fsync each). A kill before that fsync may lose the unsynced records (the videos are redone), never
+an earlier one.
+
 Record: magic "C3DJ", version (u8), kind (u8: 1 video, 2 failure), payload length (u32), CRC32 of
 the payload (u32); payload: JSON length (u32), JSON, then the float32 features of each layer.
 """
@@ -61,6 +66,8 @@ class Journal:
             self._file.close()
             raise JournalBusy(f"{path} is in use by another c3d-extract process") from None
         self.damage: list[Damage] = []
+        self._unsynced: Optional[int] = None  # where the first record not yet fsynced begins
+        self._unsynced_records = 0
         self.records, valid_end = self._read_valid()
         self._file.seek(0, os.SEEK_END)
         if self._file.tell() != valid_end:  # a record cut short by a kill: drop its bytes
@@ -139,20 +146,21 @@ class Journal:
                 f"{len(self.damage)} video(s) will be processed again ({len(self.records)} intact record(s) kept)")
 
     def append_video(self, key: str, facts: Mapping, features: Mapping[str, np.ndarray],
-                     extra: Optional[Mapping] = None) -> None:
+                     extra: Optional[Mapping] = None, sync: bool = True) -> None:
         """One finished video: its facts, named float32 arrays (flattened) and any extra metadata."""
         layers = list(features)
         meta = {"key": key, "facts": dict(facts), "layers": layers,
                 "dims": [int(np.asarray(features[n]).size) for n in layers], **(extra or {})}
         blobs = b"".join(np.ascontiguousarray(features[n], dtype="<f4").tobytes() for n in layers)
-        self._append(VIDEO, meta, blobs)
+        self._append(VIDEO, meta, blobs, sync)
 
-    def append_failure(self, key: str, stage: str, error: str) -> None:
-        self._append(FAILURE, {"key": key, "stage": stage, "error": error}, b"")
+    def append_failure(self, key: str, stage: str, error: str, sync: bool = True) -> None:
+        self._append(FAILURE, {"key": key, "stage": stage, "error": error}, b"", sync)
 
-    def _append(self, kind: int, meta: dict, blobs: bytes) -> None:
-        """Write one record and fsync it. On an error (a full disk) the journal is cut back to where
-        the record began, so no torn record is left, and the OSError is raised."""
+    def _append(self, kind: int, meta: dict, blobs: bytes, sync: bool = True) -> None:
+        """Write one record and fsync it (with `sync`: it and any unsynced before it). On an error (a
+        full disk) the journal is cut back to where the record began, so no torn record is left, and
+        the OSError is raised."""
         text = json.dumps(meta, default=_plain).encode()
         payload = struct.pack("<I", len(text)) + text + blobs
         data = memoryview(HEADER.pack(MAGIC, 1, kind, len(payload), zlib.crc32(payload)) + payload)
@@ -160,14 +168,38 @@ class Journal:
         try:
             while data:
                 data = data[self._file.write(data):]
-            os.fsync(self._file.fileno())  # durable before the video counts as done
         except OSError:
-            try:
-                self._file.truncate(start)  # shrinking needs no space
-            except OSError:
-                pass  # the torn record fails its check when the journal is next opened
+            self._cut(start)
             raise
         self.records.append(Record(kind, meta, start + HEADER.size, len(payload)))
+        if self._unsynced is None:
+            self._unsynced = start
+        self._unsynced_records += 1
+        if sync:
+            self.sync()  # durable before the video counts as done
+
+    def sync(self) -> list[Record]:
+        """fsync every record written since the last sync (one group): they are durable now. On an
+        error the group's records are cut from the journal and the OSError is raised with
+        `records` set to them (their videos did not count)."""
+        if self._unsynced is None:
+            return []
+        group = self.records[len(self.records) - self._unsynced_records:]
+        start, self._unsynced, self._unsynced_records = self._unsynced, None, 0
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._cut(start)
+            del self.records[len(self.records) - len(group):]
+            exc.records = group  # type: ignore[attr-defined]
+            raise
+        return group
+
+    def _cut(self, start: int) -> None:
+        try:
+            self._file.truncate(start)  # shrinking needs no space
+        except OSError:
+            pass  # the torn record fails its check when the journal is next opened
 
     def features(self, record: Record) -> dict[str, np.ndarray]:
         """The layers of a video record, read back from the journal file."""

@@ -64,6 +64,7 @@ class FeatureStore:
         self.path = path
         self._journal = journal
         self._provenance = dict(provenance)
+        self.grouped = False  # set by an engine that commits groups of records itself (commit())
         with h5py.File(path, "r") as h5:
             settings = read_settings(h5)
             self.per_clip = bool(settings.get("per_clip"))
@@ -181,7 +182,7 @@ class FeatureStore:
                                for layer in self.layers})
         facts = {**LATER_FACTS, **facts}
         try:
-            self._journal.append_video(key, {n: facts[n] for n in PER_VIDEO}, arrays, extra)
+            self._journal.append_video(key, {n: facts[n] for n in PER_VIDEO}, arrays, extra, sync=not self.grouped)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.done.add(key)
@@ -190,10 +191,21 @@ class FeatureStore:
     def add_failure(self, key: str, stage: str, error: str) -> None:
         """Record a video that could not be processed (replacing an older record of it)."""
         try:
-            self._journal.append_failure(key, stage, error)
+            self._journal.append_failure(key, stage, error, sync=not self.grouped)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.failed[key] = (stage, error)
+
+    def commit(self) -> None:
+        """Make the records added since the last commit durable with one fsync (group commit, for
+        a store whose `grouped` is set). A failure takes the group's videos back (they were not
+        written) and raises StorageError."""
+        try:
+            self._journal.sync()
+        except OSError as exc:
+            for record in getattr(exc, "records", []):
+                self.done.discard(record.meta["key"])
+            raise self._storage_error(self._journal.path, exc) from None
 
     def clear_failure(self, key: str) -> None:
         """Forget the failure recorded for `key` (a tar shard that was read to its end this time)."""
@@ -247,6 +259,10 @@ class FeatureStore:
         """Let go of the journal without folding it: its records wait for the next run (an empty
         journal is removed: nothing to keep)."""
         if self._journal is not None:
+            try:
+                self._journal.sync()  # a group not committed yet is kept too
+            except OSError:
+                pass  # its records fail their checks, or were cut: their videos are redone
             try:
                 if not (self._journal.records or self._journal.damage):
                     os.unlink(self._journal.path)
