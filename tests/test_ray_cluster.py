@@ -165,6 +165,22 @@ def test_sigkill_of_the_driver_then_the_same_command_gives_the_same_file(cluster
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_drivers_on_one_cluster_with_shards_then_merge_give_the_local_file(cluster, folder, reference):
+    """More than one writer, the way that works today: K drivers with --shard I/K on the same cluster at
+    once, each writing its own file, then `merge`: the local engine's file."""
+    drivers = [driver(cluster, folder, f"shard{i}.h5", "--shard", f"{i}/2") for i in range(2)]
+    for process in drivers:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode in (0, 1), stderr  # the shard holding broken.mp4 or the FIFO reports it
+        assert_quiet(stderr)
+    merged = CliRunner().invoke(main, ["merge", str(folder / "merged.h5"), str(folder / "shard0.h5"),
+                                       str(folder / "shard1.h5")])
+    assert merged.exit_code == 0, merged.output
+    assert_same_contents(folder / "merged.h5", reference, ignore_attrs=("merged_from",))
+
+
+@pytest.mark.slow
 def test_a_node_that_cannot_see_a_video_names_itself(cluster):
     """The decode actor's check, run on the cluster: a path absent on that node is one failure naming it."""
     from c3d_extract.extraction.engine_ray import _Decode
