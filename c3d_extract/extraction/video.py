@@ -38,6 +38,8 @@ _DECORD_FAULT_TOL = "0.000001"
 # this share, whichever is larger, before it counts as damaged: every healthy file in the tests and
 # in shared/videos matches its declaration exactly (README "Damage the decoders conceal").
 _TIMELINE_FRAMES, _TIMELINE_SHARE = 2, 0.10
+# an interval between two frames this many times the median one is a hole in the timeline
+_GAP_INTERVALS = 4
 # formats whose duration FFmpeg estimates from the bit rate: no declaration to hold a stream to
 _ESTIMATED_DURATION = {"mpeg", "mpegts", "mpegvideo", "m4v", "h264", "hevc", "rawvideo"}
 # FFmpeg's VP8 decoder drops the error of a frame whose coefficients run past their partition when it
@@ -268,9 +270,28 @@ class DecordReader:
             end = float(self._reader.get_frame_timestamp(frames - 1)[1])
         except DECODER_ERRORS + (IndexError,):
             end = None
-        mismatch = self.declared.mismatch(frames, end)
+        mismatch = self.declared.mismatch(frames, end) or self._gap()
         if mismatch:
             raise VideoError("decode", mismatch, frames=frames)
+
+    def _gap(self) -> str:
+        """A span cut out of a container whose frames keep their timestamps (Matroska) leaves a
+        hole in the timeline where no frame was demuxed: the reason, or "" where no interval between
+        two frames is _GAP_INTERVALS times the median one (a variable frame rate changes it by less)."""
+        frames = self.info.num_frames
+        if frames < 3:
+            return ""
+        try:
+            starts = np.asarray(self._reader.get_frame_timestamp(list(range(frames))))[:, 0]
+        except DECODER_ERRORS + (IndexError,):
+            return ""
+        steps = np.diff(np.sort(starts))
+        usual = float(np.median(steps))
+        if usual <= 0 or steps.max() <= _GAP_INTERVALS * usual:
+            return ""
+        at = int(np.argmax(steps))
+        return (f"no frame between {np.sort(starts)[at]:.2f} s and {np.sort(starts)[at + 1]:.2f} s "
+                f"({steps.max() / usual:.0f} frame intervals): data is missing")
 
 
 class PyAVReader:
