@@ -1,4 +1,4 @@
-"""Seconds of the decode stage (decode.decode_frames: decode, resize, crop; no clips) for each video, in
+"""CPU seconds of the decode stage (decode.decode_frames: decode, resize, crop; no clips) for each video, in
 this process, one thread: to compare the damage checks of issue #25 (the declaration probe, decord's
 timeline, VP8's slice-threaded check) with a tree without them, run under farm-bench with PYTHONPATH
 naming each tree in turn (A B A B: the pairs give the ratio).
@@ -25,15 +25,17 @@ cv2.setNumThreads(1)  # one thread per decoder, as in the decoder processes
 
 
 def stage_seconds(path: str, copies: int, verify_vp8: bool) -> float:
-    """Seconds for `copies` consecutive reads of `path` through decode_frames (after one warm read)."""
+    """CPU seconds of this process (all its threads: decord's decoder thread, slice threads) for `copies`
+    consecutive reads of `path` through decode_frames, after one warm read: steadier than the wall clock
+    on a shared machine."""
     extra = {"verify_vp8": verify_vp8} if "verify_vp8" in inspect.signature(decode_frames).parameters else {}
     for _ in decode_frames(VideoJob("v", path), C3D_SPORTS1M.input, **extra):
         pass
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(copies):
         for _ in decode_frames(VideoJob("v", path), C3D_SPORTS1M.input, **extra):
             pass
-    return time.perf_counter() - started
+    return time.process_time() - started
 
 
 def main() -> None:
