@@ -75,6 +75,7 @@ class DecoderSettings:
     keep_partial: bool = False
     ring: Optional[str] = None  # where this decoder's shared frame ring is opened (ring.py), if any
     storage: Optional[dict] = None  # fsspec storage options for URL inputs (remote.py): never shown
+    verify_vp8: bool = True  # a second, slice-threaded decode of VP8 streams (video.vp8_damage)
 
 
 class FrameSender:
@@ -203,7 +204,8 @@ def _damage_since(offset: int) -> tuple[list[str], int]:
 
 
 def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_partial: bool = False,
-                  readers: Optional[Iterable] = None) -> Iterator[Union[Frames, End, Failed]]:
+                  readers: Optional[Iterable] = None, verify_vp8: bool = True
+                  ) -> Iterator[Union[Frames, End, Failed]]:
     """The frames of one video, resized and cropped (unless `resize` is False: the device does it),
     then End with the video's facts; or Failed. The readers are tried in the order video.readers_for
     gives (decord then PyAV; PyAV for MPEG program and transport streams), or in `readers`' order;
@@ -211,7 +213,9 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
     next one. A reader with another after it sends no more frames after the first decoding error its
     FFmpeg logs (seen after each chunk; decord logs from a thread of its own, so the moment varies),
     but reads on, so that the try ends, and is described, as it would have without the check. With `keep_partial`, a video that breaks after
-    some frames ends there (status partial:<frames>) instead of failing."""
+    some frames ends there (status partial:<frames>) instead of failing. A stream that ends far
+    before what its container declares is a decoding error too, and `verify_vp8` looks for the VP8
+    damage FFmpeg conceals without a word (video.Declared, video.vp8_damage)."""
     order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
     sent: Optional[tuple[int, int, object]] = None   # (attempt, frames, reader) of the last try that sent frames
@@ -220,7 +224,7 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
         last = attempt == len(order) - 1
         NativeStderr.text()  # what an earlier video or try left behind is not this try's
         try:
-            reader = reader_class(job.path)
+            reader = reader_class(job.path, verify_vp8=verify_vp8)
         except VideoError as exc:
             if exc.final:
                 yield Failed(job.key, exc.stage, str(exc))
@@ -272,7 +276,8 @@ def decode_job(job: VideoJob, settings: DecoderSettings, progress=lambda: None
     (remote.fetch; a download that fails is a Failed of stage fetch); a tar shard member by member
     (shards.py), then ShardRead, or a Failed of the shard's own key when it breaks."""
     def frames(key: str, path: str):
-        return decode_frames(VideoJob(key, path), settings.input, settings.resize, settings.keep_partial)
+        return decode_frames(VideoJob(key, path), settings.input, settings.resize, settings.keep_partial,
+                             verify_vp8=settings.verify_vp8)
 
     if job.is_shard:
         try:
@@ -292,7 +297,8 @@ def decode_job(job: VideoJob, settings: DecoderSettings, progress=lambda: None
         with spool:
             yield from frames(job.key, spool.path)
     else:
-        yield from decode_frames(job, settings.input, settings.resize, settings.keep_partial)
+        yield from decode_frames(job, settings.input, settings.resize, settings.keep_partial,
+                                 verify_vp8=settings.verify_vp8)
 
 
 def _facts(reader, frames: int, status: str) -> dict:

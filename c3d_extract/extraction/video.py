@@ -9,7 +9,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -34,6 +34,19 @@ CHUNK_BYTES = 2 * 2**20
 # decord silently replaces a frame it cannot decode by its neighbour; a fault tolerance this small
 # makes the first such frame an error (DECORDLimitReachedError) so the video goes to PyAV instead.
 _DECORD_FAULT_TOL = "0.000001"
+# A decoded stream may fall short of (or exceed) what its container declares by this many frames or
+# this share, whichever is larger, before it counts as damaged: every healthy file in the tests and
+# in shared/videos matches its declaration exactly (README "Damage the decoders conceal").
+_TIMELINE_FRAMES, _TIMELINE_SHARE = 2, 0.10
+# an interval between two frames this many times the median one is a hole in the timeline
+_GAP_INTERVALS = 4
+# formats whose duration FFmpeg estimates from the bit rate: no declaration to hold a stream to
+_ESTIMATED_DURATION = {"mpeg", "mpegts", "mpegvideo", "m4v", "h264", "hevc", "rawvideo"}
+# FFmpeg's VP8 decoder drops the error of a frame whose coefficients run past their partition when it
+# decodes on one thread (or frame threads), and outputs the frame as garbage, flagged nowhere; with
+# slice threads avcodec_send_packet returns it (InvalidDataError). The loop filter does not change
+# what is detected, and skipping it makes the check cheaper.
+_VP8_SLICE_THREADS = 2
 
 
 class VideoError(Failure):
@@ -89,6 +102,103 @@ def check_file(path: str) -> None:
         raise VideoError("open", "empty file (0 bytes)", final=True)
 
 
+@dataclass(frozen=True)
+class Declared:
+    """What a container declares of its first video stream before any frame is decoded: the frame
+    count (0 where it has none), the stream's duration in seconds (None where unknown or estimated
+    from the bit rate), and the codec's name. Damage that a decoder conceals often shows only as a
+    stream that ends far before (or runs far past) this."""
+
+    frames: int = 0
+    seconds: Optional[float] = None
+    codec: str = ""
+
+    @classmethod
+    def of(cls, container, stream) -> "Declared":
+        """The declaration of `stream` in an open PyAV `container`."""
+        seconds = None
+        if container.format.name not in _ESTIMATED_DURATION:
+            if stream.duration and stream.time_base:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration:
+                seconds = container.duration / 1e6
+        return cls(int(stream.frames or 0), seconds, stream.codec_context.name)
+
+    @classmethod
+    def probe(cls, path: str) -> "Declared":
+        """The declaration read by opening `path` with PyAV (headers only: no frame is decoded
+        beyond what FFmpeg's stream probe does); an empty one where PyAV cannot open it."""
+        try:
+            with _ffmpeg_log():
+                with av.open(path, metadata_errors="ignore") as container:
+                    if not container.streams.video:
+                        return cls()
+                    return cls.of(container, container.streams.video[0])
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
+            return cls()
+
+    def mismatch(self, frames: int, end: Optional[float]) -> str:
+        """Why `frames` decoded frames, the last ending at `end` seconds from the stream's start,
+        are not this declared stream; "" when they are (within the tolerance)."""
+        if self.frames:
+            slack = max(_TIMELINE_FRAMES, self.frames * _TIMELINE_SHARE)
+            if abs(frames - self.frames) > slack:
+                return f"{frames} frames decoded where the container declares {self.frames}"
+        elif self.seconds and end is not None:
+            slack = max(_TIMELINE_FRAMES * end / max(frames, 1), self.seconds * _TIMELINE_SHARE)
+            if end < self.seconds - slack:
+                return (f"the stream ends at {end:.2f} s of the {self.seconds:.2f} s its container "
+                        f"declares ({frames} frames decoded)")
+        return ""
+
+
+def _ffmpeg_log() -> av.logging.Capture:
+    """PyAV's capture of FFmpeg's log lines at error level and above, from every thread (a decoder's
+    slice threads log too), one line per message. PyAV's default level (None) hands every line to
+    FFmpeg's own printer, so a capture alone sees nothing; repeats are not folded, else one video's
+    last line would be reported in the next one's."""
+    av.logging.set_skip_repeated(False)
+    if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    return av.logging.Capture(False)
+
+
+class _OpenLog:
+    """An _ffmpeg_log capture held open across a reader's life (its decoding is a generator): `lines`
+    fills while it is open, `end()` closes it once, whoever calls it first."""
+
+    def __init__(self):
+        self._capture = _ffmpeg_log()
+        self.lines = self._capture.__enter__()
+
+    def end(self) -> None:
+        if self._capture is not None:
+            self._capture.__exit__(None, None, None)
+            self._capture = None
+
+
+def vp8_damage(path: str) -> Optional[str]:
+    """Decode `path`'s VP8 stream with slice threads and no loop filter, for the error FFmpeg drops
+    when it decodes on one thread (see _VP8_SLICE_THREADS): the reason, or None when none came."""
+    count = 0
+    try:
+        with _ffmpeg_log():
+            with av.open(path, metadata_errors="ignore") as container:
+                stream = container.streams.video[0]
+                _slice_threads(stream.codec_context)
+                stream.codec_context.options = {"skip_loop_filter": "all"}
+                for _ in container.decode(stream):
+                    count += 1
+    except (av.error.FFmpegError, ValueError) as exc:
+        return f"VP8 frame {count} is damaged (a slice-threaded decode says: {clean_decoder_message(exc)})"
+    return None
+
+
+def _slice_threads(context) -> None:
+    context.thread_type = "SLICE"
+    context.thread_count = _VP8_SLICE_THREADS
+
+
 def _chunk_frames(height: int, width: int) -> int:
     """Frames per read: about CHUNK_BYTES of decoded RGB, between 4 and 64 frames."""
     return int(min(64, max(4, CHUNK_BYTES // max(height * width * 3, 1))))
@@ -104,9 +214,14 @@ class DecordReader:
 
     name = DECORD
 
-    def __init__(self, path: str, num_threads: int = 1):
+    def __init__(self, path: str, num_threads: int = 1, verify_vp8: bool = True):
         self.path, self.repaired = path, 0
         check_file(path)
+        self.declared = Declared.probe(path)
+        if verify_vp8 and self.declared.codec == "vp8":
+            damage = vp8_damage(path)  # decord's FFmpeg conceals it the same way, silently
+            if damage:
+                raise VideoError("decode", damage)
         try:
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads,
                                               fault_tol=_DECORD_FAULT_TOL)
@@ -145,6 +260,38 @@ class DecordReader:
         yield self._first
         for start in range(1, self.info.num_frames, step):
             yield self._read(start, min(start + step, self.info.num_frames))
+        self._check_timeline()
+
+    def _check_timeline(self) -> None:
+        """decord counts the packets it could demux: a container that breaks midway ends its stream
+        there without an error, so the count and the last frame's end are held to the declaration."""
+        frames = self.info.num_frames
+        try:
+            end = float(self._reader.get_frame_timestamp(frames - 1)[1])
+        except DECODER_ERRORS + (IndexError,):
+            end = None
+        mismatch = self.declared.mismatch(frames, end) or self._gap()
+        if mismatch:
+            raise VideoError("decode", mismatch, frames=frames)
+
+    def _gap(self) -> str:
+        """A span cut out of a container whose frames keep their timestamps (Matroska) leaves a
+        hole in the timeline where no frame was demuxed: the reason, or "" where no interval between
+        two frames is _GAP_INTERVALS times the median one (a variable frame rate changes it by less)."""
+        frames = self.info.num_frames
+        if frames < 3:
+            return ""
+        try:
+            starts = np.asarray(self._reader.get_frame_timestamp(list(range(frames))))[:, 0]
+        except DECODER_ERRORS + (IndexError,):
+            return ""
+        steps = np.diff(np.sort(starts))
+        usual = float(np.median(steps))
+        if usual <= 0 or steps.max() <= _GAP_INTERVALS * usual:
+            return ""
+        at = int(np.argmax(steps))
+        return (f"no frame between {np.sort(starts)[at]:.2f} s and {np.sort(starts)[at + 1]:.2f} s "
+                f"({steps.max() / usual:.0f} frame intervals): data is missing")
 
 
 class PyAVReader:
@@ -157,22 +304,28 @@ class PyAVReader:
 
     name = PYAV
 
-    def __init__(self, path: str, num_threads: int = 1):
+    def __init__(self, path: str, num_threads: int = 1, verify_vp8: bool = True):
         self.path, self.repaired, self._errors = path, 0, 0
         check_file(path)
+        self._log = _OpenLog()  # the container's own errors count too
         try:
             self._container = av.open(path, metadata_errors="ignore")
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+            self._log.end()
             raise VideoError("open", f"not a readable video ({clean_decoder_message(exc)})") from None
         if not self._container.streams.video:
             others = [s.type for s in self._container.streams]
             what = f"{others.count('audio')} audio stream(s)" if "audio" in others else "an empty container"
             self._container.close()
+            self._log.end()
             raise VideoError("open", f"no video stream ({what})", final=True)
         self._stream = stream = self._container.streams.video[0]
         context = stream.codec_context
         self.codec = f"{context.name} {context.width}x{context.height}"
+        self.declared = Declared.of(self._container, stream)
         context.thread_count = num_threads
+        if verify_vp8 and context.name == "vp8":  # costs nothing on healthy files: decord reads those
+            _slice_threads(context)
         rate = stream.average_rate or stream.guessed_rate
         self._frames = self._decode()
         try:
@@ -183,30 +336,48 @@ class PyAVReader:
                               self._first.shape[0], self._first.shape[1], context.name)
 
     def _decode(self) -> Iterator[np.ndarray]:
-        count = 0
-        with av.logging.Capture(True) as logs:
-            try:
-                for frame in self._container.decode(self._stream):
-                    if frame.is_corrupt:
-                        self.repaired += 1
-                    image = frame.to_ndarray(format="rgb24")
-                    turns = (frame.rotation // 90) % 4  # -90 (a portrait phone video): 3 turns, as decord
-                    if turns:
-                        image = np.ascontiguousarray(np.rot90(image, k=turns))
-                    count += 1
-                    yield image
-            except (av.error.FFmpegError, ValueError) as exc:
-                stage = "open" if count == 0 else "decode"
-                raise VideoError(stage, f"decoding failed after frame {count}: {clean_decoder_message(exc)}",
-                                 frames=count) from None
-            finally:
-                self._errors = sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
-                self._container.close()
+        count, last = 0, None
+        logs = self._log.lines
+        try:
+            for frame in self._container.decode(self._stream):
+                if frame.is_corrupt:
+                    self.repaired += 1
+                image = frame.to_ndarray(format="rgb24")
+                turns = (frame.rotation // 90) % 4  # -90 (a portrait phone video): 3 turns, as decord
+                if turns:
+                    image = np.ascontiguousarray(np.rot90(image, k=turns))
+                count += 1
+                last = frame.pts if frame.pts is not None else last
+                yield image
+        except (av.error.FFmpegError, ValueError) as exc:
+            stage = "open" if count == 0 else "decode"
+            raise VideoError(stage, f"decoding failed after frame {count}: {clean_decoder_message(exc)}",
+                             frames=count) from None
+        finally:
+            self._errors = sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
+            self._container.close()
+            self._log.end()
+        self._check_timeline(count, last)
         if self._errors and not self.repaired:  # FFmpeg concealed an error without flagging the frame
             self.repaired = 1
 
+    def _check_timeline(self, count: int, last_pts: Optional[int]) -> None:
+        """A stream that ends far before its declaration is cut (an error: partial with
+        --keep-partial); one that runs far past it holds frames the container did not declare
+        (duplicated data), counted as repaired."""
+        stream, rate = self._stream, self.info.fps
+        end = None
+        if last_pts is not None and stream.time_base:
+            end = float((last_pts - (stream.start_time or 0)) * stream.time_base) + (1 / rate if rate else 0)
+        mismatch = self.declared.mismatch(count, end)
+        if mismatch and self.declared.frames and count > self.declared.frames:
+            self.repaired = max(self.repaired, count - self.declared.frames)
+        elif mismatch:
+            raise VideoError("decode", mismatch, frames=count)
+
     def close(self) -> None:
         self._container.close()
+        self._log.end()
 
     def chunks(self) -> Iterator[np.ndarray]:
         """Yield uint8 RGB frames (n, H, W, 3) in order, about CHUNK_BYTES at a time."""

