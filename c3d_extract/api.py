@@ -245,9 +245,10 @@ def _members_by_shard(jobs: Sequence[VideoJob], store: FeatureStore) -> dict[str
 def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, workers: Optional[int] = None,
              timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
              on_video=None, storage_options: Optional[dict] = None,
-             ray_connect_timeout: Optional[float] = None) -> Summary:
+             ray_connect_timeout: Optional[float] = None, vp8_check: bool = True) -> Summary:
     """Run the chosen engine over `todo` into an open store (`storage_options`: fsspec's, for URLs;
-    `ray_connect_timeout`: seconds to join a Ray cluster, default engine_ray.CONNECT_TIMEOUT)."""
+    `ray_connect_timeout`: seconds to join a Ray cluster, default engine_ray.CONNECT_TIMEOUT;
+    `vp8_check`: a second, slice-threaded decode of VP8 streams, the one signal of their damage)."""
     check_engine(engine)
     settings = extractor.settings
     if engine == "ray":
@@ -255,11 +256,11 @@ def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore
 
         return extract_ray(todo, extractor.network, store, short=settings.short_videos, address=ray_address,
                            on_video=on_video, timeout=timeout, keep_partial=settings.keep_partial,
-                           storage=storage_options,
+                           storage=storage_options, vp8_check=vp8_check,
                            **({"connect_timeout": ray_connect_timeout} if ray_connect_timeout else {}))
     return run_local(todo, extractor.replicas or extractor.network, store, short=settings.short_videos,
                      workers=extractor.workers(workers), on_video=on_video, timeout=timeout,
-                     keep_partial=settings.keep_partial, storage=storage_options)
+                     keep_partial=settings.keep_partial, storage=storage_options, vp8_check=vp8_check)
 
 
 @dataclass

@@ -223,3 +223,30 @@ def test_hevc_mkv_with_a_duplicated_span_is_no_longer_plain_ok(tmp_path):
 def test_healthy_real_videos_keep_status_ok(name):
     end = _end(shared_video(name))
     assert isinstance(end, End) and end.facts["status"] == "ok" and end.facts["decoder"] == "decord 0.6.0"
+
+
+@pytest.mark.slow
+def test_the_vp8_check_is_on_by_default_and_can_be_turned_off(tmp_path):
+    """The CLI's --no-vp8-check reaches the decoder processes: the damaged VP8 that fails by default is
+    plain `ok` without the check (what the tool did before it)."""
+    from c3d_extract.cli.extract import main
+    from click.testing import CliRunner
+    import h5py
+
+    clean = write_video(tmp_path / "vp8.webm", moving_frames(99, 240, 320, seed=3), "libvpx", bit_rate=500_000)
+    damaged = next((tmp_path / f"d{seed}" / "v.webm" for seed in range(12)
+                    if _write_if_caught(clean, seed, tmp_path / f"d{seed}" / "v.webm")), None)
+    assert damaged is not None, "no seeded VP8 file made FFmpeg's threaded decoder complain"
+    args = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--precision", "fp32", "-q"]
+    on = CliRunner().invoke(main, [str(damaged), str(tmp_path / "on.h5"), *args])
+    off = CliRunner().invoke(main, [str(damaged), str(tmp_path / "off.h5"), *args, "--no-vp8-check"])
+    assert on.exit_code == 1 and off.exit_code == 0, (on.output, off.output)
+    with h5py.File(tmp_path / "off.h5", "r") as f:
+        assert list(f["status"].asstr()[:]) == ["ok"]
+
+
+def _write_if_caught(clean, seed: int, path) -> bool:
+    """Write the seed's flipped copy of `clean` at `path` when a threaded decode complains about it."""
+    path.parent.mkdir()
+    path.write_bytes(_flipped(clean.read_bytes(), seed))
+    return bool(pyav_decode(path, threads=0)[1])

@@ -110,9 +110,9 @@ class _Decode:
     relays), so a decoder that hangs for `timeout` seconds or crashes costs its own video."""
 
     def __init__(self, spec, short: str, timeout: float, rows_per_batch: int = 16, keep_partial: bool = False,
-                 storage: Optional[dict] = None):
+                 storage: Optional[dict] = None, vp8_check: bool = True):
         self.spec, self.short, self.timeout, self.keep_partial = spec, short, timeout, keep_partial
-        self.storage = storage
+        self.storage, self.vp8_check = storage, vp8_check
         self.rows_per_batch = rows_per_batch
         self.blank = np.zeros((spec.frames, *spec.crop, 3), np.uint8)
         self.node = node_name()
@@ -138,7 +138,8 @@ class _Decode:
             return
         held: dict[str, Clip] = {}  # each video's latest clip, sent with its Finished as one row
         warm = []  # set once the decoder process has answered
-        settings = DecoderSettings(self.spec, keep_partial=self.keep_partial, storage=self.storage)
+        settings = DecoderSettings(self.spec, keep_partial=self.keep_partial, storage=self.storage,
+                                   verify_vp8=self.vp8_check)
         pool = DecodePool(self._warm_first(jobs, warm), settings, self.short, 1, self.timeout)
         try:
             for item in pool:
@@ -259,7 +260,8 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
                 address: Optional[str] = None,
                 on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
                 timeout: float = 300.0, per_block: Optional[int] = None, keep_partial: bool = False,
-                storage: Optional[dict] = None, connect_timeout: float = CONNECT_TIMEOUT) -> Summary:
+                storage: Optional[dict] = None, connect_timeout: float = CONNECT_TIMEOUT,
+                vp8_check: bool = True) -> Summary:
     """Extract `jobs` with Ray Data into `store`: the cluster at `address` (e.g. "auto", "host:6379",
     "ray://host:10001"), else $RAY_ADDRESS's, else a new local Ray. Failures are recorded, never raised.
 
@@ -286,7 +288,7 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
         context.max_errored_blocks = -1  # a block whose task fails costs its videos (recorded), not the run
         try:
             return _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, quiet.path,
-                        keep_partial, storage)
+                        keep_partial, storage, vp8_check)
         finally:
             (context.enable_progress_bars, context.execution_options.preserve_order,
              context.max_errored_blocks) = saved
@@ -463,7 +465,7 @@ class Driver:
 
 
 def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, log, keep_partial,
-         storage) -> Summary:
+         storage, vp8_check) -> Summary:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0)) if network.runtime.device.type == "cuda" else 0
     decoders = max(1, cpus - (0 if gpus else 1))  # on CPU, one core is the network's
@@ -480,7 +482,7 @@ def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started
             _Decode, batch_size=per_block, batch_format="numpy", num_cpus=1,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
             fn_constructor_kwargs={"spec": network.spec, "short": short, "timeout": timeout,
-                                   "keep_partial": keep_partial, "storage": storage})
+                                   "keep_partial": keep_partial, "storage": storage, "vp8_check": vp8_check})
         dataset = dataset.map_batches(
             _Forward, batch_size=network.batch_size, batch_format="numpy", num_gpus=1 if gpus else 0,
             compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),

@@ -232,12 +232,14 @@ class Collector:
 def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunner]", store: FeatureStore,
             short: str = "loop", workers: int = 1,
             on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
-            timeout: float = 300.0, keep_partial: bool = False, storage: Optional[dict] = None) -> Summary:
+            timeout: float = 300.0, keep_partial: bool = False, storage: Optional[dict] = None,
+            vp8_check: bool = True) -> Summary:
     """Run every job through the network into `store`; failures are recorded, never raised.
 
     Decoding runs in `workers` processes; a video whose decoder makes no progress for `timeout`
     seconds, or whose decoder process dies, is recorded as failed and the run goes on. `storage` holds
-    the fsspec options of URL inputs (remote.py). A list of
+    the fsspec options of URL inputs (remote.py); `vp8_check` the slice-threaded check of VP8 streams
+    (video.vp8_damage). A list of
     networks (one per device) shares the batches round-robin (batches.py).
 
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
@@ -252,7 +254,7 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
 
     first = runners[0]
     settings = DecoderSettings(first.spec, resize=not first.resize_on_device, keep_partial=keep_partial,
-                               storage=storage)
+                               storage=storage, verify_vp8=vp8_check)
     batches = Batches(runners, on_result)
     pool = DecodePool(jobs, settings, short, workers, timeout,
                       place=first.place_frames if first.resize_on_device else None)
