@@ -181,9 +181,10 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="bench-ray-driver-")
     lines = []
     for layer in args.layers.split(","):
-        videos = args.videos if layer == "fc6" else max(1, args.videos // 5)
-        batches = decode_batches(videos, args.clips)
         for per_clip in (False, True):
+            # per-clip rows hold every clip's activations: fewer videos keep them within memory
+            videos = max(1, args.videos // (1 if layer == "fc6" else 5) // (5 if per_clip else 1))
+            batches = decode_batches(videos, args.clips)
             rows = through_ray(batches, layer, per_clip)
             result = drive(rows, videos, layer, per_clip, folder)
             del rows
