@@ -22,7 +22,7 @@ import pytest
 from c3d_extract.extraction.decode import End, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
-from tests.videos import moving_frames, shared_video, write_video
+from tests.videos import encoder_available, moving_frames, shared_video, write_video
 
 # (file name, PyAV encoder, pixel format): what the corpus is made of, where this PyAV can encode it
 CODECS = [
@@ -54,14 +54,6 @@ for path in sys.argv[1:]:
     out[path] = end.facts["status"] if isinstance(end, End) else "failed"
 print(json.dumps(out))
 """
-
-
-def encoder_available(codec: str) -> bool:
-    try:
-        av.codec.Codec(codec, "w")
-        return True
-    except Exception:
-        return False
 
 
 def damaged(source: bytes, kind: str, seed: int) -> bytes:

@@ -17,7 +17,7 @@ from c3d_extract.extraction.decode import End, Failed, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from c3d_extract.extraction.video import DecordReader, PyAVReader, VideoError
-from tests.videos import moving_frames, write_video
+from tests.videos import encoder_available, moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--precision", "fp32", "-q"]
 
@@ -40,14 +40,6 @@ ZOO = [
     ("flv1.flv", "flv", "yuv420p", None),
     ("wmv2.avi", "wmv2", "yuv420p", None),
 ]
-
-
-def encoder_available(codec: str) -> bool:
-    try:
-        av.codec.Codec(codec, "w")
-        return True
-    except Exception:
-        return False
 
 
 @pytest.fixture(scope="module")

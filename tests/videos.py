@@ -49,6 +49,15 @@ def frame_index(frame: np.ndarray) -> int:
     return int(round((float(np.mean(frame)) - 10) / 5))
 
 
+def encoder_available(codec: str) -> bool:
+    """Whether the installed PyAV (its FFmpeg) can encode `codec`."""
+    try:
+        av.codec.Codec(codec, "w")
+        return True
+    except Exception:
+        return False
+
+
 def write_video(path: Path, frames: np.ndarray, codec: str = "libx264", fps: int = 25,
                 tag: str | None = None, bit_rate: int = 2_000_000, pix_fmt: str = "yuv420p") -> Path:
     """Encode uint8 RGB frames (N, H, W, 3) into a real video file with PyAV (FFmpeg)."""
