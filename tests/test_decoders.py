@@ -7,7 +7,6 @@ import random
 import subprocess
 import sys
 
-import av
 import decord
 import h5py
 import numpy as np
