@@ -319,3 +319,27 @@ def test_the_store_dying_mid_run_then_the_same_command_completes_the_file(corpus
         assert_same_file(out, clean)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_no_credential_in_the_journal_of_a_killed_run(corpus, s3, web, tmp_path):
+    """The journal is what a killed run leaves: it holds no key, secret or signature either."""
+    (tmp_path / "list.txt").write_text(
+        f"http://user:{SECRET}@{web.url[7:]}/videos/none.mp4?X-Amz-Signature={SECRET}\n"
+        + "".join(f"s3://media/videos/{key}\n" for key in VIDEOS))
+    options = f'{{"endpoint_url": "{s3.endpoint}", "key": "{KEY}", "secret": "{SECRET}"}}'
+    out = tmp_path / "out.h5"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen([sys.executable, "-m", "c3d_extract", f"@{tmp_path / 'list.txt'}", str(out),
+                                "--storage-options", options, *ARGS[:-3], "--workers", "1"],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while (pending(str(out)) or 0) < 2:  # the failure and a video are in the journal
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.kill()
+    _, stderr = process.communicate()
+    journal = open(journal_path(str(out)), "rb").read()
+    assert b"none.mp4" in journal and SECRET.encode() not in journal and KEY.encode() not in journal
+    assert SECRET not in stderr

@@ -278,7 +278,7 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
     with QuietRay() as quiet:
         ours = not ray.is_initialized()
         if ours:  # no address: $RAY_ADDRESS, else a new local Ray (never whichever cluster ran last here)
-            connect(ray, address or os.environ.get("RAY_ADDRESS") or "local", connect_timeout, quiet.path)
+            connect(ray, address or os.environ.get("RAY_ADDRESS") or "local", connect_timeout, quiet)
         quiet.move_to(_session_logs(ray))
         context = ray.data.DataContext.get_current()  # the process's: put back what we change
         saved = (context.enable_progress_bars, context.execution_options.preserve_order,
@@ -296,10 +296,11 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
                 ray.shutdown()
 
 
-def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT, log: Optional[str] = None) -> None:
+def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT, quiet: Optional[QuietRay] = None) -> None:
     """ray.init(address), given `timeout` seconds: Ray retries an address it cannot reach for minutes
-    without a word (its errors go to `log`, off the terminal). UsageError naming the address, Ray's
-    reason (its last error line) and the log file when it does not succeed in time. "local" starts a
+    without a word (its errors go to `quiet`'s log file, off the terminal). UsageError naming the
+    address, Ray's reason (its last error line) and the log file when it does not succeed in time;
+    Ray's threads, still trying, go on writing to that file, not to the terminal (QuietRay.hold). "local" starts a
     new Ray here: that takes as long as it takes (seconds to a minute on a loaded machine)."""
     if address == "local":
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
@@ -318,6 +319,9 @@ def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT, log: Optional[s
     thread.join(timeout)
     if outcome and outcome[0] is None:
         return
+    log = quiet.path if quiet is not None else None
+    if quiet is not None:
+        quiet.hold()
     if outcome:
         reason = " ".join(str(outcome[0]).split()) or type(outcome[0]).__name__
     else:

@@ -30,6 +30,7 @@ class QuietRay:
         self._stderr = None
         self._consoles: list[logging.Handler] = []
         self._outer = False
+        self._held = False
 
     def __enter__(self) -> "QuietRay":
         if QuietRay._outermost is not None:  # nested: the outer one's log and path are ours
@@ -84,11 +85,17 @@ class QuietRay:
         except OSError:  # keep the temporary file
             pass
 
+    def hold(self) -> None:
+        """Keep descriptor 2 on the log file after exit: a Ray that failed to start goes on logging
+        from its own threads until the process ends (this tool's messages still reach the terminal
+        through the replaced `sys.stderr`)."""
+        self._held = True
+
     def __exit__(self, *exc) -> None:
         if not self._outer:
             return
         QuietRay._outermost = None
-        if self._saved is not None:
+        if self._saved is not None and not self._held:
             if self._stderr is not None:
                 ours, sys.stderr = sys.stderr, self._stderr
                 try:
