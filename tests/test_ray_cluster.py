@@ -99,7 +99,8 @@ def wait_for_records(folder, out: str, count: int, process: subprocess.Popen, li
 
 
 @pytest.fixture(scope="module")
-def relative_run(cluster, folder, reference):
+def relative_run(folder, reference, cluster):  # the local reference runs before the cluster starts: a
+    # new cluster's processes starting on 2 cores starved its decoder past the 5-s --timeout once
     """One run on the cluster with a relative input folder: (exit status, stderr, seconds)."""
     started = time.time()
     process = driver(cluster, folder, "relative.h5")
