@@ -212,8 +212,9 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
     a video one cannot open, fails in, or would repair frames of, is read again from the start by the
     next one. A reader with another after it sends no more frames after the first decoding error its
     FFmpeg logs (seen after each chunk; decord logs from a thread of its own, so the moment varies),
-    but reads on, so that the try ends, and is described, as it would have without the check. With `keep_partial`, a video that breaks after
-    some frames ends there (status partial:<frames>) instead of failing. A stream that ends far
+    but reads on, so that the try ends, and is described, as it would have without the check. With
+    `keep_partial`, a video that breaks after some frames ends there (status partial:<frames>)
+    instead of failing. A stream that ends far
     before what its container declares is a decoding error too, and `verify_vp8` looks for the VP8
     damage FFmpeg conceals without a word (video.Declared, video.vp8_damage)."""
     order = tuple(readers) if readers is not None else readers_for(job.path)
@@ -297,8 +298,7 @@ def decode_job(job: VideoJob, settings: DecoderSettings, progress=lambda: None
         with spool:
             yield from frames(job.key, spool.path)
     else:
-        yield from decode_frames(job, settings.input, settings.resize, settings.keep_partial,
-                                 verify_vp8=settings.verify_vp8)
+        yield from frames(job.key, job.path)
 
 
 def _facts(reader, frames: int, status: str) -> dict:
@@ -331,6 +331,9 @@ def serve(tasks, results, heartbeat) -> None:
     except EOFError:  # the parent is gone (or never needed this spare)
         return
 
+    def beat() -> None:  # a download's progress (remote.fetch) counts as the decoder's
+        heartbeat.value = time.time()
+
     sender, ring = FrameSender(results), None
     if settings.ring and settings.resize:  # cropped frames go through shared memory, not the pipe
         try:
@@ -349,10 +352,6 @@ def serve(tasks, results, heartbeat) -> None:
         if job is None:
             return
         heartbeat.value = time.time()
-
-        def beat() -> None:
-            heartbeat.value = time.time()
-
         try:
             for item in decode_job(job, settings, beat):
                 heartbeat.value = time.time()
