@@ -28,7 +28,7 @@ def stage_seconds(path: str, copies: int, verify_vp8: bool) -> float:
     """CPU seconds of this process (all its threads: decord's decoder thread, slice threads) for `copies`
     consecutive reads of `path` through decode_frames, after one warm read: steadier than the wall clock
     on a shared machine."""
-    extra = {"verify_vp8": verify_vp8} if "verify_vp8" in inspect.signature(decode_frames).parameters else {}
+    extra = {"vp8_check": verify_vp8} if "vp8_check" in inspect.signature(decode_frames).parameters else {}
     for _ in decode_frames(VideoJob("v", path), C3D_SPORTS1M.input, **extra):
         pass
     started = time.process_time()

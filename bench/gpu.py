@@ -67,7 +67,7 @@ def runner(model: str, precision: str, batch: int, device: torch.device) -> Batc
 
 def network_alone(network: BatchRunner, seconds: float = 3.0) -> tuple[float, float]:
     """(seconds of the first batch, steady clips/s) of `network.forward` on clips already on the device."""
-    spec, device = network.spec, network.runtime.device
+    spec, device = network.input_spec, network.runtime.device
     batch = torch.randint(0, 256, (network.batch_size, spec.frames, *spec.crop, 3), dtype=torch.uint8, device=device)
     started = time.perf_counter()
     network.forward(batch, network.batch_size)
@@ -86,7 +86,7 @@ def network_alone(network: BatchRunner, seconds: float = 3.0) -> tuple[float, fl
 
 def batching_path(network: BatchRunner, clips: int) -> float:
     """clips/s of host clips through the staging ring to features back in host memory."""
-    spec = network.spec
+    spec = network.input_spec
     source = np.random.default_rng(0).integers(0, 256, (64, spec.frames, *spec.crop, 3), dtype=np.uint8)
     got = []
     batches = Batches([network], lambda outputs, rows: got.append(len(rows)))
@@ -110,7 +110,7 @@ class _Instant(BatchRunner):
     """A network that returns at once (zeros of each layer's shape): only the host path is left."""
 
     def __init__(self, like: BatchRunner, shapes: dict[str, tuple[int, ...]]):
-        super().__init__(torch.nn.Identity(), like.layers, like.spec, like.runtime, like.batch_size)
+        super().__init__(torch.nn.Identity(), like.layers, like.input_spec, like.runtime, like.batch_size)
         self._zeros = {layer: torch.zeros((like.batch_size, int(np.prod(shape)))) for layer, shape in shapes.items()}
 
     def forward(self, batch: torch.Tensor, count: int) -> dict[str, torch.Tensor]:
@@ -122,7 +122,8 @@ def parent_cost(model: str, videos: list[str], workers: int, batch: int) -> tupl
     a real feature file (journal included) with a network that returns at once. The CPU per clip is
     the slope between a run over a quarter of `videos` and one over all of them, so what a run pays
     once (decoder processes started, staging slots allocated, the file opened) does not count."""
-    extractor = api.build_extractor(model=model, weights="random", device="cpu", precision="fp32", batch_size=batch)
+    extractor = api.build_extractor(model=model, weights="random", device="cpu", precision="fp32", batch_size=batch,
+                                    workers=workers)
     instant = _Instant(extractor.network, extractor.shapes)
     extractor.replicas, extractor.network = [instant], instant
     runs = []
@@ -131,7 +132,7 @@ def parent_cost(model: str, videos: list[str], workers: int, batch: int) -> tupl
             store, todo = api.open_output(os.path.join(folder, f"{len(part)}.h5"), extractor, api.find_jobs(part))
             with store:
                 before = resource.getrusage(resource.RUSAGE_SELF)
-                summary = api.run_jobs(todo, extractor, store, workers)
+                summary = api.run_jobs(todo, extractor, store)
                 after = resource.getrusage(resource.RUSAGE_SELF)
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             runs.append((cpu, summary.clips, summary.seconds))
@@ -211,7 +212,7 @@ if device.type == "cuda":
 t3 = time.perf_counter()
 extractor = api.build_extractor(model=sys.argv[2], weights=sys.argv[3], device=sys.argv[1])
 net = extractor.network
-spec = net.spec
+spec = net.input_spec
 if device.type == "cuda":
     torch.cuda.synchronize()
 t4 = time.perf_counter()

@@ -56,6 +56,7 @@ def child(engine: str, folder: str) -> dict:
     from c3d_extract.models.registry import get_spec
     from c3d_extract.models.net import StagedNet
     from c3d_extract.extraction.pipeline import BatchRunner, extract
+    from c3d_extract.options import ExtractOptions
     from c3d_extract.extraction.runtime import Runtime
 
     spec = get_spec("res3d").input
@@ -65,7 +66,7 @@ def child(engine: str, folder: str) -> dict:
     sink = api.Arrays(["flat"])
     started = time.perf_counter()
     if engine == "local":
-        summary = extract(jobs, network, sink, workers=1)  # type: ignore[arg-type]
+        summary = extract(jobs, network, sink, ExtractOptions(workers=1))  # type: ignore[arg-type]
     else:
         from c3d_extract.extraction.engine_ray import extract_ray
 

@@ -45,7 +45,7 @@ from throughput import machine, report  # noqa: E402  (bench/ is on the path whe
 
 def decode_all(inputs: list[str], options: dict | None, workers: int) -> tuple[float, int]:
     jobs, _ = find_videos(inputs, storage_options=options)
-    settings = DecoderSettings(C3D_SPORTS1M.input, storage=options)
+    settings = DecoderSettings(C3D_SPORTS1M.input, storage_options=options)
     started, clips = time.perf_counter(), 0
     pool = DecodePool(jobs, settings, "loop", workers)
     try:

@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import sys
 import time
 
 import decord
@@ -26,10 +27,14 @@ import torch.nn.functional as F
 from c3d_extract.extraction.clips import window_starts
 from c3d_extract.extraction.inputs import VideoJob, find_videos
 from c3d_extract.models.registry import get_spec
-from c3d_extract.extraction.assemble import Clip, decode_video
+from c3d_extract.extraction.assemble import Clip
 from c3d_extract.extraction.pipeline import BatchRunner, extract
+from c3d_extract.options import ExtractOptions
 from c3d_extract.extraction.runtime import Runtime, cpu_has_fast_bf16
 from c3d_extract.weights.load import load_weights
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.decoding import decode_video  # noqa: E402  (test-only: the tool decodes in decoder processes)
 
 
 def machine() -> str:
@@ -60,7 +65,7 @@ def _network(model: str, precision: str, batch: int) -> BatchRunner:
 
 def network_only(model: str, precision: str, batch: int = 4, reps: int = 3) -> float:
     network = _network(model, precision, batch)
-    spec = network.spec
+    spec = network.input_spec
     clips = torch.randint(0, 256, (batch, spec.frames, *spec.crop, 3), dtype=torch.uint8).numpy()
     for _ in range(2):
         network(clips)
@@ -94,7 +99,8 @@ class _Discard:
 
 
 def end_to_end(model: str, precision: str, jobs: list[VideoJob], workers: int, batch: int = 4) -> tuple[float, int]:
-    summary = extract(jobs, _network(model, precision, batch), _Discard(), workers=workers)  # type: ignore[arg-type]
+    summary = extract(jobs, _network(model, precision, batch), _Discard(),  # type: ignore[arg-type]
+                      ExtractOptions(workers=workers))
     return summary.clips / summary.seconds, summary.clips
 
 

@@ -15,29 +15,31 @@ import random
 import shlex
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence
 
 import numpy as np
 import torch
 
 from c3d_extract import __version__
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.inputs import VideoJob, find_videos, parse_extensions, shard_of
-from c3d_extract.extraction.remote import FETCH_STAGE, redact_argv
-from c3d_extract.extraction.pipeline import BatchRunner, Failed, Summary, extract as run_local
-from c3d_extract.extraction.runtime import (Runtime, default_batch_size, default_device, default_workers,
-                                            resolve_device, resolve_precision)
+from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_videos, parse_extensions, shard_of
+from c3d_extract.extraction.ray_logs import QuietRay
+from c3d_extract.extraction.remote import FETCH_STAGE, redact, redact_argv
+from c3d_extract.extraction.pipeline import BatchRunner, Failed, OnVideo, Sink, Summary, extract as run_local
+from c3d_extract.extraction.runtime import (DEVICE_ENV, Runtime, decoder_count, default_batch_size,
+                                            default_device, default_workers, resolve_device, resolve_precision)
+from c3d_extract.extraction.workers import prestart as start_decoders
 from c3d_extract.extraction.video import DECODERS
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
-from c3d_extract.settings import RESIZE_PLACES, RunSettings, parse_shard
+from c3d_extract.options import ENGINES, ExtractOptions
+from c3d_extract.settings import RunSettings
 from c3d_extract.storage import StorageError
+from c3d_extract.models.registry import MODEL_NAMES, MODELS
 from c3d_extract.weights.load import RANDOM, WeightsError, load_weights, spec_mean
+from c3d_extract.weights.manifest import cache_dir
 
 Warn = Callable[[str], None]
-
-
-ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -49,10 +51,19 @@ class Extractor:
     provenance: dict
     shapes: dict
     replicas: list = field(default_factory=list)  # one BatchRunner per device, the first is `network`
+    options: ExtractOptions = field(default_factory=ExtractOptions)  # what the run was told
 
-    def workers(self, count: Optional[int] = None) -> int:
-        """`count` decoder processes, or the default for the network's device (runtime.default_workers)."""
-        return count or default_workers(self.network.runtime.device)
+    def workers(self) -> int:
+        """The decoder processes of the local engine: as the options say, else the default for the
+        network's device (runtime.decoder_count)."""
+        return decoder_count(self.options.workers, self.network.runtime.device)
+
+
+def device_defaults(device_type: str) -> dict[str, int]:
+    """The defaults that depend on where the network runs (`--help` shows them): clips per batch and
+    the local engine's decoder processes, for "cpu" or "cuda"."""
+    device = torch.device(device_type)
+    return {"batch_size": default_batch_size(device), "workers": default_workers(device)}
 
 
 def check_engine(engine: str) -> None:
@@ -66,80 +77,83 @@ def check_engine(engine: str) -> None:
         require_ray()
 
 
-def build_extractor(model: Optional[str] = None, layers: Optional[Sequence[str]] = None,
-                    weights: Optional[str] = None, seed: int = 0, mean: Optional[str] = None,
-                    clip_len: Optional[int] = None, stride: Optional[int] = None, frame_step: Optional[int] = None,
-                    short: str = "loop", device: Optional[str] = None, precision: str = "auto",
-                    batch_size: Optional[int] = None, per_clip: bool = False, segments: Optional[int] = None,
-                    shard: Optional[str] = None, resize_on: str = "auto", keep_partial: bool = False,
-                    engine: str = "local", quiet: bool = True,
-                    warn: Warn = lambda message: None) -> Extractor:
+def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = lambda message: None,
+                    prestart: bool = False, **changes) -> Extractor:
     """Resolve weights, spec, layers, devices and precision into a network and the run's settings.
 
-    `device` may list several devices ("cuda:0,cuda:1"): one replica each; None means
-    $C3D_EXTRACT_DEVICE, else auto. `resize_on`: "workers" (decoder processes, OpenCV's resize:
+    `options` (with `changes`, keywords named like ExtractOptions' fields: model, layers, weights, ...)
+    say what to run. `device` may list several devices ("cuda:0,cuda:1"): one replica each; None
+    means $C3D_EXTRACT_DEVICE, else auto. `resize_on`: "workers" (decoder processes, OpenCV's resize:
     bit-exact), "device" (where the network runs: full frames travel, a float resize that is not
     bit-exact, README Limits), or "auto" (= workers: the default is faithful everywhere); under the
-    Ray engine frames are always resized where they are decoded. `shard` is "I/N". `keep_partial`:
-    a video that breaks while decoding keeps its frames before the damage. Raises UsageError for bad
-    arguments and WeightsError for weights that cannot be had or do not fit."""
-    check_engine(engine)
-    if resize_on not in ("auto", *RESIZE_PLACES):
-        raise UsageError(f"resize_on must be auto, {' or '.join(RESIZE_PLACES)}, not {resize_on!r}")
-    place = "device" if resize_on == "device" and engine == "local" else "workers"
-    device = device or default_device()
+    Ray engine frames are always resized where they are decoded. With `prestart` (a run that follows
+    at once), the local engine's decoder processes start first, so that their start-up overlaps the
+    building of the network (workers.prestart). Raises UsageError for bad arguments and WeightsError
+    for weights that cannot be had or do not fit."""
+    options = ExtractOptions.of(options, **changes)
+    check_engine(options.engine)
+    resize_on = "device" if options.resize_on == "device" and options.engine == "local" else "workers"
+    device = options.device or default_device()
     targets = [resolve_device(name.strip()) for name in device.split(",")]
     if len({t.type for t in targets}) > 1:
         raise UsageError(f"--device {device}: mix of CPU and CUDA devices")
-    runtime = Runtime(targets[0], resolve_precision(precision, targets[0]))
-    shard_index = parse_shard(shard) if shard else None
-    loaded = load_weights(weights, model, seed, quiet=quiet, warn=warn)
-    spec = spec_mean(loaded.spec, mean)
-    changes = {k: v for k, v in (("clip_len", clip_len), ("stride", stride), ("frame_step", frame_step))
-               if v is not None}
-    spec = spec.with_input(**changes) if changes else spec
-    shapes = spec.layer_shapes(list(layers or spec.default_layers), net=loaded.net)
-    if weights == RANDOM:
-        warn(f"warning: random weights (seed {seed}): the features are meaningless outside smoke tests")
+    if prestart and options.engine == "local":
+        start_decoders(decoder_count(options.workers, targets[0]))
+    runtime = Runtime(targets[0], resolve_precision(options.precision, targets[0]))
+    loaded = load_weights(options.weights, options.model, options.seed, quiet=options.quiet, warn=warn)
+    model_spec = spec_mean(loaded.spec, options.mean)
+    clip = {name: getattr(options, name) for name in ("clip_len", "stride", "frame_step")
+            if getattr(options, name) is not None}
+    model_spec = model_spec.with_input(**clip) if clip else model_spec
+    shapes = model_spec.layer_shapes(list(options.layers or model_spec.default_layers), net=loaded.net)
+    if options.weights == RANDOM:
+        warn(f"warning: random weights (seed {options.seed}): the features are meaningless outside smoke tests")
     # the device's float resize differs from OpenCV's by a grey level in some pixels, so a file
     # records where it resized and never mixes the two
-    settings = RunSettings(model=spec.model, spec=spec.name, weights_sha256=loaded.identity, layers=tuple(shapes),
-                           clips=spec.input.settings(), short_videos=short, precision=runtime.precision,
-                           resize_on=place, shard=shard_index, per_clip=per_clip, segments=segments or 0,
-                           keep_partial=keep_partial)
+    settings = RunSettings(model=model_spec.model, spec_name=model_spec.name, weights_sha256=loaded.identity,
+                           layers=tuple(shapes), clips=model_spec.input.to_dict(), short_videos=options.short,
+                           precision=runtime.precision, resize_on=resize_on, shard=options.shard,
+                           per_clip=options.per_clip, segments=options.segments or 0,
+                           keep_partial=options.keep_partial)
     provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
                   "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(DECODERS),
                   "torch_version": torch.__version__, "command_line": shlex.join(redact_argv(sys.argv))}
-    batch = batch_size or default_batch_size(runtime.device)
+    batch = options.batch_size or default_batch_size(runtime.device)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
-    replicas = [BatchRunner(net, list(shapes), spec.input, Runtime(target, runtime.precision), batch, place == "device")
+    replicas = [BatchRunner(net, list(shapes), model_spec.input, Runtime(target, runtime.precision), batch,
+                            resize_on)
                 for net, target in zip([loaded.net, *copies], targets)]
-    return Extractor(replicas[0], settings, provenance, shapes, replicas)
+    return Extractor(replicas[0], settings, provenance, shapes, replicas, options)
 
 
-def find_jobs(inputs: Sequence[str], root: Optional[str] = None, ext: Optional[str] = None,
-              shard: Optional[tuple[int, int]] = None, warn: Warn = lambda message: None,
-              storage_options: Optional[dict] = None) -> list[VideoJob]:
+def find_jobs(inputs: Sequence[str], options: Optional[ExtractOptions] = None,
+              warn: Warn = lambda message: None) -> list[VideoJob]:
     """The videos of directories, files, URLs, prefixes, tar shards and @lists, keyed relative to
-    `root`, optionally one shard (I, N) (RunSettings.shard). `storage_options` go to fsspec for URLs
-    (e.g. {"endpoint_url": ...}); RemoteError when the store cannot be listed or reached."""
-    extensions = parse_extensions(ext)
-    jobs, problems = find_videos(inputs, root, extensions, storage_options)
+    `options.root`, optionally one shard (I, N) of them (`options.shard`). `options.storage_options`
+    go to fsspec for URLs (e.g. {"endpoint_url": ...}); RemoteError when the store cannot be listed or
+    reached."""
+    options = options or ExtractOptions()
+    extensions = parse_extensions(options.ext)
+    storage_options = dict(options.storage_options) if options.storage_options is not None else None
+    jobs, problems = find_videos(inputs, options.root, extensions, storage_options)
     for path, problem in problems:
         warn(f"warning: {path}: {problem}")
     if not jobs:
         raise UsageError(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
-    if shard:
-        index, count = shard
+    if options.shard:
+        index, count = options.shard
         jobs = [job for job in jobs if shard_of(job.key, count) == index]
     return jobs
 
 
 class Arrays:
-    """An in-memory destination for extraction (what `extract(..., output=None)` returns)."""
+    """An in-memory Sink (pipeline.Sink) for extraction: what `extract(..., output=None)` returns.
+    `wants_clips` (RunSettings.wants_clips): it keeps each video's clip rows too."""
 
-    def __init__(self, layers: Sequence[str], keep_clips: bool = False):
-        self.layers, self.wants_clips = list(layers), keep_clips
+    grouped = False  # records are in memory at once: nothing to commit
+
+    def __init__(self, layers: Sequence[str], wants_clips: bool = False):
+        self.layers, self.wants_clips = list(layers), wants_clips
         self.rows: dict[str, dict[str, np.ndarray]] = {}
         self.clip_rows: dict[str, ClipRows] = {}
         self.failed: dict[str, tuple[str, str]] = {}
@@ -155,6 +169,13 @@ class Arrays:
     def clear_failure(self, key: str) -> None:
         self.failed.pop(key, None)
 
+    def commit(self, wait: bool = True) -> None:
+        pass  # nothing to make durable in memory
+
+    @property
+    def done(self) -> Collection[str]:
+        return self.rows.keys()
+
     @property
     def keys(self) -> list[str]:
         return sorted(self.rows)
@@ -165,41 +186,38 @@ class Arrays:
         return np.stack([self.rows[k][layer] for k in self.keys]) if self.rows else np.zeros((0, 0), np.float32)
 
 
-def extract(videos: Sequence[str], output: Optional[str] = None, *, root: Optional[str] = None,
-            ext: Optional[str] = None, overwrite: bool = False, retry_failed: bool = False,
-            workers: Optional[int] = None,
-            timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
-            on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
-            warn: Warn = lambda message: None, storage_options: Optional[dict] = None,
-            **options) -> "Summary | Arrays":
+def extract(videos: Sequence[str], output: Optional[str] = None, options: Optional[ExtractOptions] = None, *,
+            on_video: Optional[OnVideo] = None, warn: Warn = lambda message: None,
+            **changes) -> "Summary | Arrays":
     """Extract descriptors of `videos` (paths, directories, URLs, tar shards, @lists). With `output`,
     into that feature file (resuming it; crash-safe) and return a Summary; without, return an `Arrays`
-    in memory. `options` are those of build_extractor (model, layers, weights, ...)."""
-    check_engine(engine)
-    if output is None and engine != "local":
+    in memory. `options` (with `changes`, keywords named like its fields: model, layers, weights, ...)
+    say how."""
+    options = ExtractOptions.of(options, **changes)
+    check_engine(options.engine)
+    if output is None and options.engine != "local":
         raise UsageError("extracting to arrays runs the local engine; give `output` for --engine ray")
-    extractor = build_extractor(warn=warn, engine=engine, **options)
-    jobs = find_jobs(videos, root, ext, extractor.settings.shard, warn, storage_options)
+    extractor = build_extractor(options, warn=warn)
+    jobs = find_jobs(videos, options, warn)
     if output is None:
-        sink = Arrays(extractor.network.layers, keep_clips=extractor.settings.wants_clips)
-        run_local(jobs, extractor.replicas, sink, short=extractor.settings.short_videos,  # type: ignore[arg-type]
-                  workers=extractor.workers(workers), timeout=timeout, keep_partial=extractor.settings.keep_partial,
-                  storage=storage_options)
+        sink = Arrays(extractor.network.layers, wants_clips=extractor.settings.wants_clips)
+        run_local(jobs, extractor.replicas, sink, options)
         return sink
-    store, todo = open_output(output, extractor, jobs, overwrite, retry_failed)
+    store, todo = open_output(output, extractor, jobs)
     with store:
-        return run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video, storage_options)
+        return run_jobs(todo, extractor, store, on_video=on_video)
 
 
-def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], overwrite: bool = False,
-                retry_failed: bool = False, warn: Optional[Warn] = None) -> tuple[FeatureStore, list[VideoJob]]:
-    """Open (or create) the run's feature file, and what the run still has to do there: the failed
-    videos with `retry_failed`, else those not in the file and those whose download failed (the
-    store's fault, not the video's). A tar shard is read again passing over the members written (and,
-    without `retry_failed`, those that failed). Raises StoreError for a file with other settings (or
+def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], *,
+                warn: Optional[Warn] = None) -> tuple[FeatureStore, list[VideoJob]]:
+    """Open (or create, or with `overwrite` replace) the run's feature file, and what the run still has
+    to do there (the extractor's options say which): the failed videos with `retry_failed`, else those
+    not in the file and those whose download failed (the store's fault, not the video's). A tar shard
+    is read again passing over the members written (and, without `retry_failed`, those that failed). Raises StoreError for a file with other settings (or
     not a feature file), StorageError for a full or failing disk."""
+    retry_failed = extractor.options.retry_failed
     store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
-                              overwrite=overwrite, warn=warn)
+                              overwrite=extractor.options.overwrite, warn=warn)
     members = _members_by_shard(jobs, store)
     todo = []
     for job in jobs:
@@ -242,25 +260,16 @@ def _members_by_shard(jobs: Sequence[VideoJob], store: FeatureStore) -> dict[str
     return found
 
 
-def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, workers: Optional[int] = None,
-             timeout: float = 300.0, engine: str = "local", ray_address: Optional[str] = None,
-             on_video=None, storage_options: Optional[dict] = None,
-             ray_connect_timeout: Optional[float] = None, vp8_check: bool = True) -> Summary:
-    """Run the chosen engine over `todo` into an open store (`storage_options`: fsspec's, for URLs;
-    `ray_connect_timeout`: seconds to join a Ray cluster, default engine_ray.CONNECT_TIMEOUT;
-    `vp8_check`: a second, slice-threaded decode of VP8 streams, the one signal of their damage)."""
-    check_engine(engine)
-    settings = extractor.settings
-    if engine == "ray":
+def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, *,
+             on_video: Optional[OnVideo] = None) -> Summary:
+    """Run the engine the extractor's options name over `todo` into an open store."""
+    options = extractor.options
+    check_engine(options.engine)
+    if options.engine == "ray":
         from c3d_extract.extraction.engine_ray import extract_ray
 
-        return extract_ray(todo, extractor.network, store, short=settings.short_videos, address=ray_address,
-                           on_video=on_video, timeout=timeout, keep_partial=settings.keep_partial,
-                           storage=storage_options, vp8_check=vp8_check,
-                           **({"connect_timeout": ray_connect_timeout} if ray_connect_timeout else {}))
-    return run_local(todo, extractor.replicas or extractor.network, store, short=settings.short_videos,
-                     workers=extractor.workers(workers), on_video=on_video, timeout=timeout,
-                     keep_partial=settings.keep_partial, storage=storage_options, vp8_check=vp8_check)
+        return extract_ray(todo, extractor.network, store, options, on_video)
+    return run_local(todo, extractor.replicas or extractor.network, store, options, on_video)
 
 
 @dataclass
@@ -281,12 +290,10 @@ class Verification:
         return self.largest_difference <= 1e-5 if self.exact else self.lowest_cosine >= 0.999
 
 
-def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: int, seed: int = 0,
-           workers: Optional[int] = None, timeout: float = 300.0,
-           storage_options: Optional[dict] = None) -> Verification:
-    """Re-extract a seeded sample of `count` of `jobs` that `output` holds and compare them with the
-    stored rows; `output` is not changed. Raises StoreError when `output` is missing, has other
-    settings, or holds none of the jobs."""
+def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: int) -> Verification:
+    """Re-extract a sample of `count` of `jobs` that `output` holds (seeded with the options' `seed`)
+    and compare them with the stored rows; `output` is not changed. Raises StoreError when `output` is
+    missing, has other settings, or holds none of the jobs."""
     if not os.path.exists(output):
         raise StoreError(f"{output}: no such feature file to verify")
     FeatureStore.check_existing(output, extractor.settings)
@@ -296,11 +303,9 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
     candidates = sorted((job for job in jobs if job.key in in_file), key=lambda job: job.key)
     if not candidates:
         raise StoreError(f"{output}: none of the input videos is in the file: nothing to verify")
-    sample = random.Random(seed).sample(candidates, min(count, len(candidates)))
+    sample = random.Random(extractor.options.seed).sample(candidates, min(count, len(candidates)))
     sink = Arrays(network.layers)
-    run_local(sample, network, sink, short=extractor.settings.short_videos,  # type: ignore[arg-type]
-              workers=extractor.workers(workers),
-              timeout=timeout, keep_partial=extractor.settings.keep_partial, storage=storage_options)
+    run_local(sample, network, sink, extractor.options)
     worst_diff, worst_cos = 0.0, 1.0
     keys = list(sink.rows)
     for layer in network.layers:  # only the re-extracted rows are read, whatever the file's size
@@ -312,6 +317,7 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
                         network.runtime.precision == "fp32")
 
 
-__all__ = ["Arrays", "ClipSequence", "Extractor", "FeatureFile", "StorageError", "StoreError", "Verification",
-           "WeightsError", "build_extractor", "check_engine", "extract", "find_jobs", "open_output", "run_jobs",
-           "verify"]
+__all__ = ["DEVICE_ENV", "ENGINES", "MODELS", "MODEL_NAMES", "VIDEO_EXTENSIONS", "Arrays", "ClipSequence",
+           "ExtractOptions", "Extractor", "Failed", "FeatureFile", "FeatureStore", "OnVideo", "QuietRay", "Sink",
+           "StorageError", "StoreError", "Summary", "Verification", "WeightsError", "build_extractor", "cache_dir",
+           "check_engine", "device_defaults", "extract", "find_jobs", "open_output", "redact", "run_jobs", "verify"]

@@ -35,10 +35,10 @@ def check_shard(index: int, count: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class RunSettings:
     """What the rows of a feature file depend on. `clips` is the input spec's clip and pixel
-    settings as recorded (InputSpec.settings()); `shard` is (I, N) or None."""
+    settings as recorded (InputSpec.to_dict()); `shard` is (I, N) or None."""
 
     model: str
-    spec: str
+    spec_name: str  # recorded as `spec`
     weights_sha256: str
     layers: tuple[str, ...]
     clips: Mapping[str, Any] = field(default_factory=dict)
@@ -73,7 +73,7 @@ class RunSettings:
     def to_dict(self) -> dict:
         """The plain values a feature file records (its `settings` JSON); options at their default
         are left out, so files written before an option existed still compare equal."""
-        values = {"model": self.model, "spec": self.spec, "weights_sha256": self.weights_sha256,
+        values = {"model": self.model, "spec": self.spec_name, "weights_sha256": self.weights_sha256,
                   "layers": list(self.layers), **self.clips, "short_videos": self.short_videos,
                   "precision": self.precision, "resize_on": self.resize_on}
         if self.shard is not None:

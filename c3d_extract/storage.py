@@ -271,6 +271,16 @@ def replace_durably(tmp: str, path: str) -> None:
     fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
+def replace_atomically(tmp: str, path: str) -> None:
+    """Rename `tmp` durably over `path`; on an error `tmp` is removed and `path` left as it was."""
+    try:
+        replace_durably(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

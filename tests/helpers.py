@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from c3d_extract.cli.extract import main as extract_main
 from c3d_extract.extraction.runtime import cpu_has_fast_bf16
+from c3d_extract.featurefile.reader import FeatureFile
 from c3d_extract.featurefile.writer import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +118,13 @@ def load_bench(name: str):
         return module
     finally:
         sys.path.remove(str(REPO / "bench"))
+
+
+def layers_of(path: str) -> list[str]:
+    """The feature layers a file holds, in the order the network computes them."""
+    return FeatureFile(path).layers
+
+
+def default_layer(path: str) -> str:
+    """The layer a reader of `path` takes when none is named (FeatureFile.default_layer)."""
+    return FeatureFile(path).default_layer

@@ -1,10 +1,12 @@
 """The layout's promises: light entry points and torch-free decoder processes, the one exception family
 and its exit statuses, the typed run settings, and the library deciding what the CLI used to."""
 
+import ast
 import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import pytest
@@ -53,7 +55,7 @@ def test_every_error_of_the_package_is_one_family_with_the_documented_statuses()
 
 
 def test_run_settings_are_validated_once_and_recorded_as_before():
-    base = dict(model="c3d", spec="c3d-sports1m", weights_sha256="x", layers=("fc6",))
+    base = dict(model="c3d", spec_name="c3d-sports1m", weights_sha256="x", layers=("fc6",))
     for bad in ({"short_videos": "lop"}, {"precision": "fp64"}, {"resize_on": "gpu"}, {"shard": (3, 2)},
                 {"segments": -1}, {"layers": ()}):
         with pytest.raises(UsageError):
@@ -82,8 +84,8 @@ def test_an_unknown_engine_is_refused_before_the_output_exists(tmp_path):
 def test_under_ray_the_file_records_the_resize_place_ray_uses():
     local = api.build_extractor(model="res3d", weights="random", device="cpu", resize_on="device")
     ray = api.build_extractor(model="res3d", weights="random", device="cpu", resize_on="device", engine="ray")
-    assert local.settings.resize_on == "device" and local.network.resize_on_device
-    assert ray.settings.resize_on == "workers" and not ray.network.resize_on_device
+    assert local.settings.resize_on == "device" and local.network.resize_on == "device"
+    assert ray.settings.resize_on == "workers" and ray.network.resize_on == "workers"
 
 
 def test_a_refused_run_ends_at_once_with_one_line_although_its_decoders_were_started(tmp_path):
@@ -130,3 +132,47 @@ def test_each_console_entry_ends_promptly_with_its_status(tmp_path):
         assert run.returncode == status, (name, args, run.stderr[-2000:])
         assert "Traceback" not in run.stderr
         assert time.monotonic() - started < 120, (name, args)
+
+
+# What each command-line module may import of the package: the API (and the modules README's Layout
+# names as public: options, settings, errors, storage, the other commands' own library modules).
+CLI_MAY_IMPORT = {
+    "extract": {"c3d_extract", "c3d_extract.api", "c3d_extract.cli", "c3d_extract.cli.errors", "c3d_extract.errors",
+                "c3d_extract.options", "c3d_extract.settings", "c3d_extract.storage"},
+    "files": {"c3d_extract.cli.errors", "c3d_extract.errors", "c3d_extract.storage",
+              "c3d_extract.featurefile.activitynet", "c3d_extract.featurefile.interop",
+              "c3d_extract.featurefile.merge", "c3d_extract.featurefile.reader"},
+    "svm": {"c3d_extract", "c3d_extract.cli.errors", "c3d_extract.errors", "c3d_extract.evaluation"},
+    "weights": {"c3d_extract", "c3d_extract.cli.errors", "c3d_extract.errors", "c3d_extract.weights.convert",
+                "c3d_extract.weights.load", "c3d_extract.weights.manifest"},
+    "errors": {"c3d_extract.errors", "c3d_extract.storage"},
+    "__init__": {"c3d_extract.cli.svm"},  # the console scripts import their command when run
+}
+
+
+def test_the_command_line_reaches_the_library_through_the_api():
+    folder = Path(__file__).resolve().parent.parent / "c3d_extract" / "cli"
+    assert sorted(CLI_MAY_IMPORT) == sorted(path.stem for path in folder.glob("*.py"))
+    for name, allowed in CLI_MAY_IMPORT.items():
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        found = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        found |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        ours = {module for module in found if module.split(".")[0] == "c3d_extract"}
+        assert ours <= allowed, f"cli/{name}.py imports {sorted(ours - allowed)}: go through c3d_extract.api"
+
+
+def test_what_old_callers_passed_is_refused_or_read_as_before():
+    """Calls of the signatures before ExtractOptions: a positional flag after the jobs is refused at the
+    call (it would have been taken for a callback), a bool resize place is refused (it would read as
+    "device"), and an empty --shard is no shard, as it was."""
+    from c3d_extract.extraction.decode import DecoderSettings
+    from c3d_extract.models.c3d import C3D_SPORTS1M
+    from c3d_extract.options import ExtractOptions
+
+    with pytest.raises(TypeError):
+        api.open_output("out.h5", None, [], True)  # was overwrite=True
+    with pytest.raises(TypeError):
+        api.run_jobs([], None, None, 4)  # was workers=4
+    with pytest.raises(ValueError, match="resize_on"):
+        DecoderSettings(C3D_SPORTS1M.input, True)
+    assert ExtractOptions(shard="").shard is None and ExtractOptions(shard="1/4").shard == (1, 4)

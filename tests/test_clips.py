@@ -6,7 +6,8 @@ import torch
 from c3d_extract.extraction.clips import ClipCutter, short_indices, window_starts
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
-from c3d_extract.extraction.assemble import Clip, Failed, Finished, decode_video
+from c3d_extract.extraction.assemble import Clip, Failed, Finished
+from tests.decoding import decode_video
 from tests.videos import frame_index, index_frames, write_video
 
 

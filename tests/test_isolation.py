@@ -17,6 +17,7 @@ from c3d_extract.extraction.inputs import VideoJob, find_videos
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from c3d_extract.extraction.pipeline import BatchRunner, extract
 from c3d_extract.extraction.runtime import Runtime
+from c3d_extract.options import ExtractOptions
 from c3d_extract.weights.load import load_weights
 from tests.helpers import REPO, load_bench as load
 from tests.videos import moving_frames, write_video
@@ -66,6 +67,8 @@ def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
                       Runtime(__import__("torch").device("cpu"), "fp32"), 2)
 
     class Sink:
+        wants_clips = False
+
         def __init__(self):
             self.rows, self.failed = {}, {}
 
@@ -86,7 +89,7 @@ def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
     killer = threading.Thread(target=crash_the_decoder)
     killer.start()
     sink = Sink()
-    extract(jobs, network, sink, workers=1)
+    extract(jobs, network, sink, ExtractOptions(workers=1))
     killer.join()
     assert "killed by SIGKILL" in sink.failed["a_long.mp4"]
     assert sorted(sink.rows) == ["b_short0.mp4", "b_short1.mp4"]

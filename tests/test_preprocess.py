@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from c3d_extract.extraction.assemble import decode_video
+from tests.decoding import decode_video
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
 from c3d_extract.models.preprocess import InputSpec, parse_mean, resize_frames, resize_frames_float

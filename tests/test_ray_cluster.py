@@ -27,7 +27,8 @@ from tests.videos import moving_frames, write_video
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[data]'; the test extra has it)")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-TIMEOUT = 5  # --timeout: seconds a decoder may make no progress
+TIMEOUT = 20  # --timeout: seconds a decoder may make no progress (5 s: a CI run on 2 loaded cores lost a
+# plain video of the local reference to it: its decoder, beside the network's threads, made no progress that long)
 ARGS = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--seed", "4", "--device", "cpu",
         "--precision", "fp32", "--batch-size", "2", "--timeout", str(TIMEOUT)]
 NODE = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
@@ -185,11 +186,12 @@ def test_two_drivers_on_one_cluster_with_shards_then_merge_give_the_local_file(c
 def test_a_node_that_cannot_see_a_video_names_itself(cluster):
     """The decode actor's check, run on the cluster: a path absent on that node is one failure naming it."""
     from c3d_extract.extraction.engine_ray import _Decode
+    from c3d_extract.options import ExtractOptions
     from c3d_extract.models.registry import get_spec
 
     @ray.remote(num_cpus=1)
     def decode(batch):
-        rows = list(_Decode(get_spec("res3d").input, "loop", TIMEOUT)(batch))
+        rows = list(_Decode(get_spec("res3d").input, ExtractOptions(timeout=TIMEOUT))(batch))
         return rows, ray.get_runtime_context().get_node_id()
 
     ray.init(address=cluster.address, log_to_driver=False)

@@ -11,10 +11,11 @@ import time
 import h5py
 import numpy as np
 
-from c3d_extract.extraction.engine_ray import Driver, partial_sums
+from c3d_extract.extraction.engine_ray import Driver, clips_per_call, partial_sums
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.pipeline import Collector
 from c3d_extract.featurefile.writer import FeatureStore
+from c3d_extract.models.registry import SPECS
 from tests.remote_servers import free_port
 
 LAYERS = ["fc6"]
@@ -73,7 +74,7 @@ def test_parts_from_split_reordered_and_repeated_batches_give_the_local_rows(tmp
     collector = Collector(store, lambda key, failure, summary: told.append(key), grouped=True)
     driver = Driver([VideoJob(k, k) for k in "abc"], collector, LAYERS)
     parts = [forward(batch, values) for batch in batches]
-    assert [list(p["kind"]) for p in parts] == [["part", "part"], ["part", "part"], ["part", "part"], ["part"]]
+    assert [list(p["kind"]) for p in parts] == [["part", "part"], ["part", "part"], ["part", "video"], ["part"]]
     for part in [parts[1], forward(again, values), parts[0], parts[3], parts[2], forward(again, values)]:
         driver.absorb(part)
     driver.commit()
@@ -116,3 +117,12 @@ def test_an_unreachable_cluster_fails_within_the_connect_timeout(tmp_path):
     assert len(lines) == 1 and f"cannot join the Ray cluster at {address}" in lines[0], lines
     assert "Ray's messages are in" in lines[0]
     assert time.time() - started < 120
+
+
+def test_a_forward_call_holds_several_batches_only_in_a_large_run():
+    c3d, t3d = SPECS["c3d-sports1m"].input, SPECS["t3d-121"].input  # 16 x 112 x 112 and 32 x 224 x 224 clips
+    clip = 16 * 112 * 112 * 3
+    assert clips_per_call(c3d, 64, 10) == 64 and clips_per_call(c3d, 2, 8) == 2  # results stream at once
+    assert clips_per_call(c3d, 64, 600) == 128
+    assert clips_per_call(c3d, 64, 100_000) == 64 * min(8, (256 << 20) // (64 * clip)) == 384  # <= 256 MiB
+    assert clips_per_call(t3d, 64, 100_000) == 64  # a batch of 224 x 224 clips is already 616 MB

@@ -193,6 +193,7 @@ def test_the_summary_counts_the_clips_written_not_those_of_a_replaced_try(tmp_pa
 
     from c3d_extract.extraction.pipeline import BatchRunner, extract
     from c3d_extract.extraction.runtime import Runtime
+    from c3d_extract.options import ExtractOptions
     from c3d_extract.models.net import StagedNet
 
     folder = tmp_path / "in"
@@ -205,6 +206,7 @@ def test_the_summary_counts_the_clips_written_not_those_of_a_replaced_try(tmp_pa
 
     class Sink:
         facts: dict = {}
+        wants_clips = False
 
         def add_video(self, key, features, facts):
             self.facts[key] = facts
@@ -213,6 +215,7 @@ def test_the_summary_counts_the_clips_written_not_those_of_a_replaced_try(tmp_pa
             raise AssertionError(f"{key}: {stage}: {error}")
 
     sink = Sink()
-    summary = extract([VideoJob(p.name, str(p)) for p in sorted(folder.iterdir())], runner, sink, workers=1)
+    summary = extract([VideoJob(p.name, str(p)) for p in sorted(folder.iterdir())], runner, sink,
+                      ExtractOptions(workers=1))
     assert sink.facts["plain.mp4"]["num_clips"] == 4 and sink.facts["damaged.mp4"]["num_clips"] == 17
     assert summary.clips == 4 + 17 and summary.written == 2

@@ -19,7 +19,7 @@ from c3d_extract.featurefile import reader
 from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.cli.svm import main
 
-from tests.helpers import FACTS, REPO, run
+from tests.helpers import FACTS, REPO, default_layer, layers_of, run
 
 
 def _l2(x):
@@ -319,15 +319,15 @@ def test_default_layer_follows_the_spec_then_the_network_order(tmp_path):
     layers = {name: rng.random((2, 4)).astype(np.float32) for name in ("pool5", "prob", "res5b")}
     for spec, expected in (("res3d-sports1m", "res5b"), ("r3d18-kinetics400", "pool5"), ("imported:res3d", "pool5")):
         path = write_features(tmp_path / f"{spec}.h5", keys, layers, model="res3d", spec=spec)
-        assert reader.default_layer(str(path)) == expected, spec
+        assert default_layer(str(path)) == expected, spec
     # a file whose settings list its layers as the network computed them: the first of those
     shapes = {name: (4,) for name in layers}
     settings = {"model": "res3d", "spec": "imported:res3d", "layers": ["res5b", "pool5", "prob"]}
     with FeatureStore.open(str(tmp_path / "ordered.h5"), settings, shapes, {}) as store:
         for i, key in enumerate(keys):
             store.add_video(key, {name: m[i] for name, m in layers.items()}, FACTS)
-    assert reader.layers_of(str(tmp_path / "ordered.h5")) == ["res5b", "pool5", "prob"]
-    assert reader.default_layer(str(tmp_path / "ordered.h5")) == "res5b"
+    assert layers_of(str(tmp_path / "ordered.h5")) == ["res5b", "pool5", "prob"]
+    assert default_layer(str(tmp_path / "ordered.h5")) == "res5b"
 
 
 def test_classify_equals_one_vs_rest_svms_trained_directly(tmp_path):

@@ -18,8 +18,8 @@ def _run(module: str) -> None:
 
     Every file is written, closed and synced by then, and the exit handlers still run (Ray's
     shutdown, the temporary files, multiprocessing's children); only Python's own teardown of the
-    imported modules is skipped, which after torch took ~0.7 s on a 2-core machine (measured
-    for `import torch`: 2.1 s wall with a normal exit, 1.3 s like this)."""
+    imported modules is skipped, which after torch is a noticeable part of a short command's time
+    (bench/results.md, "Figures moved out of docstrings")."""
     command = importlib.import_module(module).main
     try:
         command.main()

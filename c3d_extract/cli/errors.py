@@ -3,9 +3,11 @@ the command-line tools choose a status for an error."""
 
 from __future__ import annotations
 
+import sys
 from typing import NoReturn
 
 import click
+from tqdm import tqdm
 
 from c3d_extract.errors import C3DError, Failure, RemoteError
 from c3d_extract.storage import EXIT_CODE, StorageError, is_storage_error
@@ -34,22 +36,36 @@ def exit_status(exc: C3DError, statuses=EXTRACT_STATUSES) -> int:
     return next(code for kind, code in statuses if isinstance(exc, kind))
 
 
-class ToolGroup(click.Group):
-    """A command group whose commands report the package's errors, and a full or failing disk,
-    as one line with the tool's exit status, never a traceback."""
+def say(prog: str, message: str) -> None:
+    """One line on stderr, `prog: message`, above the progress bar when one is showing."""
+    tqdm.write(f"{prog}: {message}", file=sys.stderr)
+
+
+class _Reporting(click.Command):
+    """What ToolGroup and ToolCommand share: the package's errors, and a full or failing disk, as one
+    line with the tool's exit status, never a traceback."""
 
     statuses = EXTRACT_STATUSES
     prefix = "Error: "
+    unchanged = "files written before are unchanged"  # what a disk error's line says of the files
 
     def fail(self, exc: C3DError) -> NoReturn:
         raise ToolError(str(exc), exit_status(exc, self.statuses), self.prefix) from None
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # click.Group's, or click.Command's
         except C3DError as exc:
             self.fail(exc)
         except OSError as exc:
             if not is_storage_error(exc):
                 raise
-            self.fail(StorageError(exc.filename or "a file", exc, "files written before are unchanged"))
+            self.fail(StorageError(exc.filename or "a file", exc, self.unchanged))
+
+
+class ToolGroup(_Reporting, click.Group):
+    """A command group whose commands report errors as one line (c3d-extract, c3d-weights)."""
+
+
+class ToolCommand(_Reporting, click.Command):
+    """A single command that reports errors as one line (c3d-svm)."""

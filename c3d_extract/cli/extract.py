@@ -10,26 +10,18 @@ from typing import Optional
 
 import click
 from tqdm import tqdm
-from torch import device as torch_device
 
 from c3d_extract import __version__, api
 from c3d_extract.cli import files
-from c3d_extract.cli.errors import ToolGroup
+from c3d_extract.cli.errors import ToolGroup, say
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.remote import redact
-from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS
-from c3d_extract.extraction.pipeline import Failed, Summary
-from c3d_extract.extraction.ray_logs import QuietRay
-from c3d_extract.extraction.runtime import (DEVICE_ENV, PRECISIONS, default_batch_size, default_device,
-                                            default_workers, resolve_device)
-from c3d_extract.extraction.workers import prestart
-from c3d_extract.featurefile.writer import FeatureStore
-from c3d_extract.models.registry import MODEL_NAMES
+from c3d_extract.options import ENGINES, PRECISION_CHOICES, RESIZE_CHOICES
 from c3d_extract.settings import SHORT_RULES
 from c3d_extract.storage import free_bytes, human
-from c3d_extract.weights.manifest import cache_dir
 
 PROG = "c3d-extract"
+DEFAULTS = api.ExtractOptions()  # the flags' defaults are the API's
+CPU, CUDA = api.device_defaults("cpu"), api.device_defaults("cuda")
 
 
 class Stopped(Exception):
@@ -45,7 +37,15 @@ def _raise_stopped(signum: int, frame) -> None:
 
 
 def _say(message: str) -> None:
-    tqdm.write(f"{PROG}: {message}", file=sys.stderr)
+    say(PROG, message)
+
+
+def _per_model(value) -> str:
+    """`value(spec)` of each --model family's spec, as help text: "16 for c3d, res3d; 64 for ..."."""
+    names: dict = {}
+    for name, spec in api.MODELS.items():
+        names.setdefault(value(spec), []).append(name)
+    return "; ".join(f"{v} for {', '.join(n)}" for v, n in names.items())
 
 
 class DefaultGroup(ToolGroup):
@@ -73,70 +73,71 @@ def main() -> None:
     """
 
 
-def _layers(text: Optional[str]) -> Optional[list[str]]:
-    return [name.strip() for name in text.split(",") if name.strip()] if text else None
-
-
 @main.command("extract")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--model", type=click.Choice(MODEL_NAMES),
+@click.option("--model", type=click.Choice(api.MODEL_NAMES),
               help="c3d: C3D Sports-1M (fc6 by default). res3d: Res3D Sports-1M (res5b by default). A spec "
                    "name picks other preprocessing. Default: what --weights is for, else c3d.")
 @click.option("--layers", metavar="NAMES",
               help="Comma-separated layers to store, by their Caffe names (e.g. fc6,fc7,pool5,prob). "
-                   "Default: fc6 for c3d, res5b for res3d.")
+                   f"Default: {_per_model(lambda spec: ','.join(spec.default_layers))}.")
 @click.option("--weights", metavar="NAME|PATH|random",
               help="A name from `c3d-weights list`, a checkpoint file (.caffemodel v1.0/v1.1, c3d.pickle, "
                    "torchvision r3d_18, or this package's layout; recognised from its content), or 'random' "
                    "(smoke runs only). Default: the model's published weights, fetched once into "
-                   f"$C3D_EXTRACT_HOME/weights (now {cache_dir()}).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --weights random.")
-@click.option("--mean", "mean_text", metavar="FILE|B,G,R",
+                   f"$C3D_EXTRACT_HOME/weights (now {api.cache_dir()}).")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of --weights random.")
+@click.option("--mean", metavar="FILE|B,G,R",
               help="A mean cube (.binaryproto or .npy, 3x16x128x171) or per-channel values (in the model's "
                    "channel order) to subtract instead of the spec's. Default for C3D: the installed "
                    "Sports-1M cube, else a per-channel approximation.")
-@click.option("--clip-len", type=click.IntRange(1), help="Frames in a clip window (default 16).")
-@click.option("--stride", type=click.IntRange(1), help="Frames between window starts (default 8).")
+@click.option("--clip-len", type=click.IntRange(1),
+              help=f"Frames in a clip window (default: {_per_model(lambda spec: spec.input.clip_len)}).")
+@click.option("--stride", type=click.IntRange(1),
+              help=f"Frames between window starts (default: {_per_model(lambda spec: spec.input.stride)}).")
 @click.option("--frame-step", type=click.IntRange(1),
-              help="Take every Nth frame of a window (default 1 for c3d, 2 for res3d).")
-@click.option("--short", type=click.Choice(SHORT_RULES), default="loop", show_default=True,
+              help=f"Take every Nth frame of a window "
+                   f"(default: {_per_model(lambda spec: spec.input.frame_step)}).")
+@click.option("--short", type=click.Choice(SHORT_RULES), default=DEFAULTS.short, show_default=True,
               help="Videos shorter than one window: loop them, repeat the last frame (edge), or skip "
                    "them as failures.")
 @click.option("--batch-size", type=click.IntRange(1),
-              help=f"Clips per forward pass (default {default_batch_size(torch_device('cpu'))} on the CPU, "
-                   f"{default_batch_size(torch_device('cuda'))} on CUDA).")
+              help=f"Clips per forward pass (default {CPU['batch_size']} on the CPU, "
+                   f"{CUDA['batch_size']} on CUDA).")
 @click.option("--workers", type=click.IntRange(1),
               help=f"Decoder processes. Default with the network on CUDA: the cores this process may use "
-                   f"but one ({default_workers(torch_device('cuda'))} here); on the CPU, where they share the "
-                   f"cores with the network: half of them, at most 4 ({default_workers(torch_device('cpu'))} "
-                   f"here). Local engine only: under Ray, one decoder per CPU.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+                   f"but one ({CUDA['workers']} here); on the CPU, where they share the cores with the network: "
+                   f"half of them, at most 4 ({CPU['workers']} here). Local engine only: under Ray, one decoder "
+                   f"per CPU.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULTS.timeout, show_default=True,
               help="Seconds a decoder may go without progress before its video is abandoned as failed "
                    "(both engines).")
-@click.option("--resize-on", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
+@click.option("--resize-on", type=click.Choice(RESIZE_CHOICES), default=DEFAULTS.resize_on, show_default=True,
               help="Where frames are resized and cropped: in the decoder processes with OpenCV (bit-exact, "
                    "what Caffe did; auto), or on the network's device with a float resize (full frames travel; "
                    "not bit-exact: a grey level off in some pixels, recorded in the file).")
 @click.option("--keep-partial", is_flag=True,
               help="A video that breaks while decoding keeps the clips before the damage (status "
                    "partial:<frames>) instead of failing; for collections where damaged files are common.")
-@click.option("--vp8-check/--no-vp8-check", default=True, show_default=True,
+@click.option("--vp8-check/--no-vp8-check", default=DEFAULTS.vp8_check, show_default=True,
               help="Decode VP8 streams a second time with slice threads, the one way FFmpeg reveals their "
                    "damaged frames (VP8 files only: about +40% of their decode time; see README).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default=DEFAULTS.engine, show_default=True,
               help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU actors, the network "
                    "as GPU actors), local or on a cluster whose nodes see the videos at the same absolute "
                    "paths; needs the [ray] extra.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, HOST:6379 or ray://head:10001); "
                                                     "default: $RAY_ADDRESS, else a new local Ray.")
-@click.option("--ray-connect-timeout", type=click.FloatRange(min=1), default=30, show_default=True,
+@click.option("--ray-connect-timeout", type=click.FloatRange(min=1), default=DEFAULTS.ray_connect_timeout,
+              show_default=True,
               help="Seconds to join the Ray cluster before the run stops with one line naming the address and "
                    "Ray's reason (Ray itself retries an unreachable address for minutes).")
-@click.option("--device", envvar=DEVICE_ENV, show_envvar=True,
+@click.option("--device", envvar=api.DEVICE_ENV, show_envvar=True,
               help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device. "
                    "Default: auto (the first CUDA device when there is one, else the CPU).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=DEFAULTS.precision,
+              show_default=True,
               help="auto: bf16 on CUDA devices with bf16 support and on CPUs with bf16 units (cosine >= 0.999 "
                    "to fp32, tested), else fp32. The file records what ran.")
 @click.option("--root", type=click.Path(file_okay=False),
@@ -147,7 +148,7 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
                    "\"http://127.0.0.1:8333\"}' for an S3-compatible store (credentials are better left to "
                    "AWS_* variables and files or GOOGLE_APPLICATION_CREDENTIALS; never recorded).")
 @click.option("--ext", metavar="EXTS", help=f"Extensions to look for in directories "
-                                            f"(default: {','.join(VIDEO_EXTENSIONS)}).")
+                                            f"(default: {','.join(api.VIDEO_EXTENSIONS)}).")
 @click.option("--per-clip", is_flag=True, help="Also store every clip's activations with its first and last "
                                                 "frame and time (clips/<layer>, indexed by clip_offset).")
 @click.option("--segments", type=click.IntRange(1), metavar="K",
@@ -160,16 +161,8 @@ def _layers(text: Optional[str]) -> Optional[list[str]]:
               help="Re-extract N videos already in OUTPUT (a seeded sample) and compare with the stored rows; "
                    "OUTPUT is not changed. Exit 0 when they are reproduced.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors still go to stderr).")
-def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], layers: Optional[str],
-                    weights: Optional[str], seed: int, mean_text: Optional[str], clip_len: Optional[int],
-                    stride: Optional[int], frame_step: Optional[int], short: str, batch_size: Optional[int],
-                    workers: Optional[int], timeout: float, resize_on: str, keep_partial: bool, vp8_check: bool,
-                    engine: str,
-                    ray_address: Optional[str], ray_connect_timeout: float,
-                    device: Optional[str], precision: str, root: Optional[str], storage_text: Optional[str],
-                    ext: Optional[str], per_clip: bool,
-                    segments: Optional[int], shard: Optional[str], overwrite: bool, retry_failed: bool,
-                    verify: Optional[int], quiet: bool) -> None:
+def extract_command(inputs: tuple[str, ...], output: str, storage_text: Optional[str], verify: Optional[int],
+                    **flags) -> None:
     """Extract one descriptor per video from INPUTS (directories, searched recursively, files, URLs
     and prefixes: s3://, gs://, http(s)://, tar shards, or @LIST files of paths and URLs) into the
     HDF5 file OUTPUT.
@@ -182,41 +175,33 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
     disk is full or failing (finished videos are kept; the one-line message says where), 4 when an
     object store refused (credentials, bucket, endpoint).
     """
-    api.check_engine(engine)  # before decoder processes start and the network is built
-    storage = _storage_options(storage_text)
-    if engine == "local":
-        if workers is None:  # the count depends on where the network runs
-            workers = default_workers(resolve_device((device or default_device()).split(",")[0].strip()))
-        prestart(workers)  # the decoder processes start while the network is built
-    extractor = api.build_extractor(
-        model=model, layers=_layers(layers), weights=weights, seed=seed, mean=mean_text, clip_len=clip_len,
-        stride=stride, frame_step=frame_step, short=short, device=device, precision=precision,
-        batch_size=batch_size, per_clip=per_clip, segments=segments, shard=shard, resize_on=resize_on,
-        keep_partial=keep_partial, engine=engine, quiet=quiet, warn=_say)
-    jobs = api.find_jobs(inputs, root, ext, extractor.settings.shard, warn=_say, storage_options=storage)
+    options = api.ExtractOptions(storage_options=_storage_options(storage_text), **flags)
+    quiet = options.quiet
+    # the decoder processes start while the network is built
+    extractor = api.build_extractor(options, warn=_say, prestart=True)
+    jobs = api.find_jobs(inputs, options, warn=_say)
     runtime = extractor.network.runtime
     if verify:
-        result = api.verify(output, jobs, extractor, verify, seed, workers, timeout, storage)
+        result = api.verify(output, jobs, extractor, verify)
         click.echo(f"{output}: re-extracted {result.recomputed} of {result.sampled} sampled video(s) "
                    f"({result.failed} failed now); largest difference {result.largest_difference:.3g}, lowest "
                    f"cosine {result.lowest_cosine:.6f}: {'reproduced' if result.reproduced else 'NOT reproduced'}")
         sys.exit(0 if result.reproduced else 1)
-    store, todo = api.open_output(output, extractor, jobs, overwrite, retry_failed,
-                                  warn=lambda message: _say(f"warning: {message}"))
+    store, todo = api.open_output(output, extractor, jobs, warn=lambda message: _say(f"warning: {message}"))
     # under Ray, Ray's own log lines go to a file from here on, before the progress bar takes stderr
-    with store, (QuietRay() if engine == "ray" else contextlib.nullcontext()):
+    with store, (api.QuietRay() if options.engine == "ray" else contextlib.nullcontext()):
         keys = api.keys_of(jobs, store)
         skipped_done = len(keys & store.done)
-        skipped_failed = 0 if retry_failed else len(keys & set(store.failed))
+        skipped_failed = 0 if options.retry_failed else len(keys & set(store.failed))
         if not quiet and (skipped_done or skipped_failed):
             _say(f"{output}: {skipped_done} video(s) already done, {skipped_failed} failed before "
                  f"(--retry-failed tries those again); {len(todo)} to do")
         _warn_if_disk_too_small(store, output, len(todo))
-        paths = {job.key: redact(job.path) for job in todo}
+        paths = {job.key: api.redact(job.path) for job in todo}
         bar = tqdm(total=len(todo), unit="video", disable=True if quiet else None, file=sys.stderr,
                    dynamic_ncols=True)
 
-        def on_video(key: str, failure: Optional[Failed], summary: Summary) -> None:
+        def on_video(key: str, failure: Optional[api.Failed], summary: api.Summary) -> None:
             if failure is not None:
                 _say(f"{paths.get(key, key)}: {failure.stage}: {failure.error}")
             bar.update(1)
@@ -226,8 +211,7 @@ def extract_command(inputs: tuple[str, ...], output: str, model: Optional[str], 
 
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            summary = api.run_jobs(todo, extractor, store, workers, timeout, engine, ray_address, on_video, storage,
-                                   ray_connect_timeout, vp8_check)
+            summary = api.run_jobs(todo, extractor, store, on_video=on_video)
         except Stopped as stop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -263,7 +247,7 @@ def _storage_options(text: Optional[str]) -> Optional[dict]:
     return value
 
 
-def _warn_if_disk_too_small(store: FeatureStore, output: str, videos: int) -> None:
+def _warn_if_disk_too_small(store: api.FeatureStore, output: str, videos: int) -> None:
     """Say so before the run when the output's disk has less free space than the run will need."""
     needed, free = store.space_needed(videos), free_bytes(output)
     if videos and free is not None and free < needed:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import click
 
+from c3d_extract.cli.errors import say
 from c3d_extract.errors import UsageError
 from c3d_extract.featurefile.activitynet import export_activitynet
 from c3d_extract.featurefile.interop import export_npy, import_blobs, import_npy
@@ -19,7 +20,7 @@ from c3d_extract.storage import is_storage_error
 
 
 def _say(message: str) -> None:
-    click.echo(f"c3d-extract: {message}", err=True)
+    say("c3d-extract", message)
 
 
 @click.command("merge")

@@ -11,16 +11,22 @@ from typing import Optional
 import click
 
 from c3d_extract import __version__
-from c3d_extract.cli.errors import TOOL_STATUSES, ToolError, exit_status
+from c3d_extract.cli.errors import TOOL_STATUSES, ToolCommand, say
 from c3d_extract.errors import C3DError
 from c3d_extract.evaluation import reports as evaluation
-from c3d_extract.storage import StorageError, is_storage_error
 
 PROG = "c3d-svm"
 
 
+class SvmCommand(ToolCommand):
+    """c3d-svm's errors: one line; 1, or 3 for the disk (cli/errors.py)."""
+
+    statuses = TOOL_STATUSES
+    unchanged = "the feature files are unchanged"
+
+
 def _say(message: str) -> None:
-    click.echo(f"{PROG}: {message}", err=True)
+    say(PROG, message)
 
 
 def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
@@ -122,7 +128,7 @@ def _write_csv(path: str, reports: list[dict], aslan_mode: bool) -> None:
                     out.writerow([r["file"], r["layer"], r["dataset"], split, p["dims"], acc])
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=SvmCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=PROG)
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--layer", help="Feature layer to classify (default: fc6 for C3D files, res5b for Res3D, "
@@ -191,16 +197,11 @@ def main(files, layer, dataset, splits_dir, split, folds, C, cv_C, pca, renormal
                            "mode": "aslan" if aslan_pairs else "svm", "results": reports}, handle, indent=1)
         if csv_path:
             _write_csv(csv_path, reports, bool(aslan_pairs))
-    except C3DError as exc:  # one line; 1, or 3 for the disk (cli/errors.py)
-        raise ToolError(str(exc), exit_status(exc, TOOL_STATUSES)) from None
-    except OSError as exc:
-        if not is_storage_error(exc):
-            raise
-        disk = StorageError(exc.filename or "a file", exc, "the feature files are unchanged")
-        raise ToolError(str(disk), exit_status(disk, TOOL_STATUSES)) from None
-    # a ValueError outside the family (scikit-learn's, on a NaN in a feature file) also ends with
-    # its one line and exit status 1, as it always has
+    # the package's errors and the disk's are SvmCommand's; a ValueError outside the family
+    # (scikit-learn's, on a NaN in a feature file) also ends with its one line and exit status 1
     except ValueError as exc:
+        if isinstance(exc, C3DError):
+            raise
         raise click.ClickException(str(exc)) from None
 
 

@@ -52,7 +52,7 @@ def list_command() -> None:
     click.echo(f"{'name':<20} {'spec':<19} {'format':<18} {'licence':<14} installed")
     for entry in entries.values():
         where = installed(entry)
-        click.echo(f"{entry.name:<20} {entry.spec:<19} {entry.format:<18} {entry.licence.split(' (')[0][:14]:<14} "
+        click.echo(f"{entry.name:<20} {entry.spec_name:<19} {entry.format:<18} {entry.licence.split(' (')[0][:14]:<14} "
                    f"{where if where else '-'}")
 
 

@@ -24,7 +24,7 @@ from c3d_extract.vectors import l2_normalize
 
 def classifier(C: float = 1.0, jobs: int = 1) -> OneVsRestClassifier:
     """One binary LinearSVC per class, trained in parallel over `jobs` processes (the same models
-    as LinearSVC's own one-vs-rest, about 2x faster on 2 cores)."""
+    as LinearSVC's own one-vs-rest, faster where there are cores to share the classes)."""
     return OneVsRestClassifier(LinearSVC(C=C, dual=True, max_iter=5000, random_state=0), n_jobs=jobs)
 
 

@@ -1,1 +1,32 @@
-"""From video files to per-video features: finding videos, decoding, clips, batches, engines."""
+"""From video files to per-video features: finding videos, decoding, clips, batches, engines.
+
+Where each module runs, and what crosses each step (the local engine; `--engine ray` below):
+
+    parent process (c3d-extract, api.run_jobs)
+      inputs.py, remote.py (listing)        paths, URLs, tar shards, @lists -> VideoJob
+      workers.py  DecodePool                sends each decoder its DecoderSettings, then VideoJobs
+          |                                 (spawned processes: a pipe each, and a shared ring)
+          v
+    decoder process (one per core; no torch)
+      decode.py   serve, decode_job         VideoJob -> Frames chunks, then End | Failed
+                                            (ShardRead after a tar shard)
+      video.py (decord, then PyAV), remote.py (fetch), shards.py (tar members)
+      ring.py     RingWriter                cropped frames into the shared ring; others on the pipe
+          |
+          v
+    parent process again
+      ring.py, workers.py                   the frames read where the clips are cut
+      assemble.py ClipAssembler (clips.py)  Frames/End/Failed -> Clip | Finished | Failed
+      batches.py  Batches                   clips of several videos -> batch slots on each device
+      pipeline.py BatchRunner (runtime.py)  a batch -> per-layer activations, one row per clip
+      pipeline.py Collector, Aggregator     clip rows -> running float64 sums -> mean, L2 -> rows
+          |                                 of a Sink: FeatureStore (a file) or api.Arrays (memory)
+          v
+      featurefile/writer.py -> journal.py (each video durably) -> fold.py (out.h5 when the run ends)
+
+Under `--engine ray` (engine_ray.py) the same steps run in Ray actors: a CPU actor `_Decode` runs a
+DecodePool of one decoder process over a block of videos and relays Clip/Finished/Failed as rows (kind
+clip, last, done, fail, read); a network actor `_Forward` runs a BatchRunner and returns one `part` row
+per video (its clips' sums, partial_sums); the driver (`Driver`, in the parent) hands them to the same
+Collector and store. The options of a run (options.ExtractOptions) reach a decoder as DecoderSettings.
+"""

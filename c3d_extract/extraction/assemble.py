@@ -11,8 +11,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from c3d_extract.extraction.clips import ClipCutter
-from c3d_extract.extraction.decode import End, Failed, Frames, FramesHeader, decode_frames
-from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.decode import End, Failed, Frames, FramesHeader
 from c3d_extract.models.preprocess import InputSpec
 
 
@@ -47,8 +46,8 @@ class ClipAssembler:
     `place`, when given, takes each chunk of decoded frames to where clips are cut (with
     `--resize-on device`: uploaded once and resized on the network's device)."""
 
-    def __init__(self, spec: InputSpec, short: str, place: Optional[Callable[[np.ndarray], Any]] = None):
-        self.spec, self.short, self.place = spec, short, place
+    def __init__(self, input_spec: InputSpec, short: str, place: Optional[Callable[[np.ndarray], Any]] = None):
+        self.input_spec, self.short, self.place = input_spec, short, place
         self._videos: dict[str, tuple[int, ClipCutter]] = {}
         self._scratch = np.empty(0, np.uint8)  # where frames for `place` are received
         # cropped frames have one shape per run: their buffers go from video to video (ClipCutter)
@@ -59,7 +58,8 @@ class ClipAssembler:
         if state is None or state[0] != attempt:
             if state is not None:
                 state[1].release()
-            state = (attempt, ClipCutter(self.spec.clip_len, self.spec.stride, self.spec.frame_step, self._spares))
+            spec = self.input_spec
+            state = (attempt, ClipCutter(spec.clip_len, spec.stride, spec.frame_step, self._spares))
             self._videos[key] = state
         return state[1]
 
@@ -109,7 +109,7 @@ class ClipAssembler:
             if cutter.clips_cut == 0:
                 if short_clip is None:
                     yield Failed(item.key, "clips", f"{cutter.frames_seen} frames: shorter than one "
-                                                    f"{self.spec.clip_len}-frame window (--short skip)")
+                                                    f"{self.input_spec.clip_len}-frame window (--short skip)")
                     return
                 yield Clip(item.key, 0, short_clip, item.attempt)
                 short = f"short:{self.short}"
@@ -119,18 +119,3 @@ class ClipAssembler:
             self._end(item.key)
             yield item
 
-
-def decode_video(job: VideoJob, spec: InputSpec, short: str, resize: bool = True,
-                 keep_partial: bool = False) -> Iterator[Item]:
-    """All clips of one video, then Finished with its facts, or Failed as soon as anything breaks, in
-    this process. Clips of an attempt that a later attempt replaces come first: a consumer keeps only
-    the highest attempt of a video (Collector does). Each clip's frames are its own copy."""
-    assembler = ClipAssembler(spec, short)
-    try:
-        for item in decode_frames(job, spec, resize, keep_partial):
-            for out in assembler.push(item):
-                if isinstance(out, Clip):
-                    out.frames = out.frames.copy()
-                yield out
-    except Exception as exc:  # a bug or a decoder surprise must cost one video, not the run
-        yield Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}")

@@ -50,7 +50,7 @@ class Staging:
         self.runner = runner
         device = runner.runtime.device
         self.cuda = device.type == "cuda"
-        shape = (runner.batch_size, runner.spec.frames, *runner.spec.crop, 3)
+        shape = (runner.batch_size, runner.input_spec.frames, *runner.input_spec.crop, 3)
         count = slots or (SLOTS_CUDA if self.cuda else SLOTS_CPU)
         self.free: deque[Slot] = deque(
             Slot(torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda),

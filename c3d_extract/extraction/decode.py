@@ -3,7 +3,7 @@ when decord cannot read it or would repair frames; PyAV alone for MPEG program a
 streams, video.readers_for). The clips are cut where they are batched (assemble.py), so each frame
 travels from a decoder process once (through a shared ring, ring.py) although it is in two clips.
 This module and what it imports stay free of torch: every decoder process imports it (torch would
-cost each one ~1.5 s of CPU at start, taken from the network on a small machine).
+cost each one seconds of CPU at start, taken from the network on a small machine).
 
 The stream of one video is Frames chunks then End, or Failed. Each decoder's try is an `attempt`:
 when decord fails after some frames were sent, PyAV starts the video again with the next attempt
@@ -30,6 +30,8 @@ from c3d_extract.extraction.remote import FETCH_STAGE, FetchError, fetch, is_url
 from c3d_extract.extraction.ring import FrameRing, RingWriter, ring_frames
 from c3d_extract.extraction.shards import ShardBroken, members
 from c3d_extract.models.preprocess import InputSpec
+from c3d_extract.options import ExtractOptions
+from c3d_extract.settings import RESIZE_PLACES
 from c3d_extract.extraction.video import VideoError, clean_decoder_message, readers_for
 
 
@@ -67,15 +69,27 @@ class FramesHeader:
 
 @dataclass(frozen=True)
 class DecoderSettings:
-    """What a decoder process needs to know of its pool: the input spec, whether it resizes and
-    crops (else the network's device does), and whether a broken video keeps its first frames."""
+    """What a decoder process needs to know of its pool: the input spec, where frames are resized
+    and cropped (`resize_on` "workers": here; "device": the network's device does it), and whether a
+    broken video keeps its first frames."""
 
-    input: InputSpec
-    resize: bool = True
+    input_spec: InputSpec
+    resize_on: str = "workers"
     keep_partial: bool = False
     ring: Optional[str] = None  # where this decoder's shared frame ring is opened (ring.py), if any
-    storage: Optional[dict] = None  # fsspec storage options for URL inputs (remote.py): never shown
-    verify_vp8: bool = True  # a second, slice-threaded decode of VP8 streams (video.vp8_damage)
+    storage_options: Optional[dict] = None  # fsspec storage options for URL inputs (remote.py): never shown
+    vp8_check: bool = True  # a second, slice-threaded decode of VP8 streams (video.vp8_damage)
+
+    def __post_init__(self) -> None:
+        if self.resize_on not in RESIZE_PLACES:  # a bool of the old signature would read as "device"
+            raise ValueError(f"resize_on must be one of {', '.join(RESIZE_PLACES)}, not {self.resize_on!r}")
+
+    @classmethod
+    def of(cls, options: ExtractOptions, input_spec: InputSpec, resize_on: str = "workers") -> "DecoderSettings":
+        """The decoders' part of a run's options (`resize_on` as resolved: RunSettings.resize_on)."""
+        storage = dict(options.storage_options) if options.storage_options is not None else None
+        return cls(input_spec, resize_on, options.keep_partial, storage_options=storage,
+                   vp8_check=options.vp8_check)
 
 
 class FrameSender:
@@ -203,10 +217,10 @@ def _damage_since(offset: int) -> tuple[list[str], int]:
     return _damage_lines(data[:end].decode("utf-8", "replace")), offset + end
 
 
-def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_partial: bool = False,
-                  readers: Optional[Iterable] = None, verify_vp8: bool = True
+def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "workers", keep_partial: bool = False,
+                  readers: Optional[Iterable] = None, vp8_check: bool = True
                   ) -> Iterator[Union[Frames, End, Failed]]:
-    """The frames of one video, resized and cropped (unless `resize` is False: the device does it),
+    """The frames of one video, resized and cropped (unless `resize_on` is "device": the device does it),
     then End with the video's facts; or Failed. The readers are tried in the order video.readers_for
     gives (decord then PyAV; PyAV for MPEG program and transport streams), or in `readers`' order;
     a video one cannot open, fails in, or would repair frames of, is read again from the start by the
@@ -215,7 +229,7 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
     but reads on, so that the try ends, and is described, as it would have without the check. With
     `keep_partial`, a video that breaks after some frames ends there (status partial:<frames>)
     instead of failing. A stream that ends far
-    before what its container declares is a decoding error too, and `verify_vp8` looks for the VP8
+    before what its container declares is a decoding error too, and `vp8_check` looks for the VP8
     damage FFmpeg conceals without a word (video.Declared, video.vp8_damage)."""
     order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
@@ -225,7 +239,7 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
         last = attempt == len(order) - 1
         NativeStderr.text()  # what an earlier video or try left behind is not this try's
         try:
-            reader = reader_class(job.path, verify_vp8=verify_vp8)
+            reader = reader_class(job.path, vp8_check=vp8_check)
         except VideoError as exc:
             if exc.final:
                 yield Failed(job.key, exc.stage, str(exc))
@@ -244,7 +258,7 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
                     doomed = bool(found)
                 if doomed:  # the next reader reads the video again: frames sent now would be dropped. The
                     continue  # read goes on so that how it ends, and its message, do not depend on timing
-                yield Frames(job.key, attempt, spec.crop_frames(chunk) if resize else chunk)
+                yield Frames(job.key, attempt, input_spec.crop_frames(chunk) if resize_on == "workers" else chunk)
                 count += len(chunk)
                 sent = (attempt, count, reader)
         except VideoError as exc:
@@ -271,18 +285,18 @@ def decode_frames(job: VideoJob, spec: InputSpec, resize: bool = True, keep_part
     yield Failed(job.key, stage, prefix + "; ".join(notes))
 
 
-def decode_job(job: VideoJob, settings: DecoderSettings, progress=lambda: None
+def decode_job(job: VideoJob, decoder: DecoderSettings, progress=lambda: None
                ) -> Iterator[Union[Frames, End, Failed, ShardRead]]:
     """decode_frames for any job: a local file as it is; a URL fetched first into a temporary file
     (remote.fetch; a download that fails is a Failed of stage fetch); a tar shard member by member
     (shards.py), then ShardRead, or a Failed of the shard's own key when it breaks."""
     def frames(key: str, path: str):
-        return decode_frames(VideoJob(key, path), settings.input, settings.resize, settings.keep_partial,
-                             verify_vp8=settings.verify_vp8)
+        return decode_frames(VideoJob(key, path), decoder.input_spec, decoder.resize_on, decoder.keep_partial,
+                             vp8_check=decoder.vp8_check)
 
     if job.is_shard:
         try:
-            for key, spool in members(job, settings.storage, progress):
+            for key, spool in members(job, decoder.storage_options, progress):
                 with spool:
                     yield from frames(key, spool.path)
         except ShardBroken as exc:
@@ -291,7 +305,7 @@ def decode_job(job: VideoJob, settings: DecoderSettings, progress=lambda: None
         yield ShardRead(job.key)
     elif is_url(job.path):
         try:
-            spool = fetch(job.path, settings.storage, progress)
+            spool = fetch(job.path, decoder.storage_options, progress)
         except FetchError as exc:
             yield Failed(job.key, FETCH_STAGE, str(exc))
             return
@@ -327,7 +341,7 @@ def serve(tasks, results, heartbeat) -> None:
         heartbeat.value = time.time()
 
     try:
-        settings: DecoderSettings = tasks.recv()
+        decoder: DecoderSettings = tasks.recv()
     except EOFError:  # the parent is gone (or never needed this spare)
         return
 
@@ -335,12 +349,12 @@ def serve(tasks, results, heartbeat) -> None:
         heartbeat.value = time.time()
 
     sender, ring = FrameSender(results), None
-    if settings.ring and settings.resize:  # cropped frames go through shared memory, not the pipe
+    if decoder.ring and decoder.resize_on == "workers":  # cropped frames go through shared memory
         try:
-            spec = settings.input
-            shape = (*spec.crop, 3)
-            ring = RingWriter(FrameRing.open(settings.ring, shape, ring_frames(shape, spec.clip_len)),
-                              spec.clip_len, spec.stride, results)
+            input_spec = decoder.input_spec
+            shape = (*input_spec.crop, 3)
+            ring = RingWriter(FrameRing.open(decoder.ring, shape, ring_frames(shape, input_spec.clip_len)),
+                              input_spec.clip_len, input_spec.stride, results)
         except OSError:  # /proc not readable here: the pipe carries the frames
             ring = None
 
@@ -353,7 +367,7 @@ def serve(tasks, results, heartbeat) -> None:
             return
         heartbeat.value = time.time()
         try:
-            for item in decode_job(job, settings, beat):
+            for item in decode_job(job, decoder, beat):
                 heartbeat.value = time.time()
                 send(item)
         except Exception as exc:  # a bug or a decoder surprise must cost one video, not the worker

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -37,11 +37,16 @@ from c3d_extract.errors import UsageError
 from c3d_extract.extraction.decode import DecoderSettings, ShardRead
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.remote import is_url
-from c3d_extract.extraction.pipeline import BatchRunner, Clip, Collector, Failed, Finished, Summary
+from c3d_extract.extraction.pipeline import (BatchRunner, Clip, Collector, Failed, Finished, OnVideo, Summary,
+                                             descriptor)
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.featurefile.writer import FeatureStore
+from c3d_extract.options import RAY_CONNECT_TIMEOUT, ExtractOptions
 
-CONNECT_TIMEOUT = 30.0  # seconds to join a cluster before the run is refused (--ray-connect-timeout)
+CONNECT_TIMEOUT = RAY_CONNECT_TIMEOUT  # seconds to join a cluster before the run is refused
+FORWARD_CALL_BYTES = 256 << 20  # the clips of one forward actor call, at most (several network batches)
+FORWARD_CALL_BATCHES = 8  # network batches per forward actor call, at most
+VIDEOS_PER_CALL_STEP = 256  # a run has this many videos per network batch a forward call holds, at least
 MAX_VIDEOS_PER_BLOCK = 64  # a block is the unit Ray redoes when a node dies; each also starts a decoder
 _WARM_UP = "\0warm-up"  # a key no video has: keys are paths
 _LOST = "not processed: the Ray task that held this video failed (Ray's logs say why; {})"
@@ -109,12 +114,11 @@ class _Decode:
     done or fail row. Decoding runs in a DecodePool of one decoder process per call (the actor only
     relays), so a decoder that hangs for `timeout` seconds or crashes costs its own video."""
 
-    def __init__(self, spec, short: str, timeout: float, rows_per_batch: int = 16, keep_partial: bool = False,
-                 storage: Optional[dict] = None, vp8_check: bool = True):
-        self.spec, self.short, self.timeout, self.keep_partial = spec, short, timeout, keep_partial
-        self.storage, self.vp8_check = storage, vp8_check
+    def __init__(self, input_spec, options: ExtractOptions, rows_per_batch: int = 16):
+        self.decoder = DecoderSettings.of(options, input_spec)  # always resized where decoded
+        self.short, self.timeout = options.short, options.timeout
         self.rows_per_batch = rows_per_batch
-        self.blank = np.zeros((spec.frames, *spec.crop, 3), np.uint8)
+        self.blank = np.zeros((input_spec.frames, *input_spec.crop, 3), np.uint8)
         self.node = node_name()
 
     def __call__(self, batch: dict) -> Iterator[dict]:
@@ -138,9 +142,7 @@ class _Decode:
             return
         held: dict[str, Clip] = {}  # each video's latest clip, sent with its Finished as one row
         warm = []  # set once the decoder process has answered
-        settings = DecoderSettings(self.spec, keep_partial=self.keep_partial, storage=self.storage,
-                                   verify_vp8=self.vp8_check)
-        pool = DecodePool(self._warm_first(jobs, warm), settings, self.short, 1, self.timeout)
+        pool = DecodePool(self._warm_first(jobs, warm), self.decoder, self.short, 1, self.timeout)
         try:
             for item in pool:
                 if item.key == _WARM_UP:
@@ -190,11 +192,11 @@ class _Forward:
     (and the video's facts when its last clip is among them), so the driver receives a row per video
     rather than per clip; with `per_clip` (the file keeps every clip) the rows stay one per clip."""
 
-    def __init__(self, net, layers, spec, runtime, batch_size: int, per_clip: bool = False):
+    def __init__(self, net, layers, input_spec, runtime, batch_size: int, per_clip: bool = False):
         ray = require_ray()
         if isinstance(net, ray.ObjectRef):  # the weights travel once through the object store
             net = ray.get(net)
-        self.network = BatchRunner(net, layers, spec, runtime, batch_size)
+        self.network = BatchRunner(net, layers, input_spec, runtime, batch_size)
         self.per_clip = per_clip
 
     def __call__(self, batch: dict) -> dict:
@@ -214,9 +216,13 @@ class _Forward:
 
 
 def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[str]) -> dict:
-    """A decoded batch and its clips' activations -> one `part` row per (video, nonce, attempt), the
-    other rows (done, fail, read) as they were. A part's sum is sequential in clip order, in float64
-    (as the local engine sums)."""
+    """A decoded batch and its clips' activations -> one row per (video, nonce, attempt), the other
+    rows (done, fail, read) as they were. A video whose clips are all in the batch is a `video` row:
+    its descriptor (pipeline.descriptor, float32 values) computed here, on the actor, not on the one
+    driver, in `out_<layer>` (float32). Otherwise a `part` row: the sum of its clips in the batch
+    (sequential in clip order, in float64, as the local engine sums), as the bytes of a float64 array in
+    `sum_<layer>`, and their starts, which the driver adds up. Most rows are `video` rows, so what the
+    driver receives is about the float32 descriptors alone."""
     groups: dict[tuple[str, str, int], list[int]] = {}
     finish: dict[tuple[str, str, int], dict] = {}
     for j, i in enumerate(clips):
@@ -229,12 +235,18 @@ def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[
     others = [i for i in range(len(batch["key"])) if batch["kind"][i] not in ("clip", "last")]
     count = len(groups) + len(others)
     out = {"key": [], "kind": [], "meta": [], "start": np.zeros(count, np.int64), "nonce": []}
+    whole = []
     for (key, nonce, attempt), members in groups.items():
-        meta = {"attempt": attempt, "starts": [int(batch["start"][clips[j]]) for j in members]}
-        if (key, nonce, attempt) in finish:
-            meta.update(num_clips=finish[key, nonce, attempt]["num_clips"], facts=finish[key, nonce, attempt]["facts"])
-        out["key"].append(key), out["kind"].append("part"), out["meta"].append(json.dumps(meta))
-        out["nonce"].append(nonce)
+        meta = {"attempt": attempt}
+        starts = [int(batch["start"][clips[j]]) for j in members]
+        done = finish.get((key, nonce, attempt))
+        if done is not None:
+            meta.update(num_clips=done["num_clips"], facts=done["facts"])
+        whole.append(done is not None and done["num_clips"] == len(starts) == len(set(starts)))
+        if not whole[-1]:
+            meta["starts"] = starts
+        out["key"].append(key), out["kind"].append("video" if whole[-1] else "part")
+        out["meta"].append(json.dumps(meta)), out["nonce"].append(nonce)
     for i in others:
         out["key"].append(batch["key"][i]), out["kind"].append(batch["kind"][i])
         out["meta"].append(batch["meta"][i]), out["nonce"].append(batch["nonce"][i])
@@ -242,11 +254,27 @@ def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[
         out[name] = np.array(out[name], dtype=object)
     for layer in layers:
         width = values[layer].shape[1] if len(clips) else 1
-        column = np.zeros((count, width), np.float64)
+        column, sums = np.zeros((count, width), np.float32), np.full(count, b"", dtype=object)
         for row, members in enumerate(groups.values()):
-            column[row] = np.cumsum(values[layer][members], axis=0, dtype=np.float64)[-1]
-        out[f"out_{layer}"] = column
+            total = np.cumsum(values[layer][members], axis=0, dtype=np.float64)[-1]
+            if whole[row]:
+                column[row] = descriptor(total, len(members))
+            else:
+                sums[row] = total.tobytes()
+        out[f"out_{layer}"], out[f"sum_{layer}"] = column, sums
     return out
+
+
+def clips_per_call(spec, batch_size: int, videos: int) -> int:
+    """Clips per forward actor call: several network batches (FORWARD_CALL_BATCHES, within
+    FORWARD_CALL_BYTES of frames), so the driver receives one result chunk per ~20 videos rather than
+    per ~3: Ray's cost per chunk on the driver (deserialising and joining its columns) is paid per
+    call. Ray waits for a call's clips before it starts it, so a run of few videos (under
+    VIDEOS_PER_CALL_STEP per extra batch) keeps one batch per call and its results stream at once."""
+    clip_bytes = spec.frames * spec.crop[0] * spec.crop[1] * 3
+    batches = min(FORWARD_CALL_BATCHES, FORWARD_CALL_BYTES // (batch_size * clip_bytes),
+                  videos // VIDEOS_PER_CALL_STEP)
+    return batch_size * max(1, batches)
 
 
 def videos_per_block(videos: int, decoders: int) -> int:
@@ -256,19 +284,18 @@ def videos_per_block(videos: int, decoders: int) -> int:
     return max(1, min(MAX_VIDEOS_PER_BLOCK, math.ceil(videos / max(1, 2 * decoders))))
 
 
-def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureStore, short: str = "loop",
-                address: Optional[str] = None,
-                on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
-                timeout: float = 300.0, per_block: Optional[int] = None, keep_partial: bool = False,
-                storage: Optional[dict] = None, connect_timeout: float = CONNECT_TIMEOUT,
-                vp8_check: bool = True) -> Summary:
-    """Extract `jobs` with Ray Data into `store`: the cluster at `address` (e.g. "auto", "host:6379",
-    "ray://host:10001"), else $RAY_ADDRESS's, else a new local Ray. Failures are recorded, never raised.
+def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureStore,
+                options: ExtractOptions = ExtractOptions(), on_video: Optional[OnVideo] = None,
+                per_block: Optional[int] = None) -> Summary:
+    """Extract `jobs` with Ray Data into `store`: the cluster at `options.ray_address` (e.g. "auto",
+    "host:6379", "ray://host:10001"), else $RAY_ADDRESS's, else a new local Ray. Failures are recorded,
+    never raised.
 
-    A decoder that makes no progress for `timeout` seconds is abandoned and its video recorded as failed.
-    `per_block` fixes the videos per Ray block (default: videos_per_block). URL inputs are fetched
-    by each node itself with `storage` (fsspec's options): they need no shared file system. A
-    cluster that cannot be joined within `connect_timeout` seconds raises UsageError (nothing written).
+    A decoder that makes no progress for `options.timeout` seconds is abandoned and its video recorded
+    as failed. `per_block` fixes the videos per Ray block (default: videos_per_block). URL inputs are
+    fetched by each node itself with `options.storage_options` (fsspec's): they need no shared file
+    system. A cluster that cannot be joined within `options.ray_connect_timeout` seconds raises
+    UsageError (nothing written).
     """
     ray = require_ray()
     started = time.perf_counter()
@@ -278,7 +305,8 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
     with QuietRay() as quiet:
         ours = not ray.is_initialized()
         if ours:  # no address: $RAY_ADDRESS, else a new local Ray (never whichever cluster ran last here)
-            connect(ray, address or os.environ.get("RAY_ADDRESS") or "local", connect_timeout, quiet)
+            connect(ray, options.ray_address or os.environ.get("RAY_ADDRESS") or "local",
+                    options.ray_connect_timeout, quiet)
         quiet.move_to(_session_logs(ray))
         context = ray.data.DataContext.get_current()  # the process's: put back what we change
         saved = (context.enable_progress_bars, context.execution_options.preserve_order,
@@ -287,8 +315,7 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
         context.execution_options.preserve_order = False
         context.max_errored_blocks = -1  # a block whose task fails costs its videos (recorded), not the run
         try:
-            return _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, quiet.path,
-                        keep_partial, storage, vp8_check)
+            return _run(ray, jobs, network, store, options, on_video, per_block, started, quiet.path)
         finally:
             (context.enable_progress_bars, context.execution_options.preserve_order,
              context.max_errored_blocks) = saved
@@ -414,8 +441,13 @@ class Driver:
             key = str(key)
             if not self.wanted(key):  # a block Ray ran again after a lost node: already written or failed
                 continue
-            if kind == "part":
-                self._part(key, str(batch["nonce"][i]), json.loads(meta), [column[i] for column in outputs])
+            if kind == "video":
+                info = json.loads(meta)
+                self.collector.video(key, {layer: column[i] for layer, column in zip(self.layers, outputs)},
+                                     info["num_clips"], info["facts"])
+            elif kind == "part":
+                sums = [np.frombuffer(batch[f"sum_{layer}"][i], np.float64) for layer in self.layers]
+                self._part(key, str(batch["nonce"][i]), json.loads(meta), sums)
             elif kind == "read":
                 self.collector.shard_read(ShardRead(key))
                 self.pending.discard(key)
@@ -428,10 +460,12 @@ class Driver:
             if key in self.store.done:
                 self.resolved(key)
         if time.monotonic() - self.committed >= COMMIT_SECONDS:
-            self.commit()
+            self.commit(wait=False)
 
-    def commit(self) -> None:
-        self.collector.commit()
+    def commit(self, wait: bool = True) -> None:
+        """The group absorbed since the last commit made durable: with `wait` before returning (all
+        of it), else its fsync runs in the background while the driver reads on."""
+        self.collector.commit(wait)
         self.committed = time.monotonic()
 
     def _part(self, key: str, nonce: str, info: dict, sums: list) -> None:
@@ -468,8 +502,7 @@ class Driver:
             self.collector.finished(Finished(key, info["num_clips"], info["facts"], info.get("attempt", 0)))
 
 
-def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started, log, keep_partial,
-         storage, vp8_check) -> Summary:
+def _run(ray, jobs, network, store, options, on_video, per_block, started, log) -> Summary:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0)) if network.runtime.device.type == "cuda" else 0
     decoders = max(1, cpus - (0 if gpus else 1))  # on CPU, one core is the network's
@@ -485,12 +518,12 @@ def _run(ray, jobs, network, store, short, on_video, timeout, per_block, started
         dataset = dataset.map_batches(
             _Decode, batch_size=per_block, batch_format="numpy", num_cpus=1,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
-            fn_constructor_kwargs={"spec": network.spec, "short": short, "timeout": timeout,
-                                   "keep_partial": keep_partial, "storage": storage, "vp8_check": vp8_check})
+            fn_constructor_kwargs={"input_spec": network.input_spec, "options": options})
         dataset = dataset.map_batches(
-            _Forward, batch_size=network.batch_size, batch_format="numpy", num_gpus=1 if gpus else 0,
+            _Forward, batch_size=clips_per_call(network.input_spec, network.batch_size, len(jobs)),
+            batch_format="numpy", num_gpus=1 if gpus else 0,
             compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
-            fn_constructor_kwargs={"net": net, "layers": network.layers, "spec": network.spec,
+            fn_constructor_kwargs={"net": net, "layers": network.layers, "input_spec": network.input_spec,
                                    "runtime": network.runtime, "batch_size": network.batch_size,
                                    "per_clip": store.wants_clips})
         try:

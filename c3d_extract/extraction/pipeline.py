@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Collection, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -14,17 +14,22 @@ from c3d_extract.extraction.assemble import Clip, Failed, Finished
 from c3d_extract.extraction.batches import Batches
 from c3d_extract.extraction.decode import DecoderSettings, ShardRead
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.runtime import Runtime
+from c3d_extract.extraction.runtime import Runtime, decoder_count
 from c3d_extract.extraction.workers import DecodePool
-from c3d_extract.featurefile.writer import ClipRows, FeatureStore
+from c3d_extract.featurefile.writer import ClipRows
 from c3d_extract.models.net import StagedNet
 from c3d_extract.models.preprocess import InputSpec
-from c3d_extract.vectors import l2_normalize
+from c3d_extract.options import ExtractOptions
+from c3d_extract.settings import RESIZE_PLACES
 
 
 def descriptor(total: np.ndarray, count: int) -> np.ndarray:
-    """A video's row of one layer from the float64 sum of its clips' activations: mean, then L2."""
-    return l2_normalize(total / count).astype(np.float32)
+    """A video's row of one layer from the float64 sum of its `count` clips' activations: their mean,
+    L2-normalised, as float32. The mean is the sum scaled by 1/count, a scale the L2 norm removes, so
+    the sum is normalised directly (the float64 roundings differ, the float32 row not); an all-zero
+    sum stays zero."""
+    norm = float(np.sqrt(np.add.reduce(total * total)))
+    return (total / (norm if norm > 0 else 1.0)).astype(np.float32)
 
 
 @dataclass
@@ -89,13 +94,15 @@ class BatchRunner:
     hold clips as one array (Ray's forward actors, benchmarks).
     """
 
-    def __init__(self, net: StagedNet, layers: Sequence[str], spec: InputSpec, runtime: Runtime,
-                 batch_size: int, resize_on_device: bool = False):
+    def __init__(self, net: StagedNet, layers: Sequence[str], input_spec: InputSpec, runtime: Runtime,
+                 batch_size: int, resize_on: str = "workers"):
         self.net = runtime.prepare(net)
         self.layers = list(layers)
-        self.spec, self.runtime, self.batch_size = spec, runtime, batch_size
-        self.resize_on_device = resize_on_device
-        self._constants = spec.constants(runtime.device)  # the mean lives on the device once
+        self.input_spec, self.runtime, self.batch_size = input_spec, runtime, batch_size
+        if resize_on not in RESIZE_PLACES:  # a bool of the old signature would read as "device"
+            raise ValueError(f"resize_on must be one of {', '.join(RESIZE_PLACES)}, not {resize_on!r}")
+        self.resize_on = resize_on  # "device" means decoders send full frames here
+        self._constants = input_spec.constants(runtime.device)  # the mean lives on the device once
 
     def forward(self, batch: torch.Tensor, count: int) -> dict[str, torch.Tensor]:
         """uint8 clips (batch_size, T, h, w, 3) on the runtime's device, the first `count` real ->
@@ -103,7 +110,7 @@ class BatchRunner:
         zeroed in place first."""
         if count < len(batch):
             batch[count:].zero_()
-        x = self.spec.normalize(batch, self.runtime.dtype, self._constants)
+        x = self.input_spec.normalize(batch, self.runtime.dtype, self._constants)
         x = x.contiguous(memory_format=self.runtime.memory_format)
         with torch.inference_mode():
             out = self.net(x, self.layers)
@@ -112,7 +119,7 @@ class BatchRunner:
     def place_frames(self, frames: np.ndarray) -> torch.Tensor:
         """`--resize-on device`: decoded uint8 frames (n, H, W, 3) uploaded once, resized (float) and
         cropped on the network's device; the clips are then cut there."""
-        return self.spec.crop_frames_float(torch.from_numpy(frames).to(self.runtime.device))
+        return self.input_spec.crop_frames_float(torch.from_numpy(frames).to(self.runtime.device))
 
     def __call__(self, clips: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 cropped clips (N, T, h, w, 3), any N -> per-layer float32 (N, D), batch by batch."""
@@ -135,6 +142,40 @@ class Summary:
     seconds: float = 0.0
 
 
+# what an engine tells its caller of each video, once it is written (failure None) or failed
+OnVideo = Callable[[str, Optional[Failed], Summary], None]
+
+
+class Sink(Protocol):
+    """Where an engine's finished videos and failures go: a feature file (featurefile.writer.FeatureStore)
+    or arrays in memory (api.Arrays)."""
+
+    grouped: bool  # records wait for commit() (set by an engine that commits groups itself)
+
+    @property
+    def done(self) -> Collection[str]:
+        """The videos written."""
+
+    @property
+    def wants_clips(self) -> bool:
+        """Rows need each video's clips, not only their mean (per-clip rows or segments)."""
+
+    @property
+    def failed(self) -> Mapping[str, tuple[str, str]]:
+        """The videos recorded as failed: (stage, error) by key."""
+
+    def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping,
+                  clips: Optional[ClipRows] = None) -> None: ...
+
+    def add_failure(self, key: str, stage: str, error: str) -> None: ...
+
+    def clear_failure(self, key: str) -> None: ...
+
+    def commit(self, wait: bool = True) -> None:
+        """Make the records since the last commit durable (`wait`: before returning; else in the
+        background, the commit before this one durable on return)."""
+
+
 class Collector:
     """Turns the stream of network outputs, finished and failed videos into rows of the store.
 
@@ -144,15 +185,15 @@ class Collector:
     hears of a video only once its group is durable.
     """
 
-    def __init__(self, store: FeatureStore, on_video: Optional[Callable[[str, Optional[Failed], "Summary"], None]],
-                 grouped: bool = False):
+    def __init__(self, store: Sink, on_video: Optional[OnVideo], grouped: bool = False):
         self.store, self.on_video = store, on_video
         self.grouped = grouped
         if grouped:
             store.grouped = True
         self._waiting: list[tuple[str, Optional[Failed]]] = []  # told once their group is committed
+        self._flying: list[tuple[str, Optional[Failed]]] = []  # their group is being fsynced
         self.summary = Summary()
-        self.aggregator = Aggregator(keep_clips=getattr(store, "wants_clips", False))
+        self.aggregator = Aggregator(keep_clips=store.wants_clips)
         self.failed: set[str] = set()
         self.attempts: dict[str, int] = {}  # videos a second decoder started over (decode.py)
 
@@ -186,11 +227,14 @@ class Collector:
 
     def whole(self, key: str, sums: dict[str, np.ndarray], count: int, facts: dict) -> None:
         """A video whose clips were summed elsewhere (float64 per layer, `count` clips): written now."""
+        self.video(key, {layer: descriptor(total, count) for layer, total in sums.items()}, count, facts)
+
+    def video(self, key: str, features: dict[str, np.ndarray], count: int, facts: dict) -> None:
+        """A video whose descriptors were computed elsewhere (descriptor() of its `count` clips): written now."""
         if key in self.failed:
             return
         self.aggregator.drop(key)
-        self._written(key, {layer: descriptor(total, count) for layer, total in sums.items()},
-                      {**facts, "num_clips": count}, None)
+        self._written(key, features, {**facts, "num_clips": count}, None)
 
     def _tell(self, key: str, failure: Optional[Failed]) -> None:
         if self.grouped:
@@ -198,20 +242,23 @@ class Collector:
         elif self.on_video:
             self.on_video(key, failure, self.summary)
 
-    def commit(self) -> None:
+    def commit(self, wait: bool = True) -> None:
         """Group commit: the store's records since the last commit made durable (one fsync), then
-        `on_video` told of their videos."""
+        `on_video` told of their videos. Without `wait` the fsync runs in the background while the
+        caller goes on: the videos of the commit before are told, durable by then."""
         if not self.grouped:
             return
-        self.store.commit()
-        waiting, self._waiting = self._waiting, []
+        self.store.commit(wait)
+        durable, self._flying, self._waiting = self._flying, self._waiting, []
+        if wait:
+            durable, self._flying = durable + self._flying, []
         if self.on_video:
-            for key, failure in waiting:
+            for key, failure in durable:
                 self.on_video(key, failure, self.summary)
 
     def shard_read(self, item: ShardRead) -> None:
         """A tar shard read to its end: a failure recorded for the shard itself by an earlier run is gone."""
-        if item.key in getattr(self.store, "failed", {}):
+        if item.key in self.store.failed:
             self.store.clear_failure(item.key)
 
     def _write_if_finished(self, key: str) -> None:
@@ -229,35 +276,31 @@ class Collector:
         self._tell(key, None)
 
 
-def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunner]", store: FeatureStore,
-            short: str = "loop", workers: int = 1,
-            on_video: Optional[Callable[[str, Optional[Failed], Summary], None]] = None,
-            timeout: float = 300.0, keep_partial: bool = False, storage: Optional[dict] = None,
-            vp8_check: bool = True) -> Summary:
-    """Run every job through the network into `store`; failures are recorded, never raised.
+def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunner]", sink: Sink,
+            options: ExtractOptions = ExtractOptions(), on_video: Optional[OnVideo] = None) -> Summary:
+    """Run every job through the network into `sink`; failures are recorded, never raised.
 
-    Decoding runs in `workers` processes; a video whose decoder makes no progress for `timeout`
-    seconds, or whose decoder process dies, is recorded as failed and the run goes on. `storage` holds
-    the fsspec options of URL inputs (remote.py); `vp8_check` the slice-threaded check of VP8 streams
-    (video.vp8_damage). A list of
-    networks (one per device) shares the batches round-robin (batches.py).
+    Decoding runs in `options.workers` processes (default: runtime.decoder_count); a video whose
+    decoder makes no progress for `options.timeout` seconds, or whose decoder process dies, is
+    recorded as failed and the run goes on. The decoders get the options' part for them
+    (DecoderSettings.of). A list of networks (one per device) shares the batches round-robin
+    (batches.py).
 
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
     """
     started = time.perf_counter()
     runners = list(network) if isinstance(network, (list, tuple)) else [network]
-    collector = Collector(store, on_video)
+    collector = Collector(sink, on_video)
 
     def on_result(outputs: dict[str, np.ndarray], rows: list) -> None:
         for i, (key, start, attempt) in enumerate(rows):
             collector.clip(key, {layer: value[i] for layer, value in outputs.items()}, start, attempt)
 
     first = runners[0]
-    settings = DecoderSettings(first.spec, resize=not first.resize_on_device, keep_partial=keep_partial,
-                               storage=storage, verify_vp8=vp8_check)
+    decoder = DecoderSettings.of(options, first.input_spec, first.resize_on)
     batches = Batches(runners, on_result)
-    pool = DecodePool(jobs, settings, short, workers, timeout,
-                      place=first.place_frames if first.resize_on_device else None)
+    pool = DecodePool(jobs, decoder, options.short, decoder_count(options.workers, first.runtime.device),
+                      options.timeout, place=first.place_frames if first.resize_on == "device" else None)
     newest: dict[str, int] = {}  # videos a second decoder started over: their current attempt
     try:
         for item in pool:

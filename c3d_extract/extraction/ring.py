@@ -1,7 +1,7 @@
 """Shared memory between a decoder process and the process that batches: cropped frames without a pipe.
 
-A pipe copies every byte twice through the kernel (measured on a 2-core EPYC: 300-500 us of the
-reader's CPU per 600 KB, more than all the rest of the batching process's work per clip). So each
+A pipe copies every byte twice through the kernel, which cost the reader more CPU than all the rest
+of the batching process's work per clip (bench/results.md, "Figures moved out of docstrings"). So each
 decoder writes its cropped frames into a ring of frames in memory it shares with the parent (a
 memfd the parent creates; the decoder opens it through /proc), and sends through its pipe only a
 small header per ~1 MiB of frames. The parent cuts the clips straight out of the ring (views, no

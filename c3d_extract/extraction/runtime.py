@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
-from c3d_extract import settings
 from c3d_extract.errors import UsageError
-
-PRECISIONS = ("auto", *settings.PRECISIONS)  # what --precision takes: a file records one of the others
+from c3d_extract.options import PRECISION_CHOICES as PRECISIONS  # what --precision takes
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -61,13 +60,19 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(4, cores // 2))
 
 
+def decoder_count(requested: Optional[int], device: torch.device) -> int:
+    """The local engine's decoder processes: `requested`, else the default for the network's device."""
+    return requested or default_workers(device)
+
+
 def default_batch_size(device: torch.device) -> int:
     """Clips per forward when --batch-size is not given (bench/results.md has the measurements)."""
     return 64 if device.type == "cuda" else 4
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when oneDNN has bf16 kernels here (AVX512-BF16 / AMX): then bf16 is ~5x fp32."""
+    """True when oneDNN has bf16 kernels here (AVX512-BF16 / AMX): only then is bf16 faster than fp32
+    on the CPU (elsewhere oneDNN emulates it, far slower)."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -103,16 +108,16 @@ class Runtime:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        # channels_last_3d makes oneDNN pick its fast blocked kernels on CPU (about 1.4x in fp32
-        # and needed for the bf16 speed-up); on CUDA cuDNN prefers it for fp16/bf16 tensor cores.
+        # channels_last_3d makes oneDNN pick its fast blocked kernels on CPU (faster in fp32, and
+        # needed for the bf16 speed-up); on CUDA cuDNN prefers it for fp16/bf16 tensor cores.
         return torch.channels_last_3d
 
     @property
     def searches(self) -> bool:
         """Whether cuDNN times its algorithms on the first batch of each shape (`cudnn.benchmark`).
-        It pays in bf16/fp16 (about 1-1.5 s once, then 1.3x for C3D on an H200); in fp32 with TF32
-        off the 3D convolutions' search took 18-25 s and more as the batch grows, for little or
-        nothing, so fp32 takes cuDNN's heuristic choice at once (bench/results.md)."""
+        It pays in bf16/fp16 (a short search once, then faster batches); in fp32 with TF32 off the 3D
+        convolutions' search is long and grows with the batch, for little or nothing, so fp32 takes
+        cuDNN's heuristic choice at once (the figures: bench/results.md, README "On a GPU")."""
         return self.device.type == "cuda" and self.precision != "fp32"
 
     def prepare(self, net: nn.Module) -> nn.Module:

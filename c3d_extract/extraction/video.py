@@ -214,11 +214,11 @@ class DecordReader:
 
     name = DECORD
 
-    def __init__(self, path: str, num_threads: int = 1, verify_vp8: bool = True):
+    def __init__(self, path: str, num_threads: int = 1, vp8_check: bool = True):
         self.path, self.repaired = path, 0
         check_file(path)
         self.declared = Declared.probe(path)
-        if verify_vp8 and self.declared.codec == "vp8":
+        if vp8_check and self.declared.codec == "vp8":
             damage = vp8_damage(path)  # decord's FFmpeg conceals it the same way, silently
             if damage:
                 raise VideoError("decode", damage)
@@ -304,7 +304,7 @@ class PyAVReader:
 
     name = PYAV
 
-    def __init__(self, path: str, num_threads: int = 1, verify_vp8: bool = True):
+    def __init__(self, path: str, num_threads: int = 1, vp8_check: bool = True):
         self.path, self.repaired, self._errors = path, 0, 0
         check_file(path)
         self._log = _OpenLog()  # the container's own errors count too
@@ -324,7 +324,7 @@ class PyAVReader:
         self.codec = f"{context.name} {context.width}x{context.height}"
         self.declared = Declared.of(self._container, stream)
         context.thread_count = num_threads
-        if verify_vp8 and context.name == "vp8":  # costs nothing on healthy files: decord reads those
+        if vp8_check and context.name == "vp8":  # costs nothing on healthy files: decord reads those
             _slice_threads(context)
         rate = stream.average_rate or stream.guessed_rate
         self._frames = self._decode()

@@ -130,11 +130,11 @@ class DecodePool:
     A Clip's frames are valid until the next item is asked for: copy them (into a batch slot) first.
     `place` moves decoded frames to where clips are cut (ClipAssembler; `--resize-on device`)."""
 
-    def __init__(self, jobs: Iterable[VideoJob], settings: DecoderSettings, short: str, workers: int,
+    def __init__(self, jobs: Iterable[VideoJob], decoder: DecoderSettings, short: str, workers: int,
                  timeout: float = 300.0, place: Optional[Callable[[np.ndarray], Any]] = None):
         self._jobs = iter(jobs)
-        self._settings, self._timeout = settings, timeout
-        self._assembler = ClipAssembler(settings.input, short, place)
+        self._decoder, self._timeout = decoder, timeout
+        self._assembler = ClipAssembler(decoder.input_spec, short, place)
         self._requeued: list[VideoJob] = []  # jobs sent to a worker that died before starting them
         self._workers = [self._start() for _ in range(max(1, workers))]
         self._selector = selectors.DefaultSelector()
@@ -143,14 +143,14 @@ class DecodePool:
     def _start(self) -> _Worker:
         """A spare from prestart that is still alive, else a new process; told this pool's settings
         and given a shared frame ring of its own where it crops (ring.py)."""
-        spec = self._settings.input
+        input_spec = self._decoder.input_spec
         while True:
             worker = _SPARES.pop(0) if _SPARES else _spawn()
-            if self._settings.resize:
-                worker.ring = FrameRing.create((*spec.crop, 3), spec.clip_len)
-            settings = replace(self._settings, ring=worker.ring.path if worker.ring else None)
+            if self._decoder.resize_on == "workers":
+                worker.ring = FrameRing.create((*input_spec.crop, 3), input_spec.clip_len)
+            decoder = replace(self._decoder, ring=worker.ring.path if worker.ring else None)
             try:
-                worker.tasks.send(settings)
+                worker.tasks.send(decoder)
                 return worker
             except OSError:  # a spare that died while waiting: its end of the pipe is closed
                 worker.stop()
@@ -214,7 +214,7 @@ class DecodePool:
 
     def _ready(self, timeout: float) -> list[_Worker]:
         """The busy workers with something in their pipe, waiting up to `timeout` seconds. One selector
-        for the pool's life (a new one per wait cost ~150 us, more than the work on a message)."""
+        for the pool's life (a new one per wait cost more than the work on a message)."""
         busy = {w.results.fileno(): w for w in self._workers if w.job is not None and not w.results.closed}
         for fd, worker in list(self._watched.items()):
             if busy.get(fd) is not worker:

@@ -5,7 +5,6 @@ over the old one. The old file is never modified in place."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from typing import Mapping
 
@@ -13,18 +12,9 @@ import h5py
 import numpy as np
 
 from c3d_extract.featurefile.journal import Journal
-from c3d_extract.featurefile.schema import FAILURE_FIELDS, LATER_FACTS, PER_VIDEO, STR, create_layout, strings
-from c3d_extract.storage import new_hdf5, replace_durably
-
-
-def replace_atomically(tmp: str, path: str) -> None:
-    """Rename `tmp` durably over `path`; on an error `tmp` is removed and `path` left as it was."""
-    try:
-        replace_durably(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from c3d_extract.featurefile.schema import (FAILURE_FIELDS, LATER_FACTS, PER_VIDEO, STR, chunk_rows, create_layout,
+                                            strings)
+from c3d_extract.storage import new_hdf5
 
 
 class H5Rows:
@@ -100,10 +90,10 @@ def file_bytes(shapes: Mapping[str, tuple[int, ...]], rows: int, failures: int =
     total, chunks = 0, 0
     for shape in shapes.values():
         dim = int(np.prod(shape))
-        chunk_rows = max(1, 2**20 // (4 * dim))
-        total += _chunked(rows, chunk_rows, 4 * dim) + rows * segments * dim * 4
-        total += _chunked(clips, chunk_rows, 4 * dim) if clips else 0
-        chunks += -(-rows // chunk_rows) + rows * bool(segments) + -(-clips // chunk_rows)
+        per_chunk = chunk_rows(dim)
+        total += _chunked(rows, per_chunk, 4 * dim) + rows * segments * dim * 4
+        total += _chunked(clips, per_chunk, 4 * dim) if clips else 0
+        chunks += -(-rows // per_chunk) + rows * bool(segments) + -(-clips // per_chunk)
     if clips:
         total += 3 * _chunked(clips, 4096, 8) + _chunked(rows, 1024, 8)
         chunks += 3 * -(-clips // 4096) + -(-rows // 1024)

@@ -6,10 +6,11 @@ record and fsynced; a record cut short by a kill fails its length or CRC check a
 the journal is next opened (only that video is redone). At the end of a run (or on Ctrl-C/SIGTERM)
 the journal is folded into a new feature file that atomically replaces the old one.
 
-Group commit: with `sync=False` a record is written but not fsynced; `sync()` then makes every such
-record durable with one fsync (an engine that absorbs thousands of videos a second cannot pay an
-fsync each). A kill before that fsync may lose the unsynced records (the videos are redone), never
-an earlier one.
+Group commit: with `sync=False` a record is kept in memory; `sync()` then writes every such record
+with one write and makes them durable with one fsync (an engine that absorbs thousands of videos a
+second cannot pay a write and an fsync each). `sync(wait=False)` does the write and the fsync in a
+background thread while the caller goes on, and returns the group before it, durable by then. A kill
+before a group's fsync returned loses that group (its videos are redone), never an earlier one.
 
 Record: magic "C3DJ", version (u8), kind (u8: 1 video, 2 failure), payload length (u32), CRC32 of
 the payload (u32); payload: JSON length (u32), JSON, then the float32 features of each layer.
@@ -21,6 +22,7 @@ import fcntl
 import json
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional
@@ -66,13 +68,15 @@ class Journal:
             self._file.close()
             raise JournalBusy(f"{path} is in use by another c3d-extract process") from None
         self.damage: list[Damage] = []
-        self._unsynced: Optional[int] = None  # where the first record not yet fsynced begins
+        self._unsynced: list = []  # the buffers of the records not yet written (sync=False)
         self._unsynced_records = 0
+        self._flying: Optional[_Flight] = None  # the group written and being fsynced in the background
         self.records, valid_end = self._read_valid()
         self._file.seek(0, os.SEEK_END)
         if self._file.tell() != valid_end:  # a record cut short by a kill: drop its bytes
             self._file.truncate(valid_end)
             os.fsync(self._file.fileno())
+        self._end = valid_end  # where the next record begins (after the unsynced ones)
 
     def _record_at(self, pos: int, size: int) -> tuple[Optional[Record], bool]:
         """(the valid record at `pos` or None, whether the bytes there reach past the end of the file)."""
@@ -147,53 +151,73 @@ class Journal:
 
     def append_video(self, key: str, facts: Mapping, features: Mapping[str, np.ndarray],
                      extra: Optional[Mapping] = None, sync: bool = True) -> None:
-        """One finished video: its facts, named float32 arrays (flattened) and any extra metadata."""
+        """One finished video: its facts, named float32 arrays (flattened) and any extra metadata.
+        Without `sync` the arrays are held, not copied, until the group is written: they must not
+        change before sync()."""
         layers = list(features)
-        meta = {"key": key, "facts": dict(facts), "layers": layers,
-                "dims": [int(np.asarray(features[n]).size) for n in layers], **(extra or {})}
-        blobs = b"".join(np.ascontiguousarray(features[n], dtype="<f4").tobytes() for n in layers)
+        blobs = [np.ascontiguousarray(features[n], dtype="<f4").reshape(-1) for n in layers]
+        meta = {"key": key, "facts": facts if isinstance(facts, dict) else dict(facts), "layers": layers,
+                "dims": [blob.size for blob in blobs], **(extra or {})}
         self._append(VIDEO, meta, blobs, sync)
 
     def append_failure(self, key: str, stage: str, error: str, sync: bool = True) -> None:
-        self._append(FAILURE, {"key": key, "stage": stage, "error": error}, b"", sync)
+        self._append(FAILURE, {"key": key, "stage": stage, "error": error}, [], sync)
 
-    def _append(self, kind: int, meta: dict, blobs: bytes, sync: bool = True) -> None:
-        """Write one record and fsync it (with `sync`: it and any unsynced before it). On an error (a
-        full disk) the journal is cut back to where the record began, so no torn record is left, and
-        the OSError is raised."""
-        text = json.dumps(meta, default=_plain).encode()
-        payload = struct.pack("<I", len(text)) + text + blobs
-        data = memoryview(HEADER.pack(MAGIC, 1, kind, len(payload), zlib.crc32(payload)) + payload)
-        start = self._file.seek(0, os.SEEK_END)
-        try:
-            while data:
-                data = data[self._file.write(data):]
-        except OSError:
-            self._cut(start)
-            raise
-        self.records.append(Record(kind, meta, start + HEADER.size, len(payload)))
-        if self._unsynced is None:
-            self._unsynced = start
+    def _append(self, kind: int, meta: dict, blobs: list, sync: bool = True) -> None:
+        """Add one record (its JSON, then the buffers `blobs`). With `sync` it is written and fsynced at
+        once (with any unsynced before it); without, it waits in memory for sync()."""
+        text = _ENCODER.encode(meta).encode()
+        head = struct.pack("<I", len(text)) + text
+        length, crc = len(head), zlib.crc32(head)
+        for blob in blobs:
+            length, crc = length + blob.nbytes, zlib.crc32(blob, crc)
+        self._unsynced += [HEADER.pack(MAGIC, 1, kind, length, crc), head,
+                           *(memoryview(blob).cast("B") for blob in blobs)]
+        self.records.append(Record(kind, meta, self._end + HEADER.size, length))
+        self._end += HEADER.size + length
         self._unsynced_records += 1
         if sync:
             self.sync()  # durable before the video counts as done
 
-    def sync(self) -> list[Record]:
-        """fsync every record written since the last sync (one group): they are durable now. On an
-        error the group's records are cut from the journal and the OSError is raised with
-        `records` set to them (their videos did not count)."""
-        if self._unsynced is None:
-            return []
+    def sync(self, wait: bool = True) -> list[Record]:
+        """Write the records added since the last sync (one group) and fsync them. With `wait` every
+        record is durable on return. Without, the group is written and fsynced in a background thread
+        and the group synced before it (waited for) is returned: durable now. On an error (a full
+        disk) the journal is cut back to where the failed group began, so no torn record is left, its
+        records leave the journal, and the OSError is raised with `records` set to them (their videos
+        did not count)."""
+        landed = self._land()
+        if not self._unsynced_records:
+            return landed
         group = self.records[len(self.records) - self._unsynced_records:]
-        start, self._unsynced, self._unsynced_records = self._unsynced, None, 0
-        try:
-            os.fsync(self._file.fileno())
-        except OSError as exc:
-            self._cut(start)
-            del self.records[len(self.records) - len(group):]
-            exc.records = group  # type: ignore[attr-defined]
-            raise
-        return group
+        pieces, self._unsynced, self._unsynced_records = self._unsynced, [], 0
+        start = self._file.seek(0, os.SEEK_END)
+        shift = start - (group[0].offset - HEADER.size)
+        for record in group if shift else ():  # bytes a failed cut left before: the group goes after them
+            record.offset += shift
+        self._end = group[-1].offset + group[-1].length
+        self._flying = _Flight(self._file.fileno(), pieces, group, start)
+        if wait:
+            return landed + self._land()
+        self._flying.launch()
+        return landed
+
+    def _land(self) -> list[Record]:
+        """The group in flight, written and fsynced (waited for, or done here); [] when none."""
+        flight, self._flying = self._flying, None
+        if flight is None:
+            return []
+        flight.finish()
+        if flight.error is not None:
+            self._cut(flight.begin)  # records added since keep their offsets: sync() moves them to the end then
+            failed = {id(record) for record in flight.group}
+            self.records = [record for record in self.records if id(record) not in failed]
+            flight.error.records = flight.group  # type: ignore[attr-defined]
+            raise flight.error
+        return flight.group
+
+    def _pending(self) -> list[Record]:
+        return self.records[len(self.records) - self._unsynced_records:] if self._unsynced_records else []
 
     def _cut(self, start: int) -> None:
         try:
@@ -202,7 +226,10 @@ class Journal:
             pass  # the torn record fails its check when the journal is next opened
 
     def features(self, record: Record) -> dict[str, np.ndarray]:
-        """The layers of a video record, read back from the journal file."""
+        """The layers of a video record, read back from the journal file (written first when it is
+        in the group not yet synced)."""
+        if self._flying is not None or (self._unsynced_records and record.offset >= self._pending()[0].offset):
+            self.sync()
         self._file.seek(record.offset)
         payload = self._file.read(record.length)
         offset = 4 + struct.unpack_from("<I", payload)[0]
@@ -221,14 +248,57 @@ class Journal:
         self.close()
 
     def close(self) -> None:
+        if self._flying is not None:
+            self._flying.finish()  # its error, if any, was the run's to report: the records fail their checks
+            self._flying = None
         if not self._file.closed:
             self._file.close()  # releases the lock
+
+
+class _Flight:
+    """One group's buffers written (os.writev) and fsynced, in a thread or in the caller; an OSError
+    is kept for the journal to report. The thread takes the GIL back only after each of its few system
+    calls (a writev per 1024 buffers, the fsync), so it seldom waits for the driver's thread to let
+    the GIL go (per-record work here, a CRC call each, made groups wait that way)."""
+
+    def __init__(self, fd: int, pieces: list, group: list[Record], begin: int):
+        self.fd, self.pieces, self.group, self.begin = fd, pieces, group, begin
+        self.error: Optional[OSError] = None
+        self.thread: Optional[threading.Thread] = None
+
+    def launch(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="journal-fsync", daemon=True)
+        self.thread.start()
+
+    def finish(self) -> None:
+        if self.thread is None:
+            self._run()
+        else:
+            self.thread.join()
+
+    def _run(self) -> None:
+        try:
+            views, at = self.pieces, 0
+            while at < len(views):
+                done = os.writev(self.fd, views[at:at + _IOV_MAX])
+                while at < len(views) and done >= len(views[at]):  # bytes, and memoryviews cast to bytes
+                    done, at = done - len(views[at]), at + 1
+                if done:  # a short write ended inside this buffer
+                    views[at] = views[at][done:]
+            os.fsync(self.fd)
+        except OSError as exc:
+            self.error = exc
+        self.pieces = []
 
 
 def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_ENCODER = json.JSONEncoder(default=_plain)  # one encoder: json.dumps(default=...) builds one per call
+_IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
 
 
 def _meta(payload: bytes) -> dict:

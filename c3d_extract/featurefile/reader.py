@@ -12,18 +12,7 @@ import h5py
 import numpy as np
 
 from c3d_extract.errors import UsageError
-
-# Each spec's default feature (ModelSpec.default_layers), by spec name: the copy that reading a
-# file needs, since models/ imports torch and `c3d-svm` should not pay for it.
-# tests/test_svm_cli.py holds it equal to models.registry.SPECS.
-DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
-    "c3d-sports1m": ("fc6",),
-    "res3d-sports1m": ("res5b",),
-    "r3d18-kinetics400": ("pool5",),
-    # DenseNet3D and T3D, at 32 x 224 and as their 16 x 112 variants
-    **{name + size: ("pool5",)
-       for name in ("densenet3d-121", "t3d-121", "t3d-169") for size in ("", "-16x112")},
-}
+from c3d_extract.models.defaults import DEFAULT_LAYERS  # no torch: `c3d-svm` does not pay for the networks
 
 
 class FeatureFileError(UsageError):
@@ -175,11 +164,6 @@ def _count(values) -> dict:
     return out
 
 
-def layers_of(path: str) -> list[str]:
-    """The feature layers a file holds, in the order the network computes them."""
-    return FeatureFile(path).layers
-
-
 def _open(path: str) -> h5py.File:
     try:
         f = h5py.File(path, "r")
@@ -191,13 +175,8 @@ def _open(path: str) -> h5py.File:
     return f
 
 
-def default_layer(path: str) -> str:
-    """The layer a reader of `path` takes when none is named (FeatureFile.default_layer)."""
-    return FeatureFile(path).default_layer
-
-
 def load(path: str, layer: Optional[str] = None) -> Features:
-    """Load one layer (default: `default_layer`) and the keys of its rows."""
+    """Load one layer (default: FeatureFile.default_layer) and the keys of its rows."""
     features = FeatureFile(path)
     layer = features.layer(layer)
     matrix = features.matrix(layer).astype(np.float32, copy=False)

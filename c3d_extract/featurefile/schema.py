@@ -24,6 +24,12 @@ LATER_FACTS = {"decoder": ""}
 FAILURE_FIELDS = ("video", "stage", "error")
 
 
+def chunk_rows(dim: int) -> int:
+    """Rows per chunk of a (rows, dim) float32 dataset: ~1 MiB chunks, so one chunk fits h5py's
+    default cache (fold.file_bytes reserves disk space by the same chunks)."""
+    return max(1, 2**20 // (4 * dim))
+
+
 def strings(dataset: h5py.Dataset) -> list[str]:
     """A string dataset as Python str."""
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in dataset[()]]
@@ -53,9 +59,8 @@ def create_layout(h5: h5py.File, settings: "RunSettings | Mapping", layer_shapes
     features = h5.create_group("features")
     for layer, shape in layer_shapes.items():
         dim = int(np.prod(shape))
-        chunk_rows = max(1, 2**20 // (4 * dim))  # ~1 MiB chunks: one chunk fits h5py's default cache
         ds = features.create_dataset(layer, (rows, dim), maxshape=(None, dim), dtype=np.float32,
-                                     chunks=(chunk_rows, dim))
+                                     chunks=(chunk_rows(dim), dim))
         ds.attrs["clip_shape"] = np.asarray(shape, dtype=np.int64)
     group = h5.create_group("failures")
     for name in FAILURE_FIELDS:
@@ -75,7 +80,7 @@ def create_layout(h5: h5py.File, settings: "RunSettings | Mapping", layer_shapes
         for layer, shape in layer_shapes.items():
             dim = int(np.prod(shape))
             clips.create_dataset(layer, (0, dim), maxshape=(None, dim), dtype=np.float32,
-                                 chunks=(max(1, 2**20 // (4 * dim)), dim))
+                                 chunks=(chunk_rows(dim), dim))
         for name, dtype in (("first_frame", np.int64), ("last_frame", np.int64), ("time", np.float64)):
             clips.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
 

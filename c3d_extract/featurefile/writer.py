@@ -30,13 +30,14 @@ import h5py
 import numpy as np
 
 from c3d_extract.errors import Refused
-from c3d_extract.featurefile.fold import H5Rows, JournalRows, file_bytes, replace_atomically, write_sorted
+from c3d_extract.featurefile.fold import H5Rows, JournalRows, file_bytes, write_sorted
 from c3d_extract.featurefile.journal import FAILURE, VIDEO, Journal, JournalBusy, journal_path
 from c3d_extract.featurefile.pooling import segment_pool
 from c3d_extract.featurefile.schema import (FAILURE_FIELDS, FORMAT, LATER_FACTS, PER_VIDEO, create_layout,
                                             differences, read_settings, settings_dict, strings)
 from c3d_extract.settings import RunSettings
-from c3d_extract.storage import StorageError, is_storage_error, new_hdf5, remove_stale_temps, temp_name
+from c3d_extract.storage import (StorageError, is_storage_error, new_hdf5, remove_stale_temps, replace_atomically,
+                                 temp_name)
 
 CLEARED = "cleared"  # the stage of a journal record that takes an earlier failure back (clear_failure)
 
@@ -166,10 +167,11 @@ class FeatureStore:
         segments."""
         if key in self.done:
             raise ValueError(f"{key} is already in {self.path}")
-        missing = [layer for layer in self.layers if layer not in features]
-        if missing:
-            raise ValueError(f"{key}: no values for layer(s) {', '.join(missing)}")
-        arrays = {layer: features[layer] for layer in self.layers}
+        try:
+            arrays = {layer: features[layer] for layer in self.layers}
+        except KeyError:
+            missing = [layer for layer in self.layers if layer not in features]
+            raise ValueError(f"{key}: no values for layer(s) {', '.join(missing)}") from None
         extra = {}
         if self.wants_clips:
             if clips is None:
@@ -180,9 +182,9 @@ class FeatureStore:
             if self.segments:
                 arrays.update({f"segments/{layer}": segment_pool(clips.layers[layer], self.segments)
                                for layer in self.layers})
-        facts = {**LATER_FACTS, **facts}
+        facts = {name: facts[name] if name in facts else LATER_FACTS[name] for name in PER_VIDEO}
         try:
-            self._journal.append_video(key, {n: facts[n] for n in PER_VIDEO}, arrays, extra, sync=not self.grouped)
+            self._journal.append_video(key, facts, arrays, extra, sync=not self.grouped)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.done.add(key)
@@ -196,12 +198,13 @@ class FeatureStore:
             raise self._storage_error(self._journal.path, exc) from None
         self.failed[key] = (stage, error)
 
-    def commit(self) -> None:
+    def commit(self, wait: bool = True) -> None:
         """Make the records added since the last commit durable with one fsync (group commit, for
-        a store whose `grouped` is set). A failure takes the group's videos back (they were not
+        a store whose `grouped` is set); without `wait` the fsync runs in the background and the
+        group before it is durable on return. A failure takes the group's videos back (they were not
         written) and raises StorageError."""
         try:
-            self._journal.sync()
+            self._journal.sync(wait)
         except OSError as exc:
             for record in getattr(exc, "records", []):
                 self.done.discard(record.meta["key"])
@@ -247,6 +250,7 @@ class FeatureStore:
         """Fold the journal into the file (if it holds anything) and remove it."""
         if self._journal is None:
             return
+        self.commit()  # a group not committed yet goes into the file too
         if self._journal.records:
             self.fold()
         self._journal.remove()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from c3d_extract.models.defaults import DEFAULT_LAYERS
 from c3d_extract.models.net import Conv3dReLU, FlattenLinear, Softmax, StagedNet
 from c3d_extract.models.spec import ModelSpec
 from c3d_extract.models.preprocess import InputSpec
@@ -50,7 +51,7 @@ C3D_SPORTS1M = ModelSpec(
         mean_note="approximation: per-channel mean of C3D's UCF101 train01 mean cube, "
                   "not the Sports-1M cube",
     ),
-    default_layers=("fc6",),
+    default_layers=DEFAULT_LAYERS["c3d-sports1m"],
     weights_name="c3d-sports1m",
     description="C3D, Caffe v1.0 Sports-1M (conv3d_deepnetA_sport1m_iter_1900000); fc6 = 4096-d",
 )

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from c3d_extract.models.defaults import DEFAULT_LAYERS
 from c3d_extract.models.net import Softmax, StagedNet
 from c3d_extract.models.spec import ModelSpec
 from c3d_extract.models.preprocess import InputSpec
@@ -150,8 +151,9 @@ def densenet3d(blocks: tuple[int, ...], ttl: bool, num_classes: int = 400) -> St
 
 def _spec(name: str, blocks: tuple[int, ...], ttl: bool, small: bool) -> ModelSpec:
     frames, side = (16, 112) if small else (32, 224)
+    full_name = name + ("-16x112" if small else "")
     return ModelSpec(
-        name=name + ("-16x112" if small else ""),
+        name=full_name,
         model=name,
         build=partial(densenet3d, blocks, ttl),
         input=InputSpec(
@@ -162,7 +164,7 @@ def _spec(name: str, blocks: tuple[int, ...], ttl: bool, small: bool) -> ModelSp
             channels="RGB", value_scale=1.0, mean=(123.675, 116.28, 103.53),
             mean_note="choice: the paper says only 'mean-subtracted'; ImageNet's RGB mean in 0..255",
         ),
-        default_layers=("pool5",),
+        default_layers=DEFAULT_LAYERS[full_name],
         weights_name=name,
         classifier="fc",
         description=f"{'T3D' if ttl else 'DenseNet3D'}-{121 if blocks[2] == 24 else 169} (Diba et al. 2017), "

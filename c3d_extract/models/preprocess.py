@@ -4,7 +4,7 @@ Each model spec (models/c3d.py, models/res3d.py) holds one InputSpec with its ex
 module holds only the generic operations, so no `if model == ...` exists anywhere.
 
 Decoder processes unpickle InputSpec and crop with it, so torch is imported only inside the methods
-that build tensors (where the network runs): a decoder process starts without torch (~1.5 s of CPU).
+that build tensors (where the network runs): a decoder process starts without torch (seconds of CPU).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class InputSpec:
             return f"mean cube {tuple(self.mean_cube.shape)} cropped at {self.crop_offset}; {self.mean_note}"
         return f"per-channel {self.channels} mean {list(self.mean)}; {self.mean_note}".rstrip("; ")
 
-    def settings(self) -> dict:
+    def to_dict(self) -> dict:
         """The clip and pixel settings as plain values (provenance and compatibility checks)."""
         return {
             "clip_len": self.clip_len, "stride": self.stride, "frame_step": self.frame_step,

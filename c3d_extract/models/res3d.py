@@ -6,6 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from c3d_extract.models.defaults import DEFAULT_LAYERS
 from c3d_extract.models.net import FlattenLinear, Softmax, StagedNet
 from c3d_extract.models.spec import ModelSpec
 from c3d_extract.models.preprocess import InputSpec
@@ -80,7 +81,7 @@ RES3D_SPORTS1M = ModelSpec(
         mean=(128.0, 128.0, 128.0),
         mean_note="exact: mean_value 128 of the C3D v1.1 Res3D prototxt",
     ),
-    default_layers=("res5b",),
+    default_layers=DEFAULT_LAYERS["res3d-sports1m"],
     weights_name="res3d-sports1m",
     description="Res3D (3D ResNet-18), Caffe v1.1 Sports-1M (c3d_resnet18_sports1m_r2_iter_2800000); "
                 "res5b = 512x1x7x7",
@@ -106,7 +107,7 @@ R3D18_KINETICS400 = ModelSpec(
         mean=(0.43216, 0.394666, 0.37645), std=(0.22803, 0.22145, 0.216989),
         mean_note="exact: torchvision R3D_18_Weights.KINETICS400_V1 normalisation",
     ),
-    default_layers=("pool5",),
+    default_layers=DEFAULT_LAYERS["r3d18-kinetics400"],
     weights_name="r3d18-kinetics400",
     description="torchvision r3d_18, Kinetics-400 (r3d_18-b3b3357e.pth); pool5 = 512-d average of res5b",
 )

@@ -32,10 +32,10 @@ class ModelSpec:
     def layer_shapes(self, layers: list[str], num_classes: int | None = None,
                      net: StagedNet | None = None) -> dict[str, tuple[int, ...]]:
         """Per-clip output shape of each layer, from a forward pass of an empty batch (no clip: the
-        operators check and compute shapes only, 2-10 ms with a built `net`). Without `net` the
-        network is built first, without initialising its weights (40-200 ms, plus ~0.4 s of torch
-        imports on the first `to_empty` of a process). Raises UsageError when the clip settings do
-        not fit a layer."""
+        operators check and compute shapes only, cheap with a built `net`). Without `net` the
+        network is built first on the meta device, without initialising its weights (the
+        initialisation would be wasted). Raises UsageError when the clip settings do not fit a
+        layer."""
         if net is None:
             with torch.device("meta"):  # no memory and no default init; `to_empty` gives real (unset) storage
                 net = self.build() if num_classes is None else self.build(num_classes=num_classes)

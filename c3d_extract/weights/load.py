@@ -152,7 +152,7 @@ def load_weights(weights: Optional[str], model: Optional[str], seed: int = 0, fe
         raise WeightsError(f"{path}: weights of a {converted.spec.model} network ({converted.spec.name}), "
                            f"but --model {model} asks for {wanted.model}")
     head = converted.state_dict[f"{converted.spec.classifier}.weight"]
-    with torch.device("meta"):  # the default initialisation (0.5-0.8 s) would be overwritten at once
+    with torch.device("meta"):  # the default initialisation would be overwritten at once
         net = converted.spec.build(num_classes=head.shape[0])
     net.load_state_dict(converted.state_dict, strict=True, assign=True)
     identity = converted.source_sha256 or file_sha256(path)

@@ -24,7 +24,7 @@ class Entry:
     sha256: Optional[str]
     format: str
     licence: str
-    spec: str
+    spec_name: str  # `spec` in manifest.json
     layers: tuple[str, ...]
     mean: Optional[str] = None
     sha256_prefix: Optional[str] = None
@@ -54,7 +54,7 @@ def load_manifest() -> dict[str, Entry]:
         raw = json.load(handle)
     return {name: Entry(name=name, description=item.get("description", ""), file=item["file"],
                         urls=tuple(item.get("urls", ())), size=item.get("size"), sha256=item.get("sha256"),
-                        format=item["format"], licence=item.get("licence", ""), spec=item["spec"],
+                        format=item["format"], licence=item.get("licence", ""), spec_name=item["spec"],
                         layers=tuple(item.get("layers", ())), mean=item.get("mean"),
                         sha256_prefix=item.get("sha256_prefix"), notes=item.get("notes", ""))
             for name, item in raw.items()}
