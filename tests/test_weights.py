@@ -44,6 +44,19 @@ def assert_layer_close(ours, ref, layer):
     assert float((ours - ref).abs().max()) <= 1e-5 * float(ref.abs().max()) + 1e-7, layer
 
 
+def assert_layers_close(ours, ref, layers):
+    """assert_layer_close for each of `layers`; `prob` (the softmax of fc8) within half the largest
+    difference of the two fc8s: no probability moves by more (softmax's Jacobian has row sums of
+    absolute values 2p(1-p) <= 1/2), and with large logits their float32 rounding (1e-5 of the largest
+    logit) moves probabilities by more than 1e-5 of 1, by how much depending on the CPU's kernels."""
+    for layer in layers:
+        if layer == "prob":
+            bound = 0.5 * float((ours["fc8"] - ref["fc8"]).abs().max()) + 1e-6
+            assert float((ours["prob"] - ref["prob"]).abs().max()) <= bound, "prob"
+        else:
+            assert_layer_close(ours[layer], ref[layer], layer)
+
+
 def c3d_reference(raw, x):
     """C3D written out from the Caffe blobs: conv+ReLU, max pools (pool5 with Caffe's ceil windows)."""
     out, pools = {}, {"conv1a": (1, 2, 2), "conv2a": 2, "conv3b": 2, "conv4b": 2, "conv5b": 2}
@@ -94,11 +107,10 @@ def test_c3d_v10_caffemodel_loads_and_every_layer_equals_the_raw_forward(c3d_fil
     assert converted.source_format == "caffemodel-v1.0" and converted.spec.name == "c3d-sports1m"
     net = converted.spec.build()
     net.load_state_dict(converted.state_dict)
-    x = torch.randn(1, 3, 16, 112, 112) * 50
+    x = torch.randn(1, 3, 16, 112, 112, generator=torch.Generator().manual_seed(5)) * 50
     with torch.no_grad():
         ours, ref = net.eval()(x, list(net.stage_names)), c3d_reference(raw, x)
-    for layer, value in ref.items():
-        assert_layer_close(ours[layer], value, layer)
+    assert_layers_close(ours, ref, list(ref))
     assert ours["pool5"].shape == (1, 512, 1, 4, 4) and ours["fc6"].gt(0).any()
 
 
@@ -121,11 +133,10 @@ def test_res3d_v11_caffemodel_loads_with_caffe_batchnorm(res3d_files):
     assert converted.source_format == "caffemodel-v1.1" and converted.spec.name == "res3d-sports1m"
     net = converted.spec.build()
     net.load_state_dict(converted.state_dict)
-    x = torch.randn(2, 3, 8, 112, 112) * 50
+    x = torch.randn(2, 3, 8, 112, 112, generator=torch.Generator().manual_seed(6)) * 50
     with torch.no_grad():
         ours, ref = net.eval()(x, list(net.stage_names)), res3d_reference(raw, x)
-    for layer in ("conv1", "res2a", "res3a", "res4b", "res5b", "pool5", "fc8", "prob"):
-        assert_layer_close(ours[layer], ref[layer], layer)
+    assert_layers_close(ours, ref, ("conv1", "res2a", "res3a", "res4b", "res5b", "pool5", "fc8", "prob"))
     assert ours["res5b"].shape == (2, 512, 1, 7, 7)
 
 
@@ -157,11 +168,10 @@ def test_c3d_pickle_of_the_pytorch_port(tmp_path):
     assert torch.equal(converted.state_dict["fc6.weight"], port["fc6.weight"])
     net = converted.spec.build()
     net.load_state_dict(converted.state_dict)
-    x = torch.randn(1, 3, 16, 112, 112) * 50
+    x = torch.randn(1, 3, 16, 112, 112, generator=torch.Generator().manual_seed(7)) * 50
     with torch.no_grad():
-        ours, ref = net.eval()(x, ["pool5", "fc6", "prob"]), c3d_reference(raw, x)
-    for layer in ("pool5", "fc6", "prob"):  # Caffe's pool5 windows, not the port's padding
-        assert_layer_close(ours[layer], ref[layer], layer)
+        ours, ref = net.eval()(x, ["pool5", "fc6", "fc8", "prob"]), c3d_reference(raw, x)
+    assert_layers_close(ours, ref, ("pool5", "fc6", "fc8", "prob"))  # Caffe's pool5 windows, not the port's padding
 
 
 def test_torchvision_r3d18_state_dict_is_its_own_spec(tmp_path):
@@ -219,11 +229,10 @@ def test_torchvision_r3d18_state_dict_is_its_own_spec(tmp_path):
                 raw[f"scale{name}_{part}"] = [sd[prefix + bn + ".weight"].numpy(), sd[prefix + bn + ".bias"].numpy()]
     net = converted.spec.build()
     net.load_state_dict(state)
-    x = torch.randn(1, 3, 16, 112, 112)
+    x = torch.randn(1, 3, 16, 112, 112, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         ours, ref = net.eval()(x, ["res3a", "res5b", "pool5", "fc8"]), res3d_reference(raw, x)
-    for layer in ("res3a", "res5b", "pool5", "fc8"):
-        assert_layer_close(ours[layer], ref[layer], layer)
+    assert_layers_close(ours, ref, ("res3a", "res5b", "pool5", "fc8"))
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
