@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.featurefile.writer import StoreError
+from c3d_extract.featurefile.writer import StoreError, video_record
 
 from tests.helpers import FACTS, SETTINGS, make_store as make
 
@@ -87,3 +87,42 @@ def test_a_second_writer_is_refused_until_the_first_is_gone(tmp_path):
         holder.kill()
         holder.wait()
     make(tmp_path / "f.h5").close()  # a killed writer leaves no stale lock
+
+
+def test_a_record_made_apart_is_what_add_video_writes(tmp_path):
+    """A Ray forward actor makes a video's whole journal record (writer.video_record) and the driver
+    appends it as it is (add_record): the journal bytes, the replay after a kill and the folded rows
+    equal add_video's for the same video."""
+    rng = np.random.RandomState(3)
+    rows = {key: {"fc6": rng.rand(4096).astype(np.float32), "pool5": rng.rand(8192).astype(np.float32)}
+            for key in ("a.mp4", "dir/ü b.avi")}
+    facts = {**FACTS, "decoder": "pyav 18.1.0"}
+    made = {key: video_record(key, feats, facts, ["fc6", "pool5"]) for key, feats in rows.items()}
+    direct, apart = make(tmp_path / "direct.h5"), make(tmp_path / "apart.h5")
+    for key, feats in rows.items():
+        direct.add_video(key, feats, facts)
+        apart.add_record(key, made[key])
+    assert (tmp_path / "direct.h5.journal").read_bytes() == (tmp_path / "apart.h5.journal").read_bytes()
+    apart._journal.close()  # as a kill leaves it: the journal not folded; the next open replays it
+    with make(tmp_path / "apart.h5") as store:
+        assert store.done == set(rows)
+        with pytest.raises(ValueError, match="already in"):
+            store.add_record("a.mp4", made["a.mp4"])
+        with pytest.raises(ValueError, match="apart.h5.journal: not a whole journal record"):
+            store.add_record("c.mp4", made["a.mp4"][:-4])
+    direct.close()
+    for path in ("direct.h5", "apart.h5"):
+        with h5py.File(tmp_path / path, "r") as f:
+            assert list(f["videos"].asstr()[:]) == ["a.mp4", "dir/ü b.avi"]
+            assert list(f["decoder"].asstr()[:]) == ["pyav 18.1.0"] * 2
+            for i, key in enumerate(("a.mp4", "dir/ü b.avi")):
+                np.testing.assert_array_equal(f["features/fc6"][i], rows[key]["fc6"])
+                np.testing.assert_array_equal(f["features/pool5"][i], rows[key]["pool5"])
+
+
+def test_a_record_is_refused_by_a_file_that_keeps_clips(tmp_path):
+    with make(tmp_path / "clips.h5", {**SETTINGS, "per_clip": True}) as store:
+        record = video_record("a.mp4", {"fc6": np.ones(4096), "pool5": np.ones(8192)}, FACTS, ["fc6", "pool5"])
+        with pytest.raises(ValueError, match="keeps per-clip rows"):
+            store.add_record("a.mp4", record)
+        assert not store.done

@@ -40,7 +40,7 @@ from c3d_extract.extraction.remote import is_url
 from c3d_extract.extraction.pipeline import (BatchRunner, Clip, Collector, Failed, Finished, OnVideo, Summary,
                                              descriptor)
 from c3d_extract.extraction.ray_logs import QuietRay
-from c3d_extract.featurefile.writer import FeatureStore
+from c3d_extract.featurefile.writer import FeatureStore, video_record
 from c3d_extract.options import RAY_CONNECT_TIMEOUT, ExtractOptions
 
 CONNECT_TIMEOUT = RAY_CONNECT_TIMEOUT  # seconds to join a cluster before the run is refused
@@ -218,11 +218,12 @@ class _Forward:
 def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[str]) -> dict:
     """A decoded batch and its clips' activations -> one row per (video, nonce, attempt), the other
     rows (done, fail, read) as they were. A video whose clips are all in the batch is a `video` row:
-    its descriptor (pipeline.descriptor, float32 values) computed here, on the actor, not on the one
-    driver, in `out_<layer>` (float32). Otherwise a `part` row: the sum of its clips in the batch
-    (sequential in clip order, in float64, as the local engine sums), as the bytes of a float64 array in
-    `sum_<layer>`, and their starts, which the driver adds up. Most rows are `video` rows, so what the
-    driver receives is about the float32 descriptors alone."""
+    its descriptors (pipeline.descriptor) computed here, on the actor, not on the one driver, and
+    made into the journal record the store appends as it is (writer.video_record), in `record`, its
+    clip count in `clips`. Otherwise a `part` row: the sum of its clips in the batch (sequential in
+    clip order, in float64, as the local engine sums), as the bytes of a float64 array in
+    `sum_<layer>`, and their starts, which the driver adds up. Most rows are `video` rows, so the
+    driver neither parses nor encodes anything for most videos."""
     groups: dict[tuple[str, str, int], list[int]] = {}
     finish: dict[tuple[str, str, int], dict] = {}
     for j, i in enumerate(clips):
@@ -234,34 +235,32 @@ def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[
             finish[group] = info
     others = [i for i in range(len(batch["key"])) if batch["kind"][i] not in ("clip", "last")]
     count = len(groups) + len(others)
-    out = {"key": [], "kind": [], "meta": [], "start": np.zeros(count, np.int64), "nonce": []}
-    whole = []
-    for (key, nonce, attempt), members in groups.items():
-        meta = {"attempt": attempt}
+    out = {"key": [], "kind": [], "meta": [], "start": np.zeros(count, np.int64), "nonce": [],
+           "clips": np.zeros(count, np.int64), "record": np.full(count, b"", dtype=object)}
+    sums = {layer: np.full(count, b"", dtype=object) for layer in layers}
+    for row, ((key, nonce, attempt), members) in enumerate(groups.items()):
+        totals = {layer: np.cumsum(values[layer][members], axis=0, dtype=np.float64)[-1] for layer in layers}
         starts = [int(batch["start"][clips[j]]) for j in members]
         done = finish.get((key, nonce, attempt))
-        if done is not None:
-            meta.update(num_clips=done["num_clips"], facts=done["facts"])
-        whole.append(done is not None and done["num_clips"] == len(starts) == len(set(starts)))
-        if not whole[-1]:
-            meta["starts"] = starts
-        out["key"].append(key), out["kind"].append("video" if whole[-1] else "part")
-        out["meta"].append(json.dumps(meta)), out["nonce"].append(nonce)
+        meta = ""
+        if done is not None and done["num_clips"] == len(starts) == len(set(starts)):
+            features = {layer: descriptor(total, len(members)) for layer, total in totals.items()}
+            out["record"][row] = video_record(key, features, {**done["facts"], "num_clips": len(members)}, layers)
+            out["clips"][row], kind = len(members), "video"
+        else:
+            info = {"attempt": attempt, "starts": starts}
+            if done is not None:
+                info.update(num_clips=done["num_clips"], facts=done["facts"])
+            meta, kind = json.dumps(info), "part"
+            for layer, total in totals.items():
+                sums[layer][row] = total.tobytes()
+        out["key"].append(key), out["kind"].append(kind), out["meta"].append(meta), out["nonce"].append(nonce)
     for i in others:
         out["key"].append(batch["key"][i]), out["kind"].append(batch["kind"][i])
         out["meta"].append(batch["meta"][i]), out["nonce"].append(batch["nonce"][i])
     for name in ("key", "kind", "meta", "nonce"):
         out[name] = np.array(out[name], dtype=object)
-    for layer in layers:
-        width = values[layer].shape[1] if len(clips) else 1
-        column, sums = np.zeros((count, width), np.float32), np.full(count, b"", dtype=object)
-        for row, members in enumerate(groups.values()):
-            total = np.cumsum(values[layer][members], axis=0, dtype=np.float64)[-1]
-            if whole[row]:
-                column[row] = descriptor(total, len(members))
-            else:
-                sums[row] = total.tobytes()
-        out[f"out_{layer}"], out[f"sum_{layer}"] = column, sums
+    out.update({f"sum_{layer}": column for layer, column in sums.items()})
     return out
 
 
@@ -436,16 +435,18 @@ class Driver:
 
     def absorb(self, batch: dict) -> None:
         """One result batch of the forward actors; the group is committed when COMMIT_SECONDS passed."""
-        outputs = [batch[f"out_{layer}"] for layer in self.layers]
+        outputs = [batch[f"out_{layer}"] for layer in self.layers] if "out_" + self.layers[0] in batch else []
+        records, clips = batch.get("record"), batch.get("clips")
         for i, (key, kind, meta) in enumerate(zip(batch["key"], batch["kind"], batch["meta"])):
             key = str(key)
             if not self.wanted(key):  # a block Ray ran again after a lost node: already written or failed
                 continue
-            if kind == "video":
-                info = json.loads(meta)
-                self.collector.video(key, {layer: column[i] for layer, column in zip(self.layers, outputs)},
-                                     info["num_clips"], info["facts"])
-            elif kind == "part":
+            if kind == "video":  # the most common row by far: appended as it came
+                self.store.add_record(key, records[i])
+                self.collector.written(key, int(clips[i]))
+                self.resolved(key)
+                continue
+            if kind == "part":
                 sums = [np.frombuffer(batch[f"sum_{layer}"][i], np.float64) for layer in self.layers]
                 self._part(key, str(batch["nonce"][i]), json.loads(meta), sums)
             elif kind == "read":

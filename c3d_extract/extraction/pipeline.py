@@ -227,13 +227,10 @@ class Collector:
 
     def whole(self, key: str, sums: dict[str, np.ndarray], count: int, facts: dict) -> None:
         """A video whose clips were summed elsewhere (float64 per layer, `count` clips): written now."""
-        self.video(key, {layer: descriptor(total, count) for layer, total in sums.items()}, count, facts)
-
-    def video(self, key: str, features: dict[str, np.ndarray], count: int, facts: dict) -> None:
-        """A video whose descriptors were computed elsewhere (descriptor() of its `count` clips): written now."""
         if key in self.failed:
             return
         self.aggregator.drop(key)
+        features = {layer: descriptor(total, count) for layer, total in sums.items()}
         self._written(key, features, {**facts, "num_clips": count}, None)
 
     def _tell(self, key: str, failure: Optional[Failed]) -> None:
@@ -271,8 +268,13 @@ class Collector:
             self.store.add_video(key, features, facts)
         else:
             self.store.add_video(key, features, facts, clips=clips)
+        self.written(key, facts["num_clips"])
+
+    def written(self, key: str, count: int) -> None:
+        """A video of `count` clips the store now holds (added by the caller or here): counted, and
+        told to `on_video` (with `grouped`, once its group is committed)."""
         self.summary.written += 1
-        self.summary.clips += facts["num_clips"]  # only the clips of what was written count
+        self.summary.clips += count  # only the clips of what was written count
         self._tell(key, None)
 
 

@@ -40,12 +40,22 @@ class JournalBusy(Refused):
     """Another process holds the journal (two runs into one output)."""
 
 
-@dataclass
 class Record:
-    kind: int
-    meta: dict    # video: key, facts, layers, dims; failure: key, stage, error
-    offset: int   # where the payload starts in the journal (features are read when needed)
-    length: int
+    """One record: its kind, its metadata (video: key, facts, layers, dims; failure: key, stage,
+    error) and where its payload starts in the journal (features are read when needed). The metadata
+    of a record appended whole (append_record) stays JSON text until it is first asked for: the
+    driver that appends it never parses it."""
+
+    __slots__ = ("kind", "_meta", "offset", "length")
+
+    def __init__(self, kind: int, meta: "dict | bytes", offset: int, length: int):
+        self.kind, self._meta, self.offset, self.length = kind, meta, offset, length
+
+    @property
+    def meta(self) -> dict:
+        if not isinstance(self._meta, dict):
+            self._meta = json.loads(self._meta)
+        return self._meta
 
 
 @dataclass
@@ -154,11 +164,7 @@ class Journal:
         """One finished video: its facts, named float32 arrays (flattened) and any extra metadata.
         Without `sync` the arrays are held, not copied, until the group is written: they must not
         change before sync()."""
-        layers = list(features)
-        blobs = [np.ascontiguousarray(features[n], dtype="<f4").reshape(-1) for n in layers]
-        meta = {"key": key, "facts": facts if isinstance(facts, dict) else dict(facts), "layers": layers,
-                "dims": [blob.size for blob in blobs], **(extra or {})}
-        self._append(VIDEO, meta, blobs, sync)
+        self._append(VIDEO, *_video(key, facts, features, extra), sync)
 
     def append_failure(self, key: str, stage: str, error: str, sync: bool = True) -> None:
         self._append(FAILURE, {"key": key, "stage": stage, "error": error}, [], sync)
@@ -166,15 +172,23 @@ class Journal:
     def _append(self, kind: int, meta: dict, blobs: list, sync: bool = True) -> None:
         """Add one record (its JSON, then the buffers `blobs`). With `sync` it is written and fsynced at
         once (with any unsynced before it); without, it waits in memory for sync()."""
-        text = _ENCODER.encode(meta).encode()
-        head = struct.pack("<I", len(text)) + text
-        length, crc = len(head), zlib.crc32(head)
-        for blob in blobs:
-            length, crc = length + blob.nbytes, zlib.crc32(blob, crc)
-        self._unsynced += [HEADER.pack(MAGIC, 1, kind, length, crc), head,
-                           *(memoryview(blob).cast("B") for blob in blobs)]
-        self.records.append(Record(kind, meta, self._end + HEADER.size, length))
-        self._end += HEADER.size + length
+        pieces, length = _encode(kind, meta, blobs)
+        self._add(pieces, Record(kind, meta, self._end + HEADER.size, length), sync)
+
+    def append_record(self, record: bytes, sync: bool = True) -> None:
+        """Add one whole record made elsewhere (encode_video: on a Ray forward actor), as it is: its
+        checksum was computed where it was made, and its metadata is not parsed here."""
+        magic, version, kind, length, _ = HEADER.unpack_from(record)
+        if magic != MAGIC or version != 1 or length != len(record) - HEADER.size:
+            raise ValueError(f"{self.path}: not a whole journal record ({len(record)} bytes)")
+        (size,) = struct.unpack_from("<I", record, HEADER.size)
+        text = record[HEADER.size + 4: HEADER.size + 4 + size]
+        self._add([record], Record(kind, text, self._end + HEADER.size, length), sync)
+
+    def _add(self, pieces: list, record: Record, sync: bool) -> None:
+        self._unsynced += pieces
+        self.records.append(record)
+        self._end += HEADER.size + record.length
         self._unsynced_records += 1
         if sync:
             self.sync()  # durable before the video counts as done
@@ -299,6 +313,33 @@ def _plain(value):
 
 _ENCODER = json.JSONEncoder(default=_plain)  # one encoder: json.dumps(default=...) builds one per call
 _IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
+
+
+def _video(key: str, facts: Mapping, features: Mapping[str, np.ndarray], extra: Optional[Mapping]
+           ) -> tuple[dict, list]:
+    """A video record's metadata and its float32 buffers."""
+    layers = list(features)
+    blobs = [np.ascontiguousarray(features[n], dtype="<f4").reshape(-1) for n in layers]
+    meta = {"key": key, "facts": facts if isinstance(facts, dict) else dict(facts), "layers": layers,
+            "dims": [blob.size for blob in blobs], **(extra or {})}
+    return meta, blobs
+
+
+def _encode(kind: int, meta: dict, blobs: list) -> tuple[list, int]:
+    """A record's buffers (header, JSON, then the arrays as they are, not copied) and its payload length."""
+    text = _ENCODER.encode(meta).encode()
+    head = struct.pack("<I", len(text)) + text
+    length, crc = len(head), zlib.crc32(head)
+    for blob in blobs:
+        length, crc = length + blob.nbytes, zlib.crc32(blob, crc)
+    return [HEADER.pack(MAGIC, 1, kind, length, crc), head, *(memoryview(blob).cast("B") for blob in blobs)], length
+
+
+def encode_video(key: str, facts: Mapping, features: Mapping[str, np.ndarray]) -> bytes:
+    """One video's whole record, header and checksum included, as append_video would write it. It
+    does not depend on where in a journal it lands, so it can be made where the features are (a Ray
+    forward actor) and appended by the one writer with Journal.append_record."""
+    return b"".join(_encode(VIDEO, *_video(key, facts, features, None))[0])
 
 
 def _meta(payload: bytes) -> dict:

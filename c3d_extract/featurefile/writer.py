@@ -31,7 +31,7 @@ import numpy as np
 
 from c3d_extract.errors import Refused
 from c3d_extract.featurefile.fold import H5Rows, JournalRows, file_bytes, write_sorted
-from c3d_extract.featurefile.journal import FAILURE, VIDEO, Journal, JournalBusy, journal_path
+from c3d_extract.featurefile.journal import FAILURE, VIDEO, Journal, JournalBusy, encode_video, journal_path
 from c3d_extract.featurefile.pooling import segment_pool
 from c3d_extract.featurefile.schema import (FAILURE_FIELDS, FORMAT, LATER_FACTS, PER_VIDEO, create_layout,
                                             differences, read_settings, settings_dict, strings)
@@ -48,6 +48,17 @@ class ClipRows:
 
     starts: list[int]
     layers: dict[str, np.ndarray]
+
+
+def stored_facts(facts: Mapping) -> dict:
+    """The per-video facts a row of the file holds, those decided later filled in with their default."""
+    return {name: facts[name] if name in facts else LATER_FACTS[name] for name in PER_VIDEO}
+
+
+def video_record(key: str, features: Mapping[str, np.ndarray], facts: Mapping, layers: list[str]) -> bytes:
+    """The journal record FeatureStore.add_video would append for a video (of a file that keeps
+    neither clips nor segments), made anywhere, for FeatureStore.add_record."""
+    return encode_video(key, stored_facts(facts), {layer: features[layer] for layer in layers})
 
 
 class StoreError(Refused):
@@ -182,9 +193,22 @@ class FeatureStore:
             if self.segments:
                 arrays.update({f"segments/{layer}": segment_pool(clips.layers[layer], self.segments)
                                for layer in self.layers})
-        facts = {name: facts[name] if name in facts else LATER_FACTS[name] for name in PER_VIDEO}
         try:
-            self._journal.append_video(key, facts, arrays, extra, sync=not self.grouped)
+            self._journal.append_video(key, stored_facts(facts), arrays, extra, sync=not self.grouped)
+        except OSError as exc:
+            raise self._storage_error(self._journal.path, exc) from None
+        self.done.add(key)
+        self.failed.pop(key, None)
+
+    def add_record(self, key: str, record: bytes) -> None:
+        """Record one finished video given as its whole journal record (video_record, made where its
+        descriptors were computed); as add_video, for files that keep neither clips nor segments."""
+        if key in self.done:
+            raise ValueError(f"{key} is already in {self.path}")
+        if self.wants_clips:
+            raise ValueError(f"{key}: {self.path} keeps per-clip rows or segments; use add_video")
+        try:
+            self._journal.append_record(record, sync=not self.grouped)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.done.add(key)
