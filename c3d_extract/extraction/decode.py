@@ -164,8 +164,10 @@ class ShardRead:
     key: str
 
 
-# how FFmpeg starts a line it logs: "[h264 @ 0x55d0c8a0] error while decoding MB 8 5"
-_FFMPEG_LINE = re.compile(r"^\[[\w-]+ @ 0x[0-9a-f]+\] ", re.M)
+# how FFmpeg starts a line it logs: "[h264 @ 0x55d0c8a0] error while decoding MB 8 5", a demuxer by its
+# formats ("[matroska,webm @ 0x...]"); decord's FFmpeg logs a packet a damaged container cuts short
+# with no name at all ("Truncating packet of size 5484 to 2572")
+_FFMPEG_LINE = re.compile(r"^(\[[\w,-]+ @ 0x[0-9a-f]+\] |Truncating packet of size )", re.M)
 
 
 class NativeStderr:
