@@ -29,5 +29,6 @@ DecodePool of one decoder process over a block of videos and relays Clip/Finishe
 clip, last, done, fail, read); a network actor `_Forward` runs a BatchRunner and returns one row per
 video (partial_sums): a `video` row, the whole journal record of a video whose clips were all in the call
 (writer.video_record), or a `part` row, the sum of its clips there; the driver (`Driver`, in the
-parent) appends the records to the store as they came and adds up the parts (Collector). The options of a run (options.ExtractOptions) reach a decoder as DecoderSettings.
+parent) appends the records to the store as they came and adds up the parts (Collector). The options
+of a run (options.ExtractOptions) reach a decoder as DecoderSettings.
 """
