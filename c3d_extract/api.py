@@ -213,8 +213,9 @@ def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], *,
     """Open (or create, or with `overwrite` replace) the run's feature file, and what the run still has
     to do there (the extractor's options say which): the failed videos with `retry_failed`, else those
     not in the file and those whose download failed (the store's fault, not the video's). A tar shard
-    is read again passing over the members written (and, without `retry_failed`, those that failed). Raises StoreError for a file with other settings (or
-    not a feature file), StorageError for a full or failing disk."""
+    is read again passing over the members written (and, without `retry_failed`, those that failed).
+    Raises StoreError for a file with other settings (or not a feature file), StorageError for a full
+    or failing disk."""
     retry_failed = extractor.options.retry_failed
     store = FeatureStore.open(output, extractor.settings, extractor.shapes, extractor.provenance,
                               overwrite=extractor.options.overwrite, warn=warn)

@@ -16,6 +16,13 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 RESIZE_PLACES = ("workers", "device")
 
 
+def check_resize_on(value: str) -> None:
+    """UsageError (a ValueError) unless `value` is one of RESIZE_PLACES: a bool of the old
+    `resize=True/False` signatures must not read as a place."""
+    if value not in RESIZE_PLACES:
+        raise UsageError(f"resize_on must be {' or '.join(RESIZE_PLACES)}, not {value!r}")
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """`"I/N"` -> (I, N), with 0 <= I < N."""
     try:
@@ -55,8 +62,7 @@ class RunSettings:
             raise UsageError(f"short videos: {self.short_videos!r} is not one of {', '.join(SHORT_RULES)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.resize_on not in RESIZE_PLACES:
-            raise UsageError(f"resize_on must be {' or '.join(RESIZE_PLACES)}, not {self.resize_on!r}")
+        check_resize_on(self.resize_on)
         if self.shard is not None:
             check_shard(*self.shard)
         if self.segments < 0:

@@ -31,7 +31,7 @@ from c3d_extract.extraction.ring import FrameRing, RingWriter, ring_frames
 from c3d_extract.extraction.shards import ShardBroken, members
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import ExtractOptions
-from c3d_extract.settings import RESIZE_PLACES
+from c3d_extract.settings import check_resize_on
 from c3d_extract.extraction.video import VideoError, clean_decoder_message, readers_for
 
 
@@ -81,8 +81,7 @@ class DecoderSettings:
     vp8_check: bool = True  # a second, slice-threaded decode of VP8 streams (video.vp8_damage)
 
     def __post_init__(self) -> None:
-        if self.resize_on not in RESIZE_PLACES:  # a bool of the old signature would read as "device"
-            raise ValueError(f"resize_on must be one of {', '.join(RESIZE_PLACES)}, not {self.resize_on!r}")
+        check_resize_on(self.resize_on)
 
     @classmethod
     def of(cls, options: ExtractOptions, input_spec: InputSpec, resize_on: str = "workers") -> "DecoderSettings":

@@ -41,9 +41,9 @@ from c3d_extract.extraction.pipeline import (BatchRunner, Clip, Collector, Faile
                                              descriptor)
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.featurefile.writer import FeatureStore, video_record
+from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import RAY_CONNECT_TIMEOUT, ExtractOptions
 
-CONNECT_TIMEOUT = RAY_CONNECT_TIMEOUT  # seconds to join a cluster before the run is refused
 FORWARD_CALL_BYTES = 256 << 20  # the clips of one forward actor call, at most (several network batches)
 FORWARD_CALL_BATCHES = 8  # network batches per forward actor call, at most
 VIDEOS_PER_CALL_STEP = 256  # a run has this many videos per network batch a forward call holds, at least
@@ -264,13 +264,13 @@ def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[
     return out
 
 
-def clips_per_call(spec, batch_size: int, videos: int) -> int:
+def clips_per_call(input_spec: InputSpec, batch_size: int, videos: int) -> int:
     """Clips per forward actor call: several network batches (FORWARD_CALL_BATCHES, within
     FORWARD_CALL_BYTES of frames), so the driver receives one result chunk per ~20 videos rather than
     per ~3: Ray's cost per chunk on the driver (deserialising and joining its columns) is paid per
     call. Ray waits for a call's clips before it starts it, so a run of few videos (under
     VIDEOS_PER_CALL_STEP per extra batch) keeps one batch per call and its results stream at once."""
-    clip_bytes = spec.frames * spec.crop[0] * spec.crop[1] * 3
+    clip_bytes = input_spec.frames * input_spec.crop[0] * input_spec.crop[1] * 3
     batches = min(FORWARD_CALL_BATCHES, FORWARD_CALL_BYTES // (batch_size * clip_bytes),
                   videos // VIDEOS_PER_CALL_STEP)
     return batch_size * max(1, batches)
@@ -322,7 +322,7 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureSt
                 ray.shutdown()
 
 
-def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT, quiet: Optional[QuietRay] = None) -> None:
+def connect(ray, address: str, timeout: float = RAY_CONNECT_TIMEOUT, quiet: Optional[QuietRay] = None) -> None:
     """ray.init(address), given `timeout` seconds: Ray retries an address it cannot reach for minutes
     without a word (its errors go to `quiet`'s log file, off the terminal). UsageError naming the
     address, Ray's reason (its last error line) and the log file when it does not succeed in time;

@@ -20,7 +20,7 @@ from c3d_extract.featurefile.writer import ClipRows
 from c3d_extract.models.net import StagedNet
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import ExtractOptions
-from c3d_extract.settings import RESIZE_PLACES
+from c3d_extract.settings import check_resize_on
 
 
 def descriptor(total: np.ndarray, count: int) -> np.ndarray:
@@ -99,8 +99,7 @@ class BatchRunner:
         self.net = runtime.prepare(net)
         self.layers = list(layers)
         self.input_spec, self.runtime, self.batch_size = input_spec, runtime, batch_size
-        if resize_on not in RESIZE_PLACES:  # a bool of the old signature would read as "device"
-            raise ValueError(f"resize_on must be one of {', '.join(RESIZE_PLACES)}, not {resize_on!r}")
+        check_resize_on(resize_on)
         self.resize_on = resize_on  # "device" means decoders send full frames here
         self._constants = input_spec.constants(runtime.device)  # the mean lives on the device once
 
