@@ -42,21 +42,23 @@ CHILD = textwrap.dedent(f"""
     told = lambda key, failure, summary: print(key, flush=True)
     collector = Collector(store, told, grouped=True)
     driver = Driver([VideoJob(key, key) for key in todo], collector, ["fc6"])
-    for at in range(0, len(todo), 5):  # 5 videos of `clips` clips per forward batch, each split in two
-        keys = [key for key in todo[at:at + 5] for _ in range(clips)]
-        starts = [8 * c for _ in todo[at:at + 5] for c in range(clips)]
-        last = [c == clips - 1 for _ in todo[at:at + 5] for c in range(clips)]
-        meta = [json.dumps({{"num_clips": clips, "facts": facts, "attempt": 0}}) if end else "0" for end in last]
-        values = np.stack([np.random.RandomState(int(k[1:6]) * 100 + s // 8).uniform(0, 1, dim).astype(np.float32)
-                           for k, s in zip(keys, starts)])
-        for half in (slice(0, len(keys) // 2 + 1), slice(len(keys) // 2 + 1, None)):
-            batch = {{"key": np.array(keys[half], object), "kind": np.array(["last" if e else "clip" for e in last[half]], object),
-                      "meta": np.array(meta[half], object), "start": np.array(starts[half], np.int64),
-                      "nonce": np.array(["n"] * len(keys[half]), object)}}
-            driver.absorb(partial_sums(batch, np.arange(len(keys[half])), {{"fc6": values[half]}}, ["fc6"]))
-        if pause:
-            import time; time.sleep(pause)
-    driver.commit()
+    try:  # as engine_ray._run: what was absorbed is committed however the loop ends
+        for at in range(0, len(todo), 5):  # 5 videos of `clips` clips per forward batch, each split in two
+            keys = [key for key in todo[at:at + 5] for _ in range(clips)]
+            starts = [8 * c for _ in todo[at:at + 5] for c in range(clips)]
+            last = [c == clips - 1 for _ in todo[at:at + 5] for c in range(clips)]
+            meta = [json.dumps({{"num_clips": clips, "facts": facts, "attempt": 0}}) if end else "0" for end in last]
+            values = np.stack([np.random.RandomState(int(k[1:6]) * 100 + s // 8).uniform(0, 1, dim).astype(np.float32)
+                               for k, s in zip(keys, starts)])
+            for half in (slice(0, len(keys) // 2 + 1), slice(len(keys) // 2 + 1, None)):
+                batch = {{"key": np.array(keys[half], object), "kind": np.array(["last" if e else "clip" for e in last[half]], object),
+                          "meta": np.array(meta[half], object), "start": np.array(starts[half], np.int64),
+                          "nonce": np.array(["n"] * len(keys[half]), object)}}
+                driver.absorb(partial_sums(batch, np.arange(len(keys[half])), {{"fc6": values[half]}}, ["fc6"]))
+            if pause:
+                import time; time.sleep(pause)
+    finally:
+        driver.commit()
     store.close()
 """)
 
@@ -192,4 +194,48 @@ def test_a_group_that_fails_in_flight_leaves_the_next_group_readable(tmp_path):
     assert [r.meta["key"] for r in journal] == ["a", "c", "d"] and not journal.damage
     assert np.array_equal(journal.features(journal.records[1])["fc6"], np.full(64, 3.0, np.float32))
     assert np.array_equal(journal.features(journal.records[2])["fc6"], np.full(64, 4.5, np.float32))
+    journal.close()
+
+
+# A grouped Collector over the real store: group A (10 videos) fails in its background write (EFBIG),
+# the commit after it raises, then a later group B (1 video) fits and is committed: only B is told.
+FAILED_GROUP = textwrap.dedent(f"""
+    import os, resource, sys
+    import numpy as np
+    sys.path.insert(0, {str(ROOT)!r})
+    from c3d_extract.extraction.pipeline import Collector
+    from c3d_extract.featurefile.writer import FeatureStore
+
+    out = sys.argv[1]
+    store = FeatureStore.open(out, {{"model": "c3d", "layers": ["fc6"], "clip_len": 16, "precision": "fp32"}},
+                              {{"fc6": (4096,)}}, {{"command_line": "test"}})
+    told = []
+    collector = Collector(store, lambda key, failure, summary: told.append(key), grouped=True)
+    facts = {{"num_frames": 40, "fps": 25.0, "height": 240, "width": 320, "status": "ok"}}
+    sums = lambda i: {{"fc6": np.random.RandomState(i).uniform(0, 1, 4096)}}
+    limit = os.path.getsize(out + ".journal") + 50_000  # room for B's 16 KiB, not for A's 160 KiB
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    for i in range(10):
+        collector.whole(f"a{{i}}.mp4", sums(i), 4, facts)
+    collector.commit(wait=False)  # A is written in the background: EFBIG
+    collector.whole("b.mp4", sums(99), 4, facts)
+    try:
+        collector.commit(wait=False)
+    except Exception as exc:
+        print("raised", type(exc).__name__)
+    collector.commit()  # B alone: fits
+    print("told", *told)
+    print("done", *sorted(store.done))
+""")
+
+
+def test_videos_of_a_group_that_failed_are_never_told(tmp_path):
+    run = subprocess.run([sys.executable, "-c", FAILED_GROUP, str(tmp_path / "out.h5")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split(" ", 1) if " " in line else (line, "") for line in run.stdout.splitlines())
+    assert lines["raised"] == "StorageError"
+    assert lines["told"] == "b.mp4" and lines["done"] == "b.mp4"
+    journal = Journal(journal_path(str(tmp_path / "out.h5")))
+    assert [record.meta["key"] for record in journal] == ["b.mp4"] and not journal.damage
     journal.close()

@@ -87,7 +87,7 @@ def main() -> None:
                    "torchvision r3d_18, or this package's layout; recognised from its content), or 'random' "
                    "(smoke runs only). Default: the model's published weights, fetched once into "
                    f"$C3D_EXTRACT_HOME/weights (now {api.cache_dir()}).")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of --weights random.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of --weights random, and of --verify's sample.")
 @click.option("--mean", metavar="FILE|B,G,R",
               help="A mean cube (.binaryproto or .npy, 3x16x128x171) or per-channel values (in the model's "
                    "channel order) to subtract instead of the spec's. Default for C3D: the installed "
@@ -109,7 +109,7 @@ def main() -> None:
               help=f"Decoder processes. Default with the network on CUDA: the cores this process may use "
                    f"but one ({CUDA['workers']} here); on the CPU, where they share the cores with the network: "
                    f"half of them, at most 4 ({CPU['workers']} here). Local engine only: under Ray, one decoder "
-                   f"per CPU.")
+                   f"per CPU of the cluster (but one, the network's, on a cluster without GPUs).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULTS.timeout, show_default=True,
               help="Seconds a decoder may go without progress before its video is abandoned as failed "
                    "(both engines).")

@@ -187,10 +187,10 @@ class _Decode:
 
 
 class _Forward:
-    """Ray map_batches actor: the prepared network, built once per actor. It returns per video of a
-    batch one `part` row: the float64 sum of its clips' activations, their count and their starts
-    (and the video's facts when its last clip is among them), so the driver receives a row per video
-    rather than per clip; with `per_clip` (the file keeps every clip) the rows stay one per clip."""
+    """Ray map_batches actor: the prepared network, built once per actor. It returns one row per video
+    of a call (partial_sums): the video's finished journal record when all its clips are in the call,
+    else the float64 sum of its clips there, so the driver receives a row per video rather than per
+    clip; with `per_clip` (the file keeps every clip) the rows stay one per clip."""
 
     def __init__(self, net, layers, input_spec, runtime, batch_size: int, per_clip: bool = False):
         ray = require_ray()
@@ -244,7 +244,7 @@ def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[
         done = finish.get((key, nonce, attempt))
         meta = ""
         if done is not None and done["num_clips"] == len(starts) == len(set(starts)):
-            features = {layer: descriptor(total, len(members)) for layer, total in totals.items()}
+            features = {layer: descriptor(total) for layer, total in totals.items()}
             out["record"][row] = video_record(key, features, {**done["facts"], "num_clips": len(members)}, layers)
             out["clips"][row], kind = len(members), "video"
         else:

@@ -21,15 +21,15 @@ from c3d_extract.models.net import StagedNet
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import ExtractOptions
 from c3d_extract.settings import check_resize_on
+from c3d_extract.vectors import l2_normalize
 
 
-def descriptor(total: np.ndarray, count: int) -> np.ndarray:
-    """A video's row of one layer from the float64 sum of its `count` clips' activations: their mean,
+def descriptor(total: np.ndarray) -> np.ndarray:
+    """A video's row of one layer from the float64 sum of its clips' activations: their mean,
     L2-normalised, as float32. The mean is the sum scaled by 1/count, a scale the L2 norm removes, so
     the sum is normalised directly (the float64 roundings differ, the float32 row not); an all-zero
     sum stays zero."""
-    norm = float(np.sqrt(np.add.reduce(total * total)))
-    return (total / (norm if norm > 0 else 1.0)).astype(np.float32)
+    return l2_normalize(total).astype(np.float32)
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Aggregator:
             kept = sorted(state.kept, key=lambda item: item[0])  # engines may deliver clips out of order
             clips = ClipRows([start for start, _ in kept],
                              {layer: np.stack([outputs[layer] for _, outputs in kept]) for layer in state.sums})
-        return ({layer: descriptor(total, state.clips) for layer, total in state.sums.items()},
+        return ({layer: descriptor(total) for layer, total in state.sums.items()},
                 {**state.facts, "num_clips": state.clips}, clips)
 
 
@@ -229,7 +229,7 @@ class Collector:
         if key in self.failed:
             return
         self.aggregator.drop(key)
-        features = {layer: descriptor(total, count) for layer, total in sums.items()}
+        features = {layer: descriptor(total) for layer, total in sums.items()}
         self._written(key, features, {**facts, "num_clips": count}, None)
 
     def _tell(self, key: str, failure: Optional[Failed]) -> None:
@@ -244,7 +244,12 @@ class Collector:
         caller goes on: the videos of the commit before are told, durable by then."""
         if not self.grouped:
             return
-        self.store.commit(wait)
+        try:
+            self.store.commit(wait)
+        except Exception:  # a group the store could not write took its videos back: never told of
+            self._flying = [(key, failure) for key, failure in self._flying if failure or key in self.store.done]
+            self._waiting = [(key, failure) for key, failure in self._waiting if failure or key in self.store.done]
+            raise
         durable, self._flying, self._waiting = self._flying, self._waiting, []
         if wait:
             durable, self._flying = durable + self._flying, []

@@ -237,7 +237,7 @@ class FeatureStore:
     def clear_failure(self, key: str) -> None:
         """Forget the failure recorded for `key` (a tar shard that was read to its end this time)."""
         try:
-            self._journal.append_failure(key, CLEARED, "")
+            self._journal.append_failure(key, CLEARED, "", sync=not self.grouped)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.failed.pop(key, None)
