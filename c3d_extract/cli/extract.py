@@ -177,9 +177,10 @@ def extract_command(inputs: tuple[str, ...], output: str, storage_text: Optional
     """
     options = api.ExtractOptions(storage_options=_storage_options(storage_text), **flags)
     quiet = options.quiet
-    # the decoder processes start while the network is built
-    extractor = api.build_extractor(options, warn=_say, prestart=True)
     jobs = api.find_jobs(inputs, options, warn=_say)
+    # the decoder processes start while the network is built; in a new file, with their first jobs
+    early = jobs if not verify and api.all_to_do(output, options) else None
+    extractor = api.build_extractor(options, warn=_say, prestart=True, early_jobs=early)
     runtime = extractor.network.runtime
     if verify:
         result = api.verify(output, jobs, extractor, verify)

@@ -283,7 +283,8 @@ class Collector:
 
 
 def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunner]", sink: Sink,
-            options: ExtractOptions = ExtractOptions(), on_video: Optional[OnVideo] = None) -> Summary:
+            options: ExtractOptions = ExtractOptions(), on_video: Optional[OnVideo] = None,
+            pool: Optional[DecodePool] = None) -> Summary:
     """Run every job through the network into `sink`; failures are recorded, never raised.
 
     Decoding runs in `options.workers` processes (default: runtime.decoder_count); a video whose
@@ -293,6 +294,8 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
     (batches.py).
 
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
+    `pool`: a DecodePool already decoding exactly `jobs` with these decoder settings (api.Extractor's
+    early start), else one is made here.
     """
     started = time.perf_counter()
     runners = list(network) if isinstance(network, (list, tuple)) else [network]
@@ -305,8 +308,9 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
     first = runners[0]
     decoder = DecoderSettings.of(options, first.input_spec, first.resize_on)
     batches = Batches(runners, on_result)
-    pool = DecodePool(jobs, decoder, options.short, decoder_count(options.workers, first.runtime.device),
-                      options.timeout, place=first.place_frames if first.resize_on == "device" else None)
+    if pool is None:
+        pool = DecodePool(jobs, decoder, options.short, decoder_count(options.workers, first.runtime.device),
+                          options.timeout, place=first.place_frames if first.resize_on == "device" else None)
     newest: dict[str, int] = {}  # videos a second decoder started over: their current attempt
     try:
         for item in pool:

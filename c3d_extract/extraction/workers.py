@@ -139,6 +139,15 @@ class DecodePool:
         self._workers = [self._start() for _ in range(max(1, workers))]
         self._selector = selectors.DefaultSelector()
         self._watched: dict[int, _Worker] = {}  # result pipes the selector watches
+        self._started = self._closed = False
+
+    def start(self) -> None:
+        """Hand every worker its first jobs (once): decoding starts now, before the pool is iterated
+        (a run starts it while its network is built: the rings fill, memory stays bounded)."""
+        if not self._started:
+            self._started = True
+            for worker in self._workers:
+                self._assign(worker)
 
     def _start(self) -> _Worker:
         """A spare from prestart that is still alive, else a new process; told this pool's settings
@@ -201,8 +210,7 @@ class DecodePool:
 
     def __iter__(self) -> Iterator:
         """Clip, Finished and Failed items as the workers deliver them (assemble.ClipAssembler)."""
-        for worker in self._workers:
-            self._assign(worker)
+        self.start()
         last_check = time.time()
         while any(worker.job is not None for worker in self._workers):
             for worker in self._ready(0.5):
@@ -263,7 +271,11 @@ class DecodePool:
                 return
 
     def close(self) -> None:
-        """Stop every worker now (a decode in progress is abandoned, nothing is recorded for it)."""
+        """Stop every worker now (a decode in progress is abandoned, nothing is recorded for it); a
+        second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         for worker in self._workers:
             worker.stop()
         self._selector.close()

@@ -97,6 +97,13 @@ class InputSpec:
                 raise UsageError(f"mean cube has shape {tuple(self.mean_cube.shape)}, expected {expected}")
 
     @property
+    def geometry(self) -> tuple:
+        """What decoders and clip cutting read of this spec (windows, resize, crop); the pixel
+        normalisation is not among it."""
+        return (self.clip_len, self.stride, self.frame_step, self.resize, self.short_side, self.crop,
+                self.crop_offset)
+
+    @property
     def frames(self) -> int:
         """Number of frames in one network input clip."""
         return self.clip_len // self.frame_step

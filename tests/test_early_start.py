@@ -1,0 +1,95 @@
+"""Decoding from a run's first second (issue #32): a run into a new file hands its decoders their
+first jobs before the weights are read and the network is built; the pool is used only when it decodes
+exactly the run's jobs with the network's frame settings, and a run refused after that start leaves
+no decoder process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from c3d_extract import api
+from tests.videos import moving_frames, write_video
+
+
+def _videos(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "a.mp4", moving_frames(40, 64, 80, seed=1))
+    write_video(folder / "b.avi", moving_frames(24, 64, 80, seed=2), codec="mpeg4", tag="XVID")
+    return folder
+
+
+def test_a_new_file_is_decoded_while_the_network_is_built_and_gives_the_same_rows(tmp_path):
+    folder = _videos(tmp_path)
+    options = api.ExtractOptions(model="res3d", weights="random", device="cpu", workers=1)
+    jobs = api.find_jobs([str(folder)], options)
+    extractor = api.build_extractor(options, prestart=True, early_jobs=jobs)
+    assert extractor.early is not None
+    worker = extractor.early.pool._workers[0]
+    # frames arrive before the pool is iterated: the decoder had its job without being asked
+    assert worker.results.poll(120), "the early decoder sent nothing"
+    store, todo = api.open_output(str(tmp_path / "early.h5"), extractor, jobs)
+    with store:
+        summary = api.run_jobs(todo, extractor, store)
+    assert summary.written == 2 and summary.failed == 0
+    assert extractor.early is None  # taken by the run
+
+    late = api.extract([str(folder)], None, options)  # to arrays: no file, so decoders start early here too
+    early = api.FeatureFile(str(tmp_path / "early.h5"))
+    assert early.keys == late.keys == ["a.mp4", "b.avi"]
+    np.testing.assert_allclose(early.matrix("res5b"), late.matrix("res5b"), atol=1e-6)
+
+
+def test_an_early_pool_for_other_jobs_is_stopped_not_used(tmp_path):
+    folder = _videos(tmp_path)
+    options = api.ExtractOptions(model="res3d", weights="random", device="cpu", workers=1)
+    jobs = api.find_jobs([str(folder)], options)
+    extractor = api.build_extractor(options, prestart=True, early_jobs=jobs)
+    pool = extractor.early.pool
+    assert extractor.take_early_pool(jobs[1:]) is None  # the run's jobs are not the pool's
+    assert not any(worker.process.is_alive() for worker in pool._workers)
+    # nor a pool that cuts other windows than the network's
+    extractor = api.build_extractor(options, prestart=True, early_jobs=jobs)
+    early = extractor.early
+    early.decoder = replace(early.decoder, input_spec=replace(early.decoder.input_spec, clip_len=8, stride=4))
+    pool = early.pool
+    assert extractor.take_early_pool(jobs) is None
+    assert not any(worker.process.is_alive() for worker in pool._workers)
+
+
+def _alive_in_group(group: int) -> list[int]:
+    """The processes of process group `group` that are not zombies (reaped or not by now)."""
+    alive = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(name))
+    return alive
+
+
+def test_a_run_refused_after_its_decoders_started_leaves_none_behind(tmp_path):
+    folder = _videos(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "c3d_extract", str(folder), str(tmp_path / "out.h5"),
+                                "--model", "res3d", "--weights", "random", "--layers", "res9z", "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its process group is its pid: the decoders join it
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 2, stderr
+    assert "res9z" in stderr
+    assert not (tmp_path / "out.h5").exists()
+    left = _alive_in_group(process.pid)
+    for pid in left:  # not to leave them running on a failure
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
