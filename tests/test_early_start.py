@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -89,7 +90,9 @@ def test_a_run_refused_after_its_decoders_started_leaves_none_behind(tmp_path):
     assert process.returncode == 2, stderr
     assert "res9z" in stderr
     assert not (tmp_path / "out.h5").exists()
-    left = _alive_in_group(process.pid)
+    deadline = time.monotonic() + 120  # multiprocessing's resource tracker ends when its pipe closes, just after
+    while (left := _alive_in_group(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     for pid in left:  # not to leave them running on a failure
         os.kill(pid, signal.SIGKILL)
     assert left == []
