@@ -430,6 +430,11 @@ class PyAVReader:
                 turns = (frame.rotation // 90) % 4  # -90 (a portrait phone video): 3 turns, as decord
                 if turns:
                     image = np.ascontiguousarray(np.rot90(image, k=turns))
+                if count and image.shape != self._first.shape:  # chunks and clips need one size
+                    raise VideoError("decode", f"the frame size changes at frame {count}, from "
+                                     f"{self._first.shape[1]}x{self._first.shape[0]} to {image.shape[1]}x"
+                                     f"{image.shape[0]} (damaged data, or a stream that changes size: not "
+                                     f"supported)", frames=count)
                 count += 1
                 last = frame.pts if frame.pts is not None else last
                 yield image
