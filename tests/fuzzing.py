@@ -53,7 +53,8 @@ for path in sys.argv[1:]:
     for reader in (DecordReader, PyAVReader):
         try:
             end = list(decode_frames(VideoJob(path, path), RES3D_SPORTS1M.input, readers=[reader]))[-1]
-            line[reader.name] = ("ok:" + end.facts["status"]) if isinstance(end, End) else "failed:" + end.error
+            ok = isinstance(end, End)
+            line[reader.name] = ("ok:" + end.facts["status"]) if ok else "failed:" + end.error
         except Exception as exc:
             line[reader.name] = f"unexpected {type(exc).__name__}: {exc} | " + traceback.format_exc(limit=-3)
     print(json.dumps(line), flush=True)

@@ -171,7 +171,8 @@ def _audio_packets(stream, seconds: float, rate: int) -> list:
         fmt = stream.codec_context.format.name
         layout = "mono"
         if fmt == "s16":
-            frame = av.AudioFrame.from_ndarray((samples * 32767).astype(np.int16), format="s16", layout=layout)
+            pcm = (samples * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
         else:
             frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
         frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)

@@ -26,8 +26,8 @@ ARGS = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--seed"
         "--batch-size", "8", "-q"]
 # the issue's two files: a 2 s H.264 MKV with 4 s of audio (audio_longer.mkv of SHAPES), and a
 # Cinepak AVI whose header counts 444 frames at 15 fps, 376 of them zero-size (repeat) chunks
-ISSUE_AVI = Shape("repeat_chunks_444.avi", 68, "cinepak", "rgb24", pts=[round(i * 443 / 67) for i in range(68)],
-                  rate=Fraction(15))
+ISSUE_AVI = Shape("repeat_chunks_444.avi", 68, "cinepak", "rgb24", Fraction(15),
+                  pts=[round(i * 443 / 67) for i in range(68)])
 TEN_BIT = ("hevc_10bit.mkv", "h264_10bit.mp4")  # swscale 4.1 and 8 convert 10-bit differently
 
 

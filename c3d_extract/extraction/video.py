@@ -218,7 +218,8 @@ def _declared_seconds(container, stream) -> Optional[float]:
         match = _DURATION_TAG.match(value.strip()) if key.upper().split("-")[0] == "DURATION" else None
         if match:
             end = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
-            start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+            start = stream.start_time * stream.time_base if stream.start_time and stream.time_base else 0
+            start = float(start)
             return end - start if end > start else None
     others = [s for s in container.streams if s is not stream and s.type != "attachment"]
     if not others and container.duration:
