@@ -65,7 +65,11 @@ def recompute(path, net, layers, mean, frame_step) -> dict[str, np.ndarray]:
     3x16x128x171 cube cropped at the same offsets), one forward per clip, mean over clips, L2.
     Shares no code with the pipeline but the network."""
     frames = decord.VideoReader(str(path), num_threads=1)
-    frames = frames.get_batch(list(range(len(frames)))).asnumpy()
+    return recompute_frames(frames.get_batch(list(range(len(frames)))).asnumpy(), net, layers, mean, frame_step)
+
+
+def recompute_frames(frames: np.ndarray, net, layers, mean, frame_step) -> dict[str, np.ndarray]:
+    """recompute of decoded uint8 RGB frames (n, H, W, 3), n >= 16."""
     frames = np.stack([cv2.resize(f, (171, 128), interpolation=cv2.INTER_LINEAR) for f in frames])  # Caffe's call
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     x = x[:, :, 8:120, 29:141].flip(1)  # crop at (8, 29), RGB -> BGR

@@ -41,17 +41,24 @@ FRAMES, HEIGHT, WIDTH = 40, 72, 96
 GREY_LEVELS = 3  # per-frame mean absolute difference from the original that counts as different
 
 # decode_frames in a process whose native stderr is caught, as in the tool's decoder processes
-# (decord's FFmpeg says what it concealed only there); one JSON line: file name -> status or "failed"
+# (decord's FFmpeg says what it concealed only there); one JSON line: file name -> status or "failed".
+# NativeStderr.install() sends fd 2 to its file: Python's own errors go to a dup of the original fd 2,
+# and an exception while decoding a file is that file's entry, so the test can say what broke.
 RUNNER = """
-import json, sys
+import json, os, sys, traceback
+saved = os.dup(2)
 from c3d_extract.extraction.decode import End, NativeStderr, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
 NativeStderr.install()
+sys.stderr = os.fdopen(saved, "w", buffering=1)
 out = {}
 for path in sys.argv[1:]:
-    end = list(decode_frames(VideoJob(path, path), RES3D_SPORTS1M.input))[-1]
-    out[path] = end.facts["status"] if isinstance(end, End) else "failed"
+    try:
+        end = list(decode_frames(VideoJob(path, path), RES3D_SPORTS1M.input))[-1]
+        out[path] = end.facts["status"] if isinstance(end, End) else "failed"
+    except Exception:
+        out[path] = "unexpected " + traceback.format_exc()
 print(json.dumps(out))
 """
 
@@ -141,6 +148,8 @@ def test_no_damaged_file_with_any_decoder_signal_is_plain_ok(corpus):
     run = subprocess.run([sys.executable, "-c", RUNNER, *paths], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     status = json.loads(run.stdout.splitlines()[-1])
+    broken = {Path(p).name: s for p, s in status.items() if s.startswith("unexpected")}
+    assert not broken, broken
     assert {Path(p).name: status[str(p)] for p in originals.values()} == {n: "ok" for n in originals}
 
     reference = {name: pyav_decode(path)[0] for name, path in originals.items()}

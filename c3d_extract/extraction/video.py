@@ -104,25 +104,25 @@ def check_file(path: str) -> None:
 
 @dataclass(frozen=True)
 class Declared:
-    """What a container declares of its first video stream before any frame is decoded: the frame
-    count (0 where it has none), the stream's duration in seconds (None where unknown or estimated
-    from the bit rate), and the codec's name. Damage that a decoder conceals often shows only as a
-    stream that ends far before (or runs far past) this."""
+    """What a container declares of its first video stream itself before any frame is decoded: the
+    frame count (0 where it has none), the stream's duration in seconds (None where it declares none
+    of its own, or only one estimated from the bit rate), and the codec's name. Damage that a
+    decoder conceals often shows only as a stream that ends far before (or runs far past) this."""
 
     frames: int = 0
     seconds: Optional[float] = None
     codec: str = ""
+    container: str = ""  # FFmpeg's name of the format ("matroska,webm", "avi", ...)
 
     @classmethod
     def of(cls, container, stream) -> "Declared":
-        """The declaration of `stream` in an open PyAV `container`."""
-        seconds = None
-        if container.format.name not in _ESTIMATED_DURATION:
-            if stream.duration and stream.time_base:
-                seconds = float(stream.duration * stream.time_base)
-            elif container.duration:
-                seconds = container.duration / 1e6
-        return cls(int(stream.frames or 0), seconds, stream.codec_context.name)
+        """The declaration of `stream` in an open PyAV `container`: the stream's own, never the
+        container's overall duration where other streams exist (that is the longest one's)."""
+        codec = stream.codec_context.name if stream.codec_context is not None else ""
+        if container.format.name in _ESTIMATED_DURATION:
+            return cls(0, None, codec, container.format.name)
+        return cls(_declared_frames(container, stream), _declared_seconds(container, stream), codec,
+                   container.format.name)
 
     @classmethod
     def probe(cls, path: str) -> "Declared":
@@ -150,6 +150,81 @@ class Declared:
                 return (f"the stream ends at {end:.2f} s of the {self.seconds:.2f} s its container "
                         f"declares ({frames} frames decoded)")
         return ""
+
+
+# Matroska's track statistics tag (FFmpeg's muxer writes DURATION, mkvmerge DURATION-eng): the end
+# of the track's last frame, "HH:MM:SS.nnnnnnnnn"
+_DURATION_TAG = re.compile(r"^(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
+
+
+def _declared_frames(container, stream) -> int:
+    """The frames the stream declares it will show. MP4/MOV: its samples less those its edit list
+    cuts (FFmpeg decodes and drops them: index entries flagged discard). AVI: the stream header's
+    count less the zero-size chunks its index lists (avi_repeat_chunks). 0 where nothing is declared."""
+    frames = int(stream.frames or 0)
+    if not frames:
+        return 0
+    name = container.format.name
+    if name == "avi":
+        return frames - avi_repeat_chunks(container.name, stream.index, frames)
+    entries = getattr(stream, "index_entries", None)
+    if name.startswith("mov,") and entries is not None and len(entries) == frames:
+        return frames - sum(1 for entry in entries if entry.is_discard)
+    return frames
+
+
+_IDX1_ENTRY = np.dtype([("id", "S4"), ("flags", "<u4"), ("offset", "<u4"), ("size", "<u4")])
+
+
+def avi_repeat_chunks(path: str, number: int, frames: int) -> int:
+    """How many of AVI stream `number`'s `frames` (its header's count) are zero-size chunks in the
+    file's idx1 index: AVI's 'repeat the previous frame', which capture tools write for a still
+    scene and FFmpeg skips (it decodes the others only). 0 where the index is absent, or does not
+    list exactly `frames` chunks of that stream (a damaged index says nothing: the header's count
+    stands). Reads the top-level chunk headers and the index, nothing else."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"AVI ":
+                return 0
+            end, at = min(12 + int.from_bytes(head[4:8], "little"), os.fstat(handle.fileno()).st_size), 12
+            while at + 8 <= end:
+                handle.seek(at)
+                chunk = handle.read(8)
+                size = int.from_bytes(chunk[4:8], "little")
+                if chunk[:4] == b"idx1":
+                    data = handle.read(min(size, end - at - 8))
+                    break
+                at += 8 + size + (size & 1)
+            else:
+                return 0
+    except (OSError, ValueError):
+        return 0
+    index = np.frombuffer(data[:len(data) // 16 * 16], _IDX1_ENTRY)
+    ids = index["id"].astype("S4")
+    mine = np.isin(ids, [b"%02ddc" % number, b"%02ddb" % number])
+    if int(mine.sum()) != frames:
+        return 0
+    return int((index["size"][mine] == 0).sum())
+
+
+def _declared_seconds(container, stream) -> Optional[float]:
+    """How long the stream declares it runs, from its first frame: its own duration (MP4/MOV per
+    track, AVI from the stream header); Matroska/WebM's track DURATION tag less the track's start;
+    the container's duration only where the video is its only stream; else None."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    for key, value in stream.metadata.items():
+        match = _DURATION_TAG.match(value.strip()) if key.upper().split("-")[0] == "DURATION" else None
+        if match:
+            end = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+            start = stream.start_time * stream.time_base if stream.start_time and stream.time_base else 0
+            start = float(start)
+            return end - start if end > start else None
+    others = [s for s in container.streams if s is not stream and s.type != "attachment"]
+    if not others and container.duration:
+        return container.duration / 1e6
+    return None
 
 
 def _ffmpeg_log() -> av.logging.Capture:
@@ -275,11 +350,13 @@ class DecordReader:
             raise VideoError("decode", mismatch, frames=frames)
 
     def _gap(self) -> str:
-        """A span cut out of a container whose frames keep their timestamps (Matroska) leaves a
-        hole in the timeline where no frame was demuxed: the reason, or "" where no interval between
-        two frames is _GAP_INTERVALS times the median one (a variable frame rate changes it by less)."""
+        """A span cut out of a container whose frames keep their timestamps (Matroska, WebM) leaves
+        a hole in the timeline where no frame was demuxed: the reason, or "" where no interval between
+        two frames is _GAP_INTERVALS times the median one (jitter changes it by less). Only there: in
+        AVI a hole is repeat chunks, in MP4/MOV a phone's pause; both healthy (a cut span in those
+        moves the index instead). A pause in a Matroska file costs a second read by PyAV."""
         frames = self.info.num_frames
-        if frames < 3:
+        if frames < 3 or not self.declared.container.startswith("matroska"):
             return ""
         try:
             starts = np.asarray(self._reader.get_frame_timestamp(list(range(frames))))[:, 0]
@@ -321,31 +398,44 @@ class PyAVReader:
             raise VideoError("open", f"no video stream ({what})", final=True)
         self._stream = stream = self._container.streams.video[0]
         context = stream.codec_context
+        if context is None:  # FFmpeg has no decoder for the codec the (damaged?) header names
+            self._container.close()
+            self._log.end()
+            raise VideoError("open", "the video stream's codec is unknown to FFmpeg (no decoder for it: "
+                                     "a damaged header, or a codec it does not support)")
         self.codec = f"{context.name} {context.width}x{context.height}"
         self.declared = Declared.of(self._container, stream)
         context.thread_count = num_threads
         if vp8_check and context.name == "vp8":  # costs nothing on healthy files: decord reads those
             _slice_threads(context)
         rate = stream.average_rate or stream.guessed_rate
+        self._rate = float(rate) if rate else 0.0  # before the first frame: _check_timeline reads it
         self._frames = self._decode()
         try:
             self._first = next(self._frames)
         except StopIteration:
-            raise VideoError("open", "the video stream has no frames") from None
-        self.info = VideoInfo(int(stream.frames or 0), float(rate) if rate else 0.0,
+            said = [message for level, _, message in self._log.lines if level <= av.logging.ERROR]
+            raise VideoError("open", "the video stream has no frames" + (
+                f" (FFmpeg: {clean_decoder_message(said[0])})" if said else "")) from None
+        self.info = VideoInfo(int(stream.frames or 0), self._rate,
                               self._first.shape[0], self._first.shape[1], context.name)
 
     def _decode(self) -> Iterator[np.ndarray]:
         count, last = 0, None
         logs = self._log.lines
         try:
-            for frame in self._container.decode(self._stream):
+            for frame in _video_frames(self._container, self._stream):
                 if frame.is_corrupt:
                     self.repaired += 1
                 image = frame.to_ndarray(format="rgb24")
                 turns = (frame.rotation // 90) % 4  # -90 (a portrait phone video): 3 turns, as decord
                 if turns:
                     image = np.ascontiguousarray(np.rot90(image, k=turns))
+                if count and image.shape != self._first.shape:  # chunks and clips need one size
+                    raise VideoError("decode", f"the frame size changes at frame {count}, from "
+                                     f"{self._first.shape[1]}x{self._first.shape[0]} to {image.shape[1]}x"
+                                     f"{image.shape[0]} (damaged data, or a stream that changes size: not "
+                                     f"supported)", frames=count)
                 count += 1
                 last = frame.pts if frame.pts is not None else last
                 yield image
@@ -357,7 +447,8 @@ class PyAVReader:
             self._errors = sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
             self._container.close()
             self._log.end()
-        self._check_timeline(count, last)
+        if count:  # none: __init__ says so
+            self._check_timeline(count, last)
         if self._errors and not self.repaired:  # FFmpeg concealed an error without flagging the frame
             self.repaired = 1
 
@@ -365,7 +456,7 @@ class PyAVReader:
         """A stream that ends far before its declaration is cut (an error: partial with
         --keep-partial); one that runs far past it holds frames the container did not declare
         (duplicated data), counted as repaired."""
-        stream, rate = self._stream, self.info.fps
+        stream, rate = self._stream, self._rate
         end = None
         if last_pts is not None and stream.time_base:
             end = float((last_pts - (stream.start_time or 0)) * stream.time_base) + (1 / rate if rate else 0)
@@ -395,6 +486,22 @@ class PyAVReader:
             raise
         if batch:
             yield np.stack(batch)
+
+
+def _video_frames(container, stream) -> Iterator:
+    """`container.decode(stream)`, but for a stream FFmpeg finds in the middle of the file (FLV
+    announces streams in its packets, and damage can make one up): PyAV 18's demux flushes every
+    stream by indexes into a list made at open, and raises IndexError past it. `stream`'s own flush
+    comes first (its index is lower), so that IndexError comes after its last frame."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except IndexError:  # the flush of streams that came later: `stream` is done
+            return
+        yield from packet.decode()
 
 
 READERS = (DecordReader, PyAVReader)
