@@ -221,7 +221,7 @@ def run_limited(args: list, limit: int) -> subprocess.CompletedProcess:
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     return subprocess.run([sys.executable, "-m", "c3d_extract", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, preexec_fn=limited)
+                          timeout=600, preexec_fn=limited)
 
 
 def test_a_full_disk_is_one_line_and_leaves_out_as_it_was(tmp_path):

@@ -187,7 +187,7 @@ def test_a_group_that_fails_in_flight_leaves_the_next_group_readable(tmp_path):
         print("kept", [r.meta["key"] for r in journal], float(journal.features(journal.records[-1])["fc6"][0]))
     """)
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "j")], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["failed ['b'] 27", "kept ['a', 'c', 'd'] 4.5"], done.stdout  # 27: EFBIG
     journal = Journal(str(tmp_path / "j"))
@@ -231,7 +231,7 @@ FAILED_GROUP = textwrap.dedent(f"""
 
 def test_videos_of_a_group_that_failed_are_never_told(tmp_path):
     run = subprocess.run([sys.executable, "-c", FAILED_GROUP, str(tmp_path / "out.h5")], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     lines = dict(line.split(" ", 1) if " " in line else (line, "") for line in run.stdout.splitlines())
     assert lines["raised"] == "StorageError"

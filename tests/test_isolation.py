@@ -28,11 +28,11 @@ def test_a_hanging_input_is_abandoned_after_the_timeout(tmp_path):
     folder.mkdir()
     os.mkfifo(folder / "stuck.mp4")  # opening it for reading waits forever for a writer
     write_video(folder / "good.mp4", moving_frames(20, 64, 96))
-    started = time.time()
     result = CliRunner().invoke(main, [str(folder), str(tmp_path / "o.h5"), "--model", "res3d", "--layers", "pool5",
-                                       "--weights", "random", "--workers", "1", "--timeout", "3", "-q"])
-    assert result.exit_code == 1 and "no progress for 3 s" in result.stderr
-    assert time.time() - started < 60
+                                       "--weights", "random", "--workers", "1", "--timeout", "10", "-q"])
+    # the message proves --timeout was honoured (the default is 300 s); no wall clock: a loaded machine
+    # may take long, and a run that never abandoned the FIFO is stopped by pytest-timeout
+    assert result.exit_code == 1 and "no progress for 10 s" in result.stderr
     with h5py.File(tmp_path / "o.h5") as f:
         assert f["videos"].asstr()[()].tolist() == ["good.mp4"]
         assert f["failures/video"].asstr()[()].tolist() == ["stuck.mp4"]
@@ -79,7 +79,7 @@ def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
             self.failed[key] = error
 
     def crash_the_decoder():  # as a segfault in FFmpeg would: the process is gone mid-video
-        deadline = time.time() + 30
+        deadline = time.time() + 120
         while time.time() < deadline and not _decode_workers():
             time.sleep(0.1)
         time.sleep(1.0)
@@ -160,7 +160,7 @@ def test_a_decoder_waiting_on_a_full_ring_ends_when_the_batching_process_is_kill
         assert not _gone(decoder)
         parent.kill()
         parent.wait(timeout=10)
-        deadline = time.time() + 20
+        deadline = time.time() + 120  # a bound, not a speed: the loop ends as soon as it is gone
         while not _gone(decoder) and time.time() < deadline:
             time.sleep(0.2)
         assert _gone(decoder), "the decoder outlived the process it decoded for"
