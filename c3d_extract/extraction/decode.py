@@ -241,6 +241,7 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
     order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
     sent: Optional[tuple[int, int, object]] = None   # (attempt, frames, reader) of the last try that sent frames
+    most: Optional[tuple[int, type]] = None  # (frames, reader class) of the try that sent the most
     codec = ""
     wanted = input_spec.frame_used if resize_on == "workers" else None
     for attempt, reader_class in enumerate(order):
@@ -270,6 +271,8 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
                 yield Frames(job.key, attempt, frames)
                 count += len(chunk)
                 sent = (attempt, count, reader)
+                if most is None or count > most[0]:
+                    most = (count, reader_class)
         except VideoError as exc:
             notes.append(f"{reader.name}: {exc}")
             stages.append(exc.stage)
@@ -286,12 +289,38 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
         yield End(job.key, attempt, _facts(reader, count, status))
         return
     if keep_partial and sent is not None:
+        if most[0] > sent[1]:  # an earlier try got further than the last one: its frames again, as a new attempt
+            sent = yield from _partial_again(job, input_spec, most[1], most[0], len(order), wanted, vp8_check, sent)
         attempt, count, reader = sent
         yield End(job.key, attempt, _facts(reader, count, f"partial:{count}"))
         return
     stage = "decode" if "decode" in stages else "open"
     prefix = f"video stream {codec}: " if codec and stage == "open" else ""
     yield Failed(job.key, stage, prefix + "; ".join(notes))
+
+
+def _partial_again(job: VideoJob, input_spec: InputSpec, reader_class: type, frames: int, attempt: int,
+                   wanted, vp8_check: bool, sent: tuple) -> Iterator[Frames]:
+    """The first `frames` frames of a video read again by `reader_class` (whose try had sent that many
+    before it failed, more than a later try did before it failed too: PyAV, then decord, on a file
+    broken midway), as attempt `attempt`; returns (attempt, frames sent, reader) for the partial End
+    (`sent`, what was sent before, where the reader cannot open the file this time)."""
+    try:
+        reader, count = reader_class(job.path, vp8_check=vp8_check), 0
+    except VideoError:
+        return sent
+    try:
+        for chunk in reader.chunks(wanted):
+            chunk = chunk[:frames - count]
+            yield Frames(job.key, attempt, input_spec.crop_frames(chunk, count) if wanted is not None else chunk)
+            count += len(chunk)
+            if count == frames:
+                break
+    except VideoError:
+        pass
+    finally:
+        reader.close()
+    return attempt, count, reader
 
 
 def decode_job(job: VideoJob, decoder: DecoderSettings, progress=lambda: None
