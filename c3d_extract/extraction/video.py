@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 import av
+import cv2
 import decord
 from av.video.reformatter import VideoReformatter
 
@@ -389,7 +390,10 @@ class PyAVReader:
         plane = rgb.planes[0]
         image = np.ndarray((rgb.height, rgb.width, 3), np.uint8, plane, strides=(plane.line_size, 3, 1))
         turns = (frame.rotation // 90) % 4  # -90 (a portrait phone video): 3 turns, as decord
-        slot[...] = np.rot90(image, k=turns) if turns else image
+        if turns:  # np.rot90(image, k=turns), as OpenCV's SIMD transpose (a strided numpy copy is 10x slower)
+            cv2.rotate(image, _ROTATE[turns], dst=slot)
+        else:
+            slot[...] = image
 
     def _check_timeline(self, count: int, last_pts: Optional[int]) -> None:
         """A stream that ends far before its declaration is cut (an error: partial with
@@ -442,6 +446,10 @@ class PyAVReader:
                              frames=index) from None
         if fill:
             yield chunk[:fill]
+
+
+# np.rot90's k counter-clockwise quarter turns as cv2.rotate codes
+_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
 
 
 def _rgb_shape(frame: "av.VideoFrame") -> tuple[int, int]:
