@@ -17,7 +17,7 @@ is counted, so other work on the machine moves the figures less than it moves wa
   process (its start-up is not counted, as the stage's is not) and `-fps_mode passthrough` (no frame
   dropped or repeated); its children's CPU time.
 Prints `<file name>: decode stage <N> frames/s` and the other figures with ratios per file, then the
-same for the set (total frames over total CPU time); appends a markdown table naming the machine to
+same for the set (read once: its frames over the sum of each file's time at its median rate); appends a markdown table naming the machine to
 --out (bench/results.md unless --out is empty).
 """
 
@@ -272,15 +272,14 @@ def main(argv: list[str] | None = None) -> None:
         return {k: median_rate(samples[k][path]) for k in samples}
 
     def set_rate(kind: str) -> float:
-        # each file's median time for its frames, summed: the set read once per file
-        total_frames = sum(counts[i] * copies[i] for i in range(len(paths)))
+        # the set read once: its frames over the sum of each file's time for its frames at its median rate
         seconds = 0.0
-        for i, path in enumerate(paths):
+        for path, n in zip(paths, counts):
             rate = median_rate(samples[kind][path])
             if math.isnan(rate):
                 return math.nan
-            seconds += counts[i] * copies[i] / rate
-        return total_frames / seconds
+            seconds += n / rate
+        return sum(counts) / seconds
 
     rows, lines = [], []
     for path, n in zip(paths, counts):

@@ -478,7 +478,7 @@ def _is_mpeg_stream(head: bytes) -> bool:
     if zeros >= 2 and head[zeros:zeros + 2] in (b"\x01\xba", b"\x01\xbb", b"\x01\xb3"):
         return True  # pack header, system header, sequence header
     for size in _TS_PACKET_SIZES:
-        for offset in range(min(size, len(head))):
+        for offset in (at for at in range(min(size, len(head))) if head[at] == 0x47):  # the first sync byte
             packets = min(_TS_PACKETS_NEEDED, (len(head) - offset + size - 1) // size)
             if packets >= 3 and all(head[offset + k * size] == 0x47 for k in range(packets)):
                 return True
