@@ -3,8 +3,9 @@
     python bench/gpu.py                                     # CUDA, the 800-link set of shared/videos
     python bench/gpu.py --device cpu --videos DIR --links 8 --batch-sizes 2 --whole-batch 2
 
-For C3D and Res3D in each precision that is fast on the device (fp32 and bf16 on CUDA; fp32, and bf16
-where the CPU has bf16 units, on the CPU) it prints, one figure a line, each with `clips/s`:
+For C3D and Res3D in each precision that is fast on the device (fp32 and bf16 on CUDA; on the CPU bf16
+where it has bf16 kernels, else fp32; and on the CPU small defaults: 4 videos, batch 4, so that it ends
+in a few minutes on 2 cores) it prints, one figure a line, each with `clips/s`:
 - network alone: random uint8 clips already on the device, `BatchRunner.forward` (mean subtracted,
   cast, channels_last, the requested layers), per batch size; with the time of the first batch
   (cuDNN's algorithm search where the runtime asks for one) and the steady rate after it;
@@ -248,27 +249,40 @@ def link_set(source: str, count: int, folder: str) -> str:
     return folder
 
 
+# What runs without flags. On the CPU, small enough to finish in a few minutes on 2 cores (batch 128 and
+# 800 videos in fp32 and emulated bf16 ran past 15 minutes there): one small batch, a few videos.
+GPU_DEFAULTS = {"links": 800, "batch_sizes": "16,32,64,128", "seconds": 3.0, "whole_batch": None}
+CPU_DEFAULTS = {"links": 4, "batch_sizes": "4", "seconds": 1.0, "whole_batch": 4}
+
+
 def precisions(device: torch.device) -> list[str]:
+    """Those fast on the device: fp32 and bf16 (or fp16) on CUDA; on the CPU one: bf16 where oneDNN has
+    bf16 kernels (torch.ops.mkldnn._is_mkldnn_bf16_supported()), else fp32."""
     if device.type == "cuda":
         return ["fp32", "bf16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
-    return ["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"]
+    return ["bf16"] if cpu_has_fast_bf16() else ["fp32"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--videos", default=os.environ.get("C3D_SHARED_VIDEOS", SHARED))
-    parser.add_argument("--links", type=int, default=800)
+    parser.add_argument("--links", type=int, help=f"default: {GPU_DEFAULTS['links']} ({CPU_DEFAULTS['links']} on the CPU)")
     parser.add_argument("--models", default="c3d,res3d")
     parser.add_argument("--precisions", help="default: those fast on the device")
-    parser.add_argument("--batch-sizes", default="16,32,64,128", help="network alone")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per network-alone figure")
+    parser.add_argument("--batch-sizes", help=f"network alone (default: {GPU_DEFAULTS['batch_sizes']}; "
+                                              f"{CPU_DEFAULTS['batch_sizes']} on the CPU)")
+    parser.add_argument("--seconds", type=float, help="per network-alone figure (default: 3; 1 on the CPU)")
     parser.add_argument("--workers", type=int, help="whole process (default: the tool's)")
-    parser.add_argument("--whole-batch", type=int, help="whole process --batch-size (default: the tool's)")
+    parser.add_argument("--whole-batch", type=int, help="whole process --batch-size (default: the tool's; "
+                                                         f"{CPU_DEFAULTS['whole_batch']} on the CPU)")
     parser.add_argument("--skip", default="", help="sections to leave out: alone,path,parent,whole,startup")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md"))
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    for name, value in (CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     skip = set(filter(None, args.skip.split(",")))
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     lines: list[str] = []

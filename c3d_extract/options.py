@@ -44,7 +44,7 @@ class ExtractOptions:
     batch_size: Optional[int] = None
     workers: Optional[int] = None   # decoder processes of the local engine
     timeout: float = 300.0          # seconds a decoder may make no progress
-    vp8_check: bool = True          # a second, slice-threaded decode of VP8 streams (video.vp8_damage)
+    vp8_check: bool = True          # VP8 decoded with slice threads, which report damage (video.py)
     engine: str = "local"           # ENGINES
     ray_address: Optional[str] = None
     ray_connect_timeout: float = RAY_CONNECT_TIMEOUT

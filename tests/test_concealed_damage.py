@@ -223,7 +223,8 @@ def test_hevc_mkv_with_a_duplicated_span_is_no_longer_plain_ok(tmp_path):
                                   "decord__tests_test_data_video_90.mov"])
 def test_healthy_real_videos_keep_status_ok(name):
     end = _end(shared_video(name))
-    assert isinstance(end, End) and end.facts["status"] == "ok" and end.facts["decoder"] == "decord 0.6.0"
+    assert isinstance(end, End) and end.facts["status"] == "ok" and end.facts["decoder"] == f"pyav {av.__version__}"
+    assert end.attempt == 0  # read once: no second decode of any kind
 
 
 @pytest.mark.slow

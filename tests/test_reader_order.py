@@ -1,7 +1,9 @@
-"""Which decoder reads a video first: MPEG program and transport streams go straight to PyAV, chosen
+"""Which decoder reads a video first: MPEG program and transport streams go to PyAV alone, chosen
 from the file's first bytes (decord 0.6.0 would send frames of them that are thrown away when its fault
-tolerance stops it); everything else is read by decord first. And a decord try whose FFmpeg reports
-a concealed decoding error sends nothing more from there (the rest would be thrown away)."""
+tolerance stops it); everything else is read by PyAV first, then by decord where PyAV cannot open or
+decode it. A decord try whose FFmpeg reports a concealed decoding error sends nothing more from there
+and counts as failed; PyAV counts the frames FFmpeg repaired. And the frames no Res3D clip reads (the
+odd ones past the first window) travel black."""
 
 import json
 import os
@@ -44,6 +46,17 @@ def decode(path) -> list:
     return list(decode_frames(VideoJob(os.path.basename(path), str(path)), RES3D_SPORTS1M.input))
 
 
+def indices_read(frames: np.ndarray) -> list:
+    """frame_index of each decoded frame of a Res3D decode; None for a black one (a frame no clip reads)."""
+    return [None if frame.max() == 0 else frame_index(frame) for frame in frames]
+
+
+def res3d_indices(n: int) -> list:
+    """What indices_read gives for n frames in order: Res3D (16-frame windows every 8, every 2nd frame
+    read) reads frames 0-15 (a shorter video pads its one clip from them) and the even ones after."""
+    return [i if i < 16 or i % 2 == 0 else None for i in range(n)]
+
+
 def frames_of(items: list, attempt: int) -> np.ndarray:
     return np.concatenate([item.frames for item in items
                            if isinstance(item, Frames) and item.attempt == attempt])
@@ -61,16 +74,16 @@ def test_mpeg_program_and_transport_streams_are_read_by_pyav_at_the_first_attemp
     assert end.facts["decoder"] == f"pyav {av.__version__}" and end.facts["status"] == "ok"
     frames = frames_of(items, 0)
     assert end.facts["num_frames"] == len(frames) == N
-    assert [frame_index(frame) for frame in frames] == list(range(N))  # none lost, none repeated
+    assert indices_read(frames) == res3d_indices(N)  # none lost, none repeated
 
 
 @pytest.mark.parametrize("name, codec, tag", [("h264.mp4", "libx264", None), ("xvid.avi", "mpeg4", "XVID"),
                                               ("mpeg4.avi", "mpeg4", None)])
-def test_other_containers_are_still_read_by_decord_first(tmp_path, name, codec, tag):
+def test_other_containers_are_read_by_pyav_first(tmp_path, name, codec, tag):
     path = write_video(tmp_path / name, moving_frames(N, 120, 160, seed=4), codec, tag=tag)
-    assert readers_for(str(path)) == READERS == (DecordReader, PyAVReader)
+    assert readers_for(str(path)) == READERS == (PyAVReader, DecordReader)
     items = decode(path)
-    assert isinstance(items[-1], End) and items[-1].facts["decoder"] == "decord 0.6.0"
+    assert isinstance(items[-1], End) and items[-1].facts["decoder"] == f"pyav {av.__version__}"
     assert {item.attempt for item in items} == {0} and items[-1].facts["num_frames"] == N
 
 
@@ -123,13 +136,14 @@ def test_the_order_given_is_the_order_used(tmp_path):
     encoder_or_skip("mpeg1video")
     mpg = write_video(tmp_path / "v.mpg", moving_frames(48, 240, 320, seed=1), "mpeg1video")
     mp4 = write_video(tmp_path / "v.mp4", moving_frames(N, 120, 160), "libx264")
-    for path, order in ((mpg, READERS), (mpg, [PyAVReader]), (mp4, (PyAVReader, DecordReader))):
+    for path, order in ((mpg, (DecordReader, PyAVReader)), (mpg, [PyAVReader]), (mp4, (DecordReader, PyAVReader)),
+                        (mp4, READERS)):
         items = list(decode_frames(VideoJob("v", str(path)), RES3D_SPORTS1M.input, readers=order))
         end = items[-1]
         assert isinstance(end, End) and end.facts["decoder"] == list(order)[end.attempt].name, (path, end)
         assert len(frames_of(items, end.attempt)) == end.facts["num_frames"]
-        if order is READERS:  # as before the sniffing: decord 0.6.0 usually sends frames of it first, then
-            # repeats one in place of one it lost, its fault tolerance stops it, and PyAV reads it again
+        if path == mpg and order[0] is DecordReader:  # as before the sniffing: decord 0.6.0 usually sends frames
+            # of it first, then repeats one in place of one it lost, its fault tolerance stops it, and PyAV reads it
             print("decord first:", [(item.attempt, len(item.frames)) for item in items[:-1]], end.facts)
 
 
@@ -138,16 +152,20 @@ EARLY_STOP = r"""
 import json, sys
 from c3d_extract.extraction.decode import End, Frames, NativeStderr, decode_frames, _damage_lines
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.video import DecordReader
+from c3d_extract.extraction.video import DecordReader, PyAVReader
 from c3d_extract.models.registry import RES3D_SPORTS1M
 
 path = sys.argv[1]
 NativeStderr.install()
 alone = sum(len(chunk) for chunk in DecordReader(path).chunks())  # no error raised: decord conceals
 logged = len(_damage_lines(NativeStderr.text()))
-items = list(decode_frames(VideoJob("d", path), RES3D_SPORTS1M.input))
-print(json.dumps({"alone": alone, "logged": logged, "sent": [[i.attempt, len(i.frames)] for i in items[:-1]],
-                  "end": [type(items[-1]).__name__, items[-1].attempt, getattr(items[-1], "facts", None)]}))
+out = {"alone": alone, "logged": logged}
+for name, order in (("decord_first", (DecordReader, PyAVReader)), ("default", None), ("decord_alone", (DecordReader,))):
+    items = list(decode_frames(VideoJob("d", path), RES3D_SPORTS1M.input, readers=order))
+    out[name] = {"sent": [[i.attempt, len(i.frames)] for i in items[:-1]],
+                 "end": [type(items[-1]).__name__, getattr(items[-1], "attempt", None),
+                           getattr(items[-1], "facts", getattr(items[-1], "error", None))]}
+print(json.dumps(out))
 """
 
 
@@ -167,6 +185,8 @@ def damaged_h264(tmp_path, frames: int = 150):
 
 
 def test_a_decord_try_stops_at_the_first_decoding_error_its_ffmpeg_reports(tmp_path):
+    """decord first (an order given), or decord alone: it stops sending at the damage and its try fails.
+    In the default order PyAV reads the video first, whole, and counts the frames FFmpeg repaired."""
     frames = 150
     damaged = damaged_h264(tmp_path, frames)
     run = subprocess.run([sys.executable, "-c", EARLY_STOP, str(damaged)], capture_output=True, text=True,
@@ -176,13 +196,19 @@ def test_a_decord_try_stops_at_the_first_decoding_error_its_ffmpeg_reports(tmp_p
     if out["alone"] != frames or not out["logged"]:
         pytest.skip(f"this encode's damage is not a concealed one for decord here ({out['alone']} frames, "
                     f"{out['logged']} FFmpeg lines)")
-    # before: decord sent all 150 frames (attempt 0), then FFmpeg's lines sent the video to PyAV
-    by_decord = sum(n for attempt, n in out["sent"] if attempt == 0)
-    assert by_decord < 20 + 64, out["sent"]  # it stopped within a chunk or two of the damage
-    kind, attempt, facts = out["end"]
+    # once: decord sent all 150 frames (attempt 0), then FFmpeg's lines sent the video to PyAV
+    first = out["decord_first"]
+    by_decord = sum(n for attempt, n in first["sent"] if attempt == 0)
+    assert by_decord < 20 + 64, first["sent"]  # it stopped within a chunk or two of the damage
+    kind, attempt, facts = first["end"]
     assert kind == "End" and attempt == 1 and facts["decoder"].startswith("pyav ")
     assert facts["status"].startswith("repaired:") and facts["num_frames"] == frames
-    assert sum(n for attempt, n in out["sent"] if attempt == 1) == frames
+    assert sum(n for attempt, n in first["sent"] if attempt == 1) == frames
+    # the default order: PyAV alone, the same outcome without the wasted try
+    assert out["default"]["end"] == ["End", 0, facts] and sum(n for _, n in out["default"]["sent"]) == frames
+    # decord alone (or last): it cannot say which frames it repaired, so its try is no row
+    alone = out["decord_alone"]
+    assert alone["end"][0] == "Failed" and sum(n for _, n in alone["sent"]) < 20 + 64, alone
 
 
 def test_the_summary_counts_the_clips_written_not_those_of_a_replaced_try(tmp_path):

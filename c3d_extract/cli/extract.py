@@ -121,8 +121,8 @@ def main() -> None:
               help="A video that breaks while decoding keeps the clips before the damage (status "
                    "partial:<frames>) instead of failing; for collections where damaged files are common.")
 @click.option("--vp8-check/--no-vp8-check", default=DEFAULTS.vp8_check, show_default=True,
-              help="Decode VP8 streams a second time with slice threads, the one way FFmpeg reveals their "
-                   "damaged frames (VP8 files only: about +40% of their decode time; see README).")
+              help="Decode VP8 streams with slice threads, the one way FFmpeg reveals their damaged frames "
+                   "(PyAV's read itself, no second decode; decord checks a VP8 file it reads first; see README).")
 @click.option("--engine", type=click.Choice(ENGINES), default=DEFAULTS.engine, show_default=True,
               help="local: decoder processes on this machine. ray: Ray Data (decoding as CPU actors, the network "
                    "as GPU actors), local or on a cluster whose nodes see the videos at the same absolute "

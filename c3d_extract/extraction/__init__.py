@@ -10,7 +10,7 @@ Where each module runs, and what crosses each step (the local engine; `--engine 
     decoder process (one per core; no torch)
       decode.py   serve, decode_job         VideoJob -> Frames chunks, then End | Failed
                                             (ShardRead after a tar shard)
-      video.py (decord, then PyAV), remote.py (fetch), shards.py (tar members)
+      video.py (PyAV, then decord), remote.py (fetch), shards.py (tar members)
       ring.py     RingWriter                cropped frames into the shared ring; others on the pipe
           |
           v

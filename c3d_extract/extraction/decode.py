@@ -1,13 +1,15 @@
-"""What runs in a decoder process: one video from file to resized, cropped frames (decord, then PyAV
-when decord cannot read it or would repair frames; PyAV alone for MPEG program and transport
-streams, video.readers_for). The clips are cut where they are batched (assemble.py), so each frame
+"""What runs in a decoder process: one video from file to resized, cropped frames (PyAV, then decord
+when PyAV cannot open or decode it; PyAV alone for MPEG program and transport streams,
+video.readers_for). The clips are cut where they are batched (assemble.py), so each frame
 travels from a decoder process once (through a shared ring, ring.py) although it is in two clips.
 This module and what it imports stay free of torch: every decoder process imports it (torch would
 cost each one seconds of CPU at start, taken from the network on a small machine).
 
 The stream of one video is Frames chunks then End, or Failed. Each decoder's try is an `attempt`:
-when decord fails after some frames were sent, PyAV starts the video again with the next attempt
+when PyAV fails after some frames were sent, decord starts the video again with the next attempt
 number, and everything of the older attempt is dropped downstream (ClipAssembler, Collector).
+Frames no clip reads (InputSpec.frame_used: the odd ones of Res3D) are neither converted to RGB nor
+resized: they travel black.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from c3d_extract.extraction.shards import ShardBroken, members
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import ExtractOptions
 from c3d_extract.settings import check_resize_on
-from c3d_extract.extraction.video import VideoError, clean_decoder_message, readers_for
+from c3d_extract.extraction.video import DecordReader, VideoError, clean_decoder_message, readers_for
 
 
 IDLE = "idle"  # what a decoder process sends when it finished a job
@@ -78,7 +80,7 @@ class DecoderSettings:
     keep_partial: bool = False
     ring: Optional[str] = None  # where this decoder's shared frame ring is opened (ring.py), if any
     storage_options: Optional[dict] = None  # fsspec storage options for URL inputs (remote.py): never shown
-    vp8_check: bool = True  # a second, slice-threaded decode of VP8 streams (video.vp8_damage)
+    vp8_check: bool = True  # VP8 decoded with slice threads, which report damage (video._VP8_SLICE_THREADS)
 
     def __post_init__(self) -> None:
         check_resize_on(self.resize_on)
@@ -176,7 +178,9 @@ class NativeStderr:
     Only for decoder processes (fd 2 is the whole process's): `install()` sends fd 2 to a file for
     the process's life (decord's decoder thread also logs between calls). There, decord's FFmpeg
     logs its errors, so the damage it conceals (macroblocks it could not decode, filled in: the frame
-    is still returned) is seen and the video goes to PyAV, which counts the repaired frames."""
+    is still returned) is seen, and decord's try counts as failed (decord cannot say which frames it
+    repaired; PyAV, which counts them, read the video first). PyAV's own FFmpeg logs through PyAV's
+    capture (video._ffmpeg_log), not here."""
 
     _sink = None
 
@@ -223,21 +227,24 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
                   ) -> Iterator[Union[Frames, End, Failed]]:
     """The frames of one video, resized and cropped (unless `resize_on` is "device": the device does it),
     then End with the video's facts; or Failed. The readers are tried in the order video.readers_for
-    gives (decord then PyAV; PyAV for MPEG program and transport streams), or in `readers`' order;
-    a video one cannot open, fails in, or would repair frames of, is read again from the start by the
-    next one. A reader with another after it sends no more frames after the first decoding error its
-    FFmpeg logs (seen after each chunk; decord logs from a thread of its own, so the moment varies),
-    but reads on, so that the try ends, and is described, as it would have without the check. With
-    `keep_partial`, a video that breaks after some frames ends there (status partial:<frames>)
-    instead of failing. A stream that ends far
-    before what its container declares is a decoding error too, and `vp8_check` looks for the VP8
-    damage FFmpeg conceals without a word (video.Declared, video.vp8_damage)."""
+    gives (PyAV then decord; PyAV alone for MPEG program and transport streams), or in `readers`' order;
+    a video one cannot open or fails in is read again from the start by the next one. PyAV counts the
+    frames FFmpeg repaired (`repaired:N`). decord cannot: a decord try whose FFmpeg logs a decoding error
+    (seen after each chunk; decord logs from a thread of its own, so the moment varies) sends no more
+    frames, reads on (so that how the try ends, and its message, do not depend on timing), and counts
+    as failed. With `keep_partial`, a video that breaks after some frames ends there (status
+    partial:<frames>, the frames the last try that sent any sent) instead of failing. A stream that ends
+    far before what its container declares is a decoding error too, and `vp8_check` makes PyAV decode
+    VP8 with slice threads, where FFmpeg reports the damage it conceals on one thread (and decord check
+    a VP8 stream that way before it reads it: video.Declared, video.vp8_damage). With `resize_on`
+    "workers", frames no clip reads (InputSpec.frame_used) are neither converted nor resized (black)."""
     order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
     sent: Optional[tuple[int, int, object]] = None   # (attempt, frames, reader) of the last try that sent frames
+    most: Optional[tuple[int, type]] = None  # (frames, reader class) of the try that sent the most
     codec = ""
+    wanted = input_spec.frame_used if resize_on == "workers" else None
     for attempt, reader_class in enumerate(order):
-        last = attempt == len(order) - 1
         NativeStderr.text()  # what an earlier video or try left behind is not this try's
         try:
             reader = reader_class(job.path, vp8_check=vp8_check)
@@ -251,25 +258,29 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
             stages.append(exc.stage)
             continue
         codec = getattr(reader, "codec", codec)
+        watched = reader_class is DecordReader  # its FFmpeg's lines are its only signal of damage
         count, seen, doomed = 0, 0, False
         try:
-            for chunk in reader.chunks():
-                if not last and not doomed:
+            for chunk in reader.chunks(wanted):
+                if watched and not doomed:
                     found, seen = _damage_since(seen)
                     doomed = bool(found)
-                if doomed:  # the next reader reads the video again: frames sent now would be dropped. The
-                    continue  # read goes on so that how it ends, and its message, do not depend on timing
-                yield Frames(job.key, attempt, input_spec.crop_frames(chunk) if resize_on == "workers" else chunk)
+                if doomed:  # the try will count as failed: frames sent now would be dropped. The read
+                    continue  # goes on so that how it ends, and its message, do not depend on timing
+                frames = input_spec.crop_frames(chunk, count) if wanted is not None else chunk
+                yield Frames(job.key, attempt, frames)
                 count += len(chunk)
                 sent = (attempt, count, reader)
+                if most is None or count > most[0]:
+                    most = (count, reader_class)
         except VideoError as exc:
             notes.append(f"{reader.name}: {exc}")
             stages.append(exc.stage)
             continue
         finally:
             reader.close()  # stops decord's decoder thread before its log is read
-        damage = _damage_lines(NativeStderr.text())
-        if damage and not last:  # FFmpeg concealed errors (every frame came, or the try stopped early)
+        damage = _damage_lines(NativeStderr.text()) if watched else []
+        if damage:  # FFmpeg concealed errors (every frame came, or the try stopped sending early)
             notes.append(f"{reader.name}: FFmpeg reported {len(damage)} decoding error(s), e.g. "
                          f"{clean_decoder_message(damage[0])}")
             stages.append("decode")
@@ -278,12 +289,38 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
         yield End(job.key, attempt, _facts(reader, count, status))
         return
     if keep_partial and sent is not None:
+        if most[0] > sent[1]:  # an earlier try got further than the last one: its frames again, as a new attempt
+            sent = yield from _partial_again(job, input_spec, most[1], most[0], len(order), wanted, vp8_check, sent)
         attempt, count, reader = sent
         yield End(job.key, attempt, _facts(reader, count, f"partial:{count}"))
         return
     stage = "decode" if "decode" in stages else "open"
     prefix = f"video stream {codec}: " if codec and stage == "open" else ""
     yield Failed(job.key, stage, prefix + "; ".join(notes))
+
+
+def _partial_again(job: VideoJob, input_spec: InputSpec, reader_class: type, frames: int, attempt: int,
+                   wanted, vp8_check: bool, sent: tuple) -> Iterator[Frames]:
+    """The first `frames` frames of a video read again by `reader_class` (whose try had sent that many
+    before it failed, more than a later try did before it failed too: PyAV, then decord, on a file
+    broken midway), as attempt `attempt`; returns (attempt, frames sent, reader) for the partial End
+    (`sent`, what was sent before, where the reader cannot open the file this time)."""
+    try:
+        reader, count = reader_class(job.path, vp8_check=vp8_check), 0
+    except VideoError:
+        return sent
+    try:
+        for chunk in reader.chunks(wanted):
+            chunk = chunk[:frames - count]
+            yield Frames(job.key, attempt, input_spec.crop_frames(chunk, count) if wanted is not None else chunk)
+            count += len(chunk)
+            if count == frames:
+                break
+    except VideoError:
+        pass
+    finally:
+        reader.close()
+    return attempt, count, reader
 
 
 def decode_job(job: VideoJob, decoder: DecoderSettings, progress=lambda: None

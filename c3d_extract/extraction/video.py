@@ -1,20 +1,24 @@
-"""Reading videos: decord first (the user's choice), PyAV (a current FFmpeg) for what decord cannot
-read. Both read sequentially in bounded chunks and turn their error traps into one clear message per
-file (reference/environment.md); both say when they repaired frames instead of decoding them.
+"""Reading videos: PyAV (a current FFmpeg) first, decord 0.6.0 for what PyAV cannot read. Both read
+sequentially in bounded chunks and turn their error traps into one clear message per file
+(reference/environment.md); both say when they repaired frames instead of decoding them. PyAV reads
+first because it is faster at equal pixels on every codec both read (bench/results.md, "Reader order").
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 import av
+import cv2
 import decord
+from av.video.reformatter import VideoReformatter
 
 from c3d_extract.errors import Failure
 
@@ -27,7 +31,7 @@ DECODER_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, decord.DECORDEr
                                                    decord._ffi.base.DECORDLimitReachedError)
 DECORD = f"decord {decord.__version__}"
 PYAV = f"pyav {av.__version__}"
-DECODERS = (DECORD, PYAV)
+DECODERS = (PYAV, DECORD)  # in the order they are tried
 # decoded RGB per read: small enough that a chunk is still in the core's cache when it is resized
 # (2 MiB read 5-30% faster than 32 MiB through decode + resize on 176x144 to 720x528 videos)
 CHUNK_BYTES = 2 * 2**20
@@ -44,8 +48,9 @@ _GAP_INTERVALS = 4
 _ESTIMATED_DURATION = {"mpeg", "mpegts", "mpegvideo", "m4v", "h264", "hevc", "rawvideo"}
 # FFmpeg's VP8 decoder drops the error of a frame whose coefficients run past their partition when it
 # decodes on one thread (or frame threads), and outputs the frame as garbage, flagged nowhere; with
-# slice threads avcodec_send_packet returns it (InvalidDataError). The loop filter does not change
-# what is detected, and skipping it makes the check cheaper.
+# slice threads avcodec_send_packet returns it (InvalidDataError). PyAVReader decodes VP8 this way (the
+# same pixels); decord, which reads a VP8 file only after PyAV failed on it, checks it first with a
+# slice-threaded decode of its own without loop filter (which does not change what is detected).
 _VP8_SLICE_THREADS = 2
 
 
@@ -279,8 +284,23 @@ def _chunk_frames(height: int, width: int) -> int:
     return int(min(64, max(4, CHUNK_BYTES // max(height * width * 3, 1))))
 
 
+class _DLPack:
+    """A decord NDArray seen through the DLPack protocol, for `np.from_dlpack`: the array shares its
+    memory (decord's `asnumpy` copies it once more; 1.2x on the whole read)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **_) -> object:
+        return self.array.to_dlpack()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0
+
+
 class DecordReader:
-    """A decord reader that yields the frames of one video in order, a bounded chunk at a time.
+    """A decord reader that yields the frames of one video in order, a bounded chunk at a time: the
+    second reader, for what PyAV cannot open or decode.
 
     Sequential reads cost one decode per frame; cutting overlapping clips with per-clip seeks is
     4-12x slower (reference/environment.md section 4). Memory is O(chunk), whatever the length.
@@ -316,7 +336,7 @@ class DecordReader:
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         try:
-            return self._reader.get_batch(list(range(start, stop))).asnumpy()
+            return np.from_dlpack(_DLPack(self._reader.get_batch(list(range(start, stop)))))
         except DECODER_ERRORS as exc:
             message = clean_decoder_message(exc)
             if "recovered from nearest frames" in message:
@@ -328,9 +348,10 @@ class DecordReader:
         """Let decord's decoder thread go (before its log is read)."""
         self.__dict__.pop("_reader", None)
 
-    def chunks(self) -> Iterator[np.ndarray]:
+    def chunks(self, wanted: Optional[Callable[[int], bool]] = None) -> Iterator[np.ndarray]:
         """Yield uint8 RGB frames (n, H, W, 3) in order; a decode error raises VideoError (the
-        reader is dead afterwards: decord cannot resume a stream that failed)."""
+        reader is dead afterwards: decord cannot resume a stream that failed). decord converts every
+        frame whatever `wanted` says (its decoding thread does), so all frames are yielded."""
         step = _chunk_frames(self.info.height, self.info.width)
         yield self._first
         for start in range(1, self.info.num_frames, step):
@@ -372,11 +393,15 @@ class DecordReader:
 
 
 class PyAVReader:
-    """The second decoder: PyAV, which bundles a current FFmpeg (AV1, current HEVC and VP9).
+    """The first reader: PyAV, which bundles a current FFmpeg (AV1, current HEVC and VP9, Theora).
 
-    It reads packets in order and converts each frame to RGB with FFmpeg's swscale, as decord does,
-    and applies rotation metadata the way decord does. Frames FFmpeg marks corrupt (error concealment)
-    or decode errors it logs are counted in `repaired`: such a video is never recorded as plain ok.
+    It reads packets in order and converts each frame to RGB with FFmpeg's swscale through one
+    reformatter per reader on one thread (`frame.to_ndarray` builds a new converter, with a thread
+    per core, for every frame: the same pixels 1.3-2.4x slower), straight into the chunk it hands on,
+    and applies rotation metadata the way decord does. Frames FFmpeg marks corrupt (error
+    concealment) or decode errors it logs are counted in `repaired`: such a video is never recorded
+    as plain ok. VP8 is decoded with slice threads, so the damage FFmpeg drops on one thread raises
+    here (see _VP8_SLICE_THREADS) instead of needing a second decode.
     """
 
     name = PYAV
@@ -406,10 +431,11 @@ class PyAVReader:
         self.codec = f"{context.name} {context.width}x{context.height}"
         self.declared = Declared.of(self._container, stream)
         context.thread_count = num_threads
-        if vp8_check and context.name == "vp8":  # costs nothing on healthy files: decord reads those
+        if vp8_check and context.name == "vp8":  # this read is the check: no second decode
             _slice_threads(context)
         rate = stream.average_rate or stream.guessed_rate
         self._rate = float(rate) if rate else 0.0  # before the first frame: _check_timeline reads it
+        self._reformatter = VideoReformatter()
         self._frames = self._decode()
         try:
             self._first = next(self._frames)
@@ -417,28 +443,19 @@ class PyAVReader:
             said = [message for level, _, message in self._log.lines if level <= av.logging.ERROR]
             raise VideoError("open", "the video stream has no frames" + (
                 f" (FFmpeg: {clean_decoder_message(said[0])})" if said else "")) from None
-        self.info = VideoInfo(int(stream.frames or 0), self._rate,
-                              self._first.shape[0], self._first.shape[1], context.name)
+        height, width = _rgb_shape(self._first)
+        self.info = VideoInfo(int(stream.frames or 0), self._rate, height, width, context.name)
 
-    def _decode(self) -> Iterator[np.ndarray]:
+    def _decode(self) -> Iterator["av.VideoFrame"]:
         count, last = 0, None
         logs = self._log.lines
         try:
             for frame in _video_frames(self._container, self._stream):
                 if frame.is_corrupt:
                     self.repaired += 1
-                image = frame.to_ndarray(format="rgb24")
-                turns = (frame.rotation // 90) % 4  # -90 (a portrait phone video): 3 turns, as decord
-                if turns:
-                    image = np.ascontiguousarray(np.rot90(image, k=turns))
-                if count and image.shape != self._first.shape:  # chunks and clips need one size
-                    raise VideoError("decode", f"the frame size changes at frame {count}, from "
-                                     f"{self._first.shape[1]}x{self._first.shape[0]} to {image.shape[1]}x"
-                                     f"{image.shape[0]} (damaged data, or a stream that changes size: not "
-                                     f"supported)", frames=count)
                 count += 1
                 last = frame.pts if frame.pts is not None else last
-                yield image
+                yield frame
         except (av.error.FFmpegError, ValueError) as exc:
             stage = "open" if count == 0 else "decode"
             raise VideoError(stage, f"decoding failed after frame {count}: {clean_decoder_message(exc)}",
@@ -451,6 +468,18 @@ class PyAVReader:
             self._check_timeline(count, last)
         if self._errors and not self.repaired:  # FFmpeg concealed an error without flagging the frame
             self.repaired = 1
+
+    def _convert(self, frame: "av.VideoFrame", slot: np.ndarray) -> None:
+        """`frame` as rgb24 into `slot` (H, W, 3), turned by its rotation metadata: one swscale pass
+        into the frame's own buffer, one copy of its rows (line stride honoured) into the slot."""
+        rgb = self._reformatter.reformat(frame, format="rgb24", threads=1)
+        plane = rgb.planes[0]
+        image = np.ndarray((rgb.height, rgb.width, 3), np.uint8, plane, strides=(plane.line_size, 3, 1))
+        turns = (frame.rotation // 90) % 4  # -90 (a portrait phone video): 3 turns, as decord
+        if turns:  # np.rot90(image, k=turns), as OpenCV's SIMD transpose (a strided numpy copy is 10x slower)
+            cv2.rotate(image, _ROTATE[turns], dst=slot)
+        else:
+            slot[...] = image
 
     def _check_timeline(self, count: int, last_pts: Optional[int]) -> None:
         """A stream that ends far before its declaration is cut (an error: partial with
@@ -470,22 +499,41 @@ class PyAVReader:
         self._container.close()
         self._log.end()
 
-    def chunks(self) -> Iterator[np.ndarray]:
-        """Yield uint8 RGB frames (n, H, W, 3) in order, about CHUNK_BYTES at a time."""
-        step = _chunk_frames(self.info.height, self.info.width)
-        batch = [self._first]
+    def chunks(self, wanted: Optional[Callable[[int], bool]] = None) -> Iterator[np.ndarray]:
+        """Yield uint8 RGB frames (n, H, W, 3) in order, about CHUNK_BYTES at a time, each chunk a
+        fresh array the frames were converted into. Frame i is converted only where `wanted(i)` (all
+        without it); the others are decoded (the stream needs them) and left black. A stream whose
+        frame size changes is a decode error there."""
+        frames = itertools.chain([self._first], self._frames)
+        self._first = None
+        chunk, fill, index = None, 0, 0
         try:
-            for image in self._frames:
-                batch.append(image)
-                if len(batch) == step:
-                    yield np.stack(batch)
-                    batch = []
+            for frame in frames:
+                shape = _rgb_shape(frame)
+                if chunk is None:
+                    chunk, fill = np.empty((_chunk_frames(*shape), *shape, 3), np.uint8), 0
+                elif chunk.shape[1:3] != shape:  # chunks and clips need one size
+                    raise VideoError("decode", f"the frame size changes at frame {index}, from {chunk.shape[2]}x"
+                                     f"{chunk.shape[1]} to {shape[1]}x{shape[0]} (damaged data, or a stream "
+                                     f"that changes size: not supported)", frames=index)
+                if wanted is None or wanted(index):
+                    self._convert(frame, chunk[fill])
+                else:
+                    chunk[fill] = 0
+                fill += 1
+                index += 1
+                if fill == len(chunk):
+                    yield chunk
+                    chunk, fill = np.empty_like(chunk), 0
         except VideoError:
-            if batch:  # the frames before the damage still count (--keep-partial)
-                yield np.stack(batch)
+            if fill:  # the frames before the damage still count (--keep-partial)
+                yield chunk[:fill]
             raise
-        if batch:
-            yield np.stack(batch)
+        except av.error.FFmpegError as exc:  # the conversion (a format swscale cannot convert)
+            raise VideoError("decode", f"cannot convert frame {index} to RGB: {clean_decoder_message(exc)}",
+                             frames=index) from None
+        if fill:
+            yield chunk[:fill]
 
 
 def _video_frames(container, stream) -> Iterator:
@@ -504,10 +552,23 @@ def _video_frames(container, stream) -> Iterator:
         yield from packet.decode()
 
 
-READERS = (DecordReader, PyAVReader)
+# np.rot90's k counter-clockwise quarter turns as cv2.rotate codes
+_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+
+
+def _rgb_shape(frame: "av.VideoFrame") -> tuple[int, int]:
+    """(H, W) of `frame` as RGB after its rotation metadata is applied."""
+    turns = (frame.rotation // 90) % 4
+    return (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)
+
+
+# PyAV first for every codec: at equal pixels (bit-identical rgb24 for 8-bit video) it is faster than
+# decord on each one both read (bench/results.md, "Reader order"); decord reads what PyAV cannot open
+# or decode. A video PyAV fails in midway is read again by decord from the start (decode.decode_frames).
+READERS = (PyAVReader, DecordReader)
 # PyAV alone for the MPEG program and transport streams: decord 0.6.0 repeats a frame in place of one
-# it loses on healthy ones (its fault tolerance stops it, after frames were sent for nothing) and
-# cannot open MPEG-1/2 video elementary streams at all. A fallback to decord would add nothing.
+# it loses on healthy ones (its fault tolerance stops it) and drops a transport stream's first GOP,
+# and cannot open MPEG-1/2 video elementary streams at all. A fallback to decord would add nothing.
 MPEG_STREAM_READERS = (PyAVReader,)
 SNIFF_BYTES = 4096  # enough for 8 transport stream packets whatever the first one's offset
 _TS_PACKET_SIZES = (188, 192, 204)  # TS; M2TS/AVCHD (4-byte time code prefix); DVB with FEC bytes
@@ -521,7 +582,7 @@ def _is_mpeg_stream(head: bytes) -> bool:
     if zeros >= 2 and head[zeros:zeros + 2] in (b"\x01\xba", b"\x01\xbb", b"\x01\xb3"):
         return True  # pack header, system header, sequence header
     for size in _TS_PACKET_SIZES:
-        for offset in range(min(size, len(head))):
+        for offset in (at for at in range(min(size, len(head))) if head[at] == 0x47):  # the first sync byte
             packets = min(_TS_PACKETS_NEEDED, (len(head) - offset + size - 1) // size)
             if packets >= 3 and all(head[offset + k * size] == 0x47 for k in range(packets)):
                 return True

@@ -121,12 +121,31 @@ class InputSpec:
             return self.crop_offset
         return ((size[0] - self.crop[0]) // 2, (size[1] - self.crop[1]) // 2)
 
-    def crop_frames(self, frames: np.ndarray) -> np.ndarray:
-        """Decoded uint8 RGB frames (N, H, W, 3) -> resized (cv2) and cropped uint8 (N, ch, cw, 3)."""
+    def frame_used(self, index: int) -> bool:
+        """Whether a clip can read frame `index` of a video. Windows start every `stride` frames and
+        read every `frame_step`-th of their frames, so where `stride` is a multiple of `frame_step`
+        only the frames at multiples of `frame_step` are read (Res3D: the even ones); a video shorter
+        than one window pads its one clip from any of its first `clip_len` frames (clips.short_indices),
+        so those are always used."""
+        return index < self.clip_len or self.stride % self.frame_step != 0 or index % self.frame_step == 0
+
+    def crop_frames(self, frames: np.ndarray, first: Optional[int] = None) -> np.ndarray:
+        """Decoded uint8 RGB frames (N, H, W, 3) -> resized (cv2) and cropped uint8 (N, ch, cw, 3),
+        one frame at a time through a resize buffer that stays in the cache. With `first`, the index
+        of frames[0] in its video, a frame no clip reads (`frame_used`) is not resized: it stays black."""
         size = self.size_for(frames.shape[1], frames.shape[2])
         top, left = self.offset(size)
-        frames = resize_frames(frames, size)
-        return np.ascontiguousarray(frames[:, top: top + self.crop[0], left: left + self.crop[1]])
+        out = np.empty((len(frames), self.crop[0], self.crop[1], frames.shape[3]), np.uint8)
+        resized = np.empty((size[0], size[1], frames.shape[3]), np.uint8) if frames.shape[1:3] != size else None
+        for k, frame in enumerate(frames):
+            if first is not None and not self.frame_used(first + k):
+                out[k] = 0
+                continue
+            if resized is not None:
+                cv2.resize(frame, (size[1], size[0]), dst=resized, interpolation=cv2.INTER_LINEAR)
+                frame = resized
+            out[k] = frame[top: top + self.crop[0], left: left + self.crop[1]]
+        return out
 
     def crop_frames_float(self, frames: torch.Tensor) -> torch.Tensor:
         """crop_frames with the float resize, on the frames' torch device (`--resize-on device`)."""
