@@ -224,6 +224,7 @@ def run_limited(args: list, limit: int) -> subprocess.CompletedProcess:
                           timeout=600, preexec_fn=limited)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_out_as_it_was(tmp_path):
     path = tmp_path / "clips.h5"
     write_clip_file(path, {f"v/v_{i:03d}.mp4": 40 for i in range(20)}, dim=512)
@@ -259,6 +260,7 @@ def test_a_killed_exports_temporary_file_is_removed_by_the_next(clip_file, tmp_p
     assert len(read_like_the_captioning_code(tmp_path / "anet.hdf5")) == 5
 
 
+@pytest.mark.slow
 def test_a_real_per_clip_fc7_run_exports(tmp_path):
     """Through the extraction itself: C3D, random weights, 40 frames -> clips at 0, 8, 16, 24 (32
     does not fit), fc7 after ReLU, then --pca 2 against scikit-learn on the file's own rows."""

@@ -113,6 +113,7 @@ def test_a_file_written_by_a_run_keeps_the_settings_layout(tmp_path):
     assert recorded["shard"] == "0/1" and recorded["layers"] == ["pool5"] and recorded["resize_on"] == "workers"
 
 
+@pytest.mark.slow
 def test_each_console_entry_ends_promptly_with_its_status(tmp_path):
     # c3d-svm with worker processes (--jobs 2, a C search): scikit-learn's workers are ended by the
     # normal exit's hooks; c3d-extract's and c3d-weights' fast exit still gives their status

@@ -59,6 +59,7 @@ def test_every_clip_comes_back_in_order_equal_to_a_forward_of_it_alone(net, clip
         np.testing.assert_allclose(value, by_hand(net, clip), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_replicas_give_what_one_device_gives(net, clips):
     one = BatchRunner(net, ["pool5"], SPEC, Runtime(torch.device("cpu"), "fp32"), 2)
     items = [("v", 8 * i, 0, clips[i]) for i in range(len(clips))]

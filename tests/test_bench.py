@@ -1,5 +1,6 @@
 """The benchmark scripts stay runnable: they import, and their cheapest step works."""
 
+import pytest
 
 from c3d_extract.extraction.inputs import find_videos
 from tests.helpers import load_bench as load
@@ -36,6 +37,7 @@ def test_decode_script_times_the_input_stage_and_counts_every_frame(tmp_path):
     assert decode.stage_one_process(path, copies=1) > 0
 
 
+@pytest.mark.slow
 def test_whole_process_script_runs_the_command_and_counts_its_clips(tmp_path):
     bench = load("whole_process")
     video = str(write_video(tmp_path / "v.mp4", moving_frames(40, 64, 96)))  # windows at 0, 8, 16, 24
@@ -63,6 +65,7 @@ def test_decoder_zoo_script_compares_decord_with_pyav_and_the_encoded_frames(tmp
     assert "Error" in rows["text.mp4"]
 
 
+@pytest.mark.slow
 def test_gpu_script_prints_every_figure_in_clips_per_second_on_the_cpu(tmp_path, capsys):
     bench = load("gpu")
     videos = tmp_path / "videos"

@@ -141,6 +141,7 @@ def corpus(tmp_path_factory):
     return originals, files
 
 
+@pytest.mark.slow
 def test_no_damaged_file_with_any_decoder_signal_is_plain_ok(corpus):
     originals, files = corpus
     assert "h264.mp4" in originals and "vp8.webm" in originals and "xvid.avi" in originals

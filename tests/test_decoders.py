@@ -57,6 +57,7 @@ def zoo(tmp_path_factory):
     return folder, made, missing
 
 
+@pytest.mark.slow
 def test_every_video_of_the_zoo_pyav_can_decode_becomes_a_row(zoo, tmp_path):
     folder, made, missing = zoo
     if missing:
@@ -160,6 +161,7 @@ def substituting_mutation(source: bytes, seed: int = 7, tries: int = 400) -> byt
     pytest.skip(f"no mutation out of {tries} made decord substitute a frame here")
 
 
+@pytest.mark.slow
 def test_a_video_decord_would_repair_is_never_plain_ok(tmp_path):
     clean = write_video(tmp_path / "clean.mp4", moving_frames(99, 120, 160, seed=3), bit_rate=400_000)
     folder = tmp_path / "in"

@@ -93,6 +93,7 @@ def test_the_size_estimate_is_an_upper_bound(reference, tmp_path):
     assert actual <= estimate <= 1.05 * actual + 2**17
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_a_journal_append_keeps_the_finished_videos(videos, reference, tmp_path):
     out = tmp_path / "out.h5"
     limit = int(2.5 * record_bytes(reference))  # two records fit in the journal, the third does not
@@ -108,6 +109,7 @@ def test_a_full_disk_in_a_journal_append_keeps_the_finished_videos(videos, refer
     assert not os.path.exists(journal_path(str(out)))
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_the_fold_then_a_damaged_journal(videos, reference, tmp_path):
     out = tmp_path / "out.h5"
     journal = Path(journal_path(str(out)))
@@ -167,6 +169,7 @@ def test_hdf5_write_failures_without_a_reservation_close_cleanly(reference, tmp_
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
 def test_a_really_full_disk_warns_before_and_stops_cleanly(videos, reference, tmp_path):
     """ENOSPC on a 1.5 MB tmpfs (a user namespace: no root): the journal fits, the new file not."""
@@ -199,6 +202,7 @@ def _part(path: Path, keys: list[str], seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_merge_on_a_full_disk(tmp_path):
     parts = [_part(tmp_path / "a.h5", [f"a{i}.mp4" for i in range(40)], 1),
              _part(tmp_path / "b.h5", [f"b{i}.mp4" for i in range(40)], 2)]
@@ -213,6 +217,7 @@ def test_merge_on_a_full_disk(tmp_path):
     assert_same_file(out, clean)
 
 
+@pytest.mark.slow
 def test_weights_convert_on_a_full_disk(tmp_path):
     spec = SPECS["densenet3d-121"]  # the smallest network: 47 MB of weights
     source = tmp_path / "src.pt"
@@ -231,6 +236,7 @@ def test_weights_convert_on_a_full_disk(tmp_path):
     assert written.keys() == state.keys() and all(torch.equal(written[k], state[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_export_on_a_full_disk_leaves_no_half_npy(reference, tmp_path):
     folder = tmp_path / "npy"
     with h5py.File(reference, "r") as f:

@@ -151,6 +151,7 @@ def test_server_error_and_no_network_say_what_to_do(server, monkeypatch, tmp_pat
     assert weights("fetch", "i3d").exit_code == 2
 
 
+@pytest.mark.slow
 def test_extract_fetches_published_weights_on_first_use(server, monkeypatch, tmp_path, video_dir, res3d_model_bytes):
     server.files["/model.caffemodel"] = res3d_model_bytes
     use_manifest(monkeypatch, tmp_path, {"res3d-sports1m": entry(server.url + "/model.caffemodel", res3d_model_bytes)})

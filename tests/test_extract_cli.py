@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from c3d_extract.extraction.video import PYAV
 from c3d_extract.models.registry import c3d, res3d
 from c3d_extract.models.net import init_random
 from tests.helpers import recompute, rows, run
@@ -32,8 +33,8 @@ def test_c3d_rows_equal_an_independent_recomputation(video_dir, tmp_path):
     with h5py.File(out, "r") as f:
         assert sorted(k.decode() for k in f["videos"][:]) == ["h264.mp4", "sub/h264.mkv", "sub/xvid.avi"]
         assert f.attrs["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-        assert f.attrs["precision"] == "fp32" and f.attrs["decoder"].startswith("decord 0.6.0, then pyav ")
-        assert set(f["decoder"].asstr()[()]) == {"decord 0.6.0"}
+        assert f.attrs["precision"] == "fp32" and f.attrs["decoder"] == f"{PYAV}, then decord 0.6.0"
+        assert set(f["decoder"].asstr()[()]) == {PYAV}  # PyAV reads first (issue #32)
         assert list(f["features"]) == ["fc6", "pool5", "prob"] and f["features/pool5"].shape[1] == 8192
         clips = dict(zip((k.decode() for k in f["videos"][:]), f["num_clips"][:]))
         assert clips == {"h264.mp4": 4, "sub/xvid.avi": 2, "sub/h264.mkv": 1}
@@ -63,6 +64,7 @@ def test_res3d_rows_equal_an_independent_recomputation(video_dir, tmp_path):
         assert list(f["features/res5b"].attrs["clip_shape"]) == [512, 1, 7, 7]
 
 
+@pytest.mark.slow
 def test_corrupt_real_video_among_good_ones(tmp_path):
     folder = tmp_path / "real"
     folder.mkdir()
@@ -73,9 +75,9 @@ def test_corrupt_real_video_among_good_ones(tmp_path):
     result = run(folder, out, "--model", "res3d", "--weights", "random")
     assert result.exit_code == 1
     line = next(line for line in result.stderr.splitlines() if CORRUPT in line)
-    # one line that names both decoders and where each broke (frame 28 of 50)
-    assert line.startswith(f"c3d-extract: {folder / CORRUPT}: decode: decord 0.6.0: decoding failed in frames ")
-    assert "; pyav " in line and "decoding failed after frame 28" in line
+    # one line that names both decoders and where each broke (frame 28 of 50), PyAV's try first
+    assert line.startswith(f"c3d-extract: {folder / CORRUPT}: decode: {PYAV}: decoding failed after frame 28")
+    assert "; decord 0.6.0: decoding failed in frames " in line
     with h5py.File(out, "r") as f:
         assert [v.decode() for v in f["failures/video"][:]] == [CORRUPT]
         assert f["failures/stage"][0] == b"decode"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from c3d_extract.featurefile.journal import Journal, journal_path
 from c3d_extract.featurefile.writer import FeatureStore
@@ -82,6 +83,7 @@ def assert_equal_runs(a: Path, b: Path) -> None:
     assert ra["failures"] == rb["failures"] == 0
 
 
+@pytest.mark.slow
 def test_sigkill_during_group_commits_then_rerun_equals_a_clean_run(tmp_path):
     clean = tmp_path / "clean.h5"
     done = drive(clean)
@@ -112,6 +114,7 @@ def test_sigkill_during_group_commits_then_rerun_equals_a_clean_run(tmp_path):
     assert_equal_runs(clean, out)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_background_group_write_loses_no_told_video(tmp_path):
     clean = tmp_path / "clean.h5"
     assert drive(clean).wait(timeout=600) == 0

@@ -23,6 +23,7 @@ from tests.helpers import REPO, load_bench as load
 from tests.videos import moving_frames, write_video
 
 
+@pytest.mark.slow
 def test_a_hanging_input_is_abandoned_after_the_timeout(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -56,6 +57,7 @@ def _decode_workers() -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_a_decoder_process_that_dies_costs_one_video(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -150,6 +152,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_a_decoder_waiting_on_a_full_ring_ends_when_the_batching_process_is_killed(tmp_path):
     video = write_video(tmp_path / "long.mp4", moving_frames(900, 48, 64, seed=9))  # 900 frames > one ring
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(video)], stdout=subprocess.PIPE, text=True,

@@ -64,6 +64,7 @@ def test_per_clip_rows_average_to_the_video_row_and_carry_frames_and_times(video
         assert f["segments/pool5"].shape == (4, 4, 512)
 
 
+@pytest.mark.slow
 def test_clips_survive_sharding_and_merge(videos, tmp_path):
     single = tmp_path / "single.h5"
     CliRunner().invoke(main, [str(videos), str(single), *ARGS, "--per-clip", "--segments", "2"])

@@ -47,7 +47,7 @@ def two_clips(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("model, layers", [("c3d", "fc6"), ("res3d", "res5b")])
+@pytest.mark.parametrize("model, layers", [pytest.param("c3d", "fc6", marks=pytest.mark.slow), ("res3d", "res5b")])
 def test_what_auto_picks_here_keeps_cosine_0999_to_fp32(two_clips, tmp_path, model, layers):
     # runs on every machine: bf16 where the CPU has bf16 units, else fp32 (then equal bit for bit)
     assert_parity(two_clips, tmp_path, model, layers, "auto")

@@ -10,6 +10,7 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
 from c3d_extract.extraction.engine_ray import Driver, clips_per_call, partial_sums
 from c3d_extract.extraction.inputs import VideoJob
@@ -104,6 +105,7 @@ def test_a_video_is_told_only_after_its_group_is_committed(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_an_unreachable_cluster_fails_within_the_connect_timeout(tmp_path):
     (tmp_path / "v.mp4").write_bytes(b"x")
     address = f"127.0.0.1:{free_port()}"  # nothing listens there

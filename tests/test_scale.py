@@ -26,6 +26,7 @@ def folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_shards_merged_equal_a_single_run(folder, tmp_path):
     assert run(folder, tmp_path / "all.h5", *BASE).exit_code == 1  # empty.mp4 fails in both
     parts = []
@@ -98,6 +99,7 @@ def test_symlink_loops_are_reported_not_fatal(tmp_path):
     assert problems and "symbolic link loop" in problems[0][1]
 
 
+@pytest.mark.slow
 def test_verify_reproduces_a_sample_and_catches_a_changed_row(folder, tmp_path):
     out = tmp_path / "v.h5"
     run(folder, out, *BASE)
@@ -113,6 +115,7 @@ def test_verify_reproduces_a_sample_and_catches_a_changed_row(folder, tmp_path):
     assert result.exit_code == 2 and "other settings" in result.stderr
 
 
+@pytest.mark.slow
 def test_two_replicas_write_what_one_device_writes(folder, tmp_path):
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     assert run(folder, one, *BASE, "--batch-size", "2").exit_code == 1
@@ -124,6 +127,7 @@ def test_two_replicas_write_what_one_device_writes(folder, tmp_path):
     assert run(folder, tmp_path / "x.h5", *BASE, "--device", "cpu,cuda").exit_code == 2
 
 
+@pytest.mark.slow
 def test_resizing_on_the_device_writes_what_the_workers_write(folder, tmp_path):
     workers, device = tmp_path / "w.h5", tmp_path / "d.h5"
     run(folder, workers, *BASE, "--resize-on", "workers")

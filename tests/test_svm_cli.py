@@ -402,6 +402,7 @@ def test_classify_raises_usage_errors_and_warns_of_missing_videos(tmp_path):
     assert result.splits[0].n_test == 3 * 7
 
 
+@pytest.mark.slow
 def test_aslan_runs_equal_a_direct_computation(tmp_path):
     # labels shuffled: near chance, where every choice of the protocol moves the numbers
     path, pairs, rows, layers, keys = aslan_data(tmp_path, shuffle=True, seed=2)

@@ -114,6 +114,7 @@ def test_c3d_v10_caffemodel_loads_and_every_layer_equals_the_raw_forward(c3d_fil
     assert ours["pool5"].shape == (1, 512, 1, 4, 4) and ours["fc6"].gt(0).any()
 
 
+@pytest.mark.slow
 def test_c3d_layers_match_by_order_when_names_differ(tmp_path):
     raw = ck.c3d_raw(seed=3, classes=101)  # a UCF101 fine-tuned head
     renamed = {f"layer{i}": v for i, v in enumerate(raw.values())}
@@ -155,6 +156,7 @@ def test_truncated_caffemodel_names_the_byte_offset(tmp_path):
         read_checkpoint(str(tmp_path / "cut.caffemodel"))
 
 
+@pytest.mark.slow
 def test_c3d_pickle_of_the_pytorch_port(tmp_path):
     raw = ck.c3d_raw(seed=4)
     port = OrderedDict()
