@@ -43,8 +43,8 @@ from whole_process import weights_file  # noqa: E402
 from c3d_extract import api  # noqa: E402
 from c3d_extract.extraction.batches import Batches  # noqa: E402
 from c3d_extract.extraction.pipeline import BatchRunner  # noqa: E402
-from c3d_extract.extraction.runtime import (Runtime, cpu_has_fast_bf16, default_workers,  # noqa: E402
-                                            resolve_device, usable_cores)
+from c3d_extract.extraction.devices import default_workers, usable_cores  # noqa: E402
+from c3d_extract.extraction.runtime import Runtime, cpu_has_fast_bf16, resolve_device  # noqa: E402
 from c3d_extract.models.registry import get_spec  # noqa: E402
 from c3d_extract.weights.load import load_weights  # noqa: E402
 

@@ -35,7 +35,7 @@ from c3d_extract.extraction.assemble import Clip  # noqa: E402
 from c3d_extract.extraction.decode import DecoderSettings  # noqa: E402
 from c3d_extract.extraction.inputs import find_videos  # noqa: E402
 from c3d_extract.extraction.remote import fetch  # noqa: E402
-from c3d_extract.extraction.runtime import default_workers  # noqa: E402
+from c3d_extract.extraction.devices import default_workers  # noqa: E402
 from c3d_extract.extraction.workers import DecodePool  # noqa: E402
 from c3d_extract.models.registry import C3D_SPORTS1M  # noqa: E402
 from tests.remote_servers import KEY, SECRET, S3Server  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
             write_video(folder / f"v{i:03d}.mp4", moving_frames(args.frames, 240, 320, seed=i))
         fs.put(str(folder), "bench/videos", recursive=True)
         size = sum(p.stat().st_size for p in folder.iterdir()) / args.videos
-        workers = default_workers(__import__("torch").device("cpu"))
+        workers = default_workers("cpu")
         rows = []
         local, remote = [], []
         for _ in range(args.reps):

@@ -9,13 +9,12 @@
 
 from __future__ import annotations
 
-import atexit
 import copy
 import os
 import random
 import shlex
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Collection, Optional, Sequence
 
 import numpy as np
@@ -23,23 +22,23 @@ import torch
 
 from c3d_extract import __version__
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_videos, parse_extensions, shard_of
+from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_jobs
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.extraction.remote import FETCH_STAGE, redact, redact_argv
 from c3d_extract.extraction.pipeline import BatchRunner, Failed, OnVideo, Sink, Summary, extract as run_local
-from c3d_extract.extraction.runtime import (DEVICE_ENV, Runtime, decoder_count, default_batch_size,
-                                            default_device, default_workers, resolve_device, resolve_precision)
+from c3d_extract.extraction.devices import (DEVICE_ENV, decoder_count, default_batch_size, default_device,
+                                            device_defaults)
+from c3d_extract.extraction.runtime import Runtime, resolve_device, resolve_precision
 from c3d_extract.extraction.decode import DecoderSettings
+from c3d_extract.extraction.early import EarlyStart, all_to_do, start as start_early, take as take_early
 from c3d_extract.extraction.workers import DecodePool, prestart as start_decoders
 from c3d_extract.extraction.video import DECODERS
-from c3d_extract.featurefile.journal import journal_path
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
 from c3d_extract.options import ENGINES, ExtractOptions
 from c3d_extract.settings import RunSettings
 from c3d_extract.storage import StorageError
-from c3d_extract.models.registry import MODEL_NAMES, MODELS, get_spec
-from c3d_extract.models.spec import ModelSpec
+from c3d_extract.models.registry import MODEL_NAMES, MODELS
 from c3d_extract.weights.load import RANDOM, WeightsError, load_weights, spec_mean
 from c3d_extract.weights.manifest import cache_dir
 
@@ -56,46 +55,21 @@ class Extractor:
     shapes: dict
     replicas: list = field(default_factory=list)  # one BatchRunner per device, the first is `network`
     options: ExtractOptions = field(default_factory=ExtractOptions)  # what the run was told
-    early: Optional["_EarlyStart"] = None  # decoders started before the network was built
+    early: Optional[EarlyStart] = None  # decoders started before the network was built (early.py)
+
+    def workers(self) -> int:
+        """The decoder processes of the local engine: as the options say, else the default for the
+        network's device (devices.decoder_count)."""
+        return decoder_count(self.options.workers, self.network.runtime.device)
 
     def decoder_settings(self) -> DecoderSettings:
         """What the local engine's decoder processes are told."""
         return DecoderSettings.of(self.options, self.network.input_spec, self.network.resize_on)
 
     def take_early_pool(self, todo: Sequence[VideoJob]) -> Optional[DecodePool]:
-        """The pool started early (build_extractor's `early_jobs`) where it decodes exactly `todo`
-        with the settings the network needs, else None (and a pool started for nothing is stopped)."""
+        """The pool started early where it decodes exactly `todo` as this network needs (early.take)."""
         early, self.early = self.early, None
-        if early is None:
-            return None
-        atexit.unregister(early.pool.close)  # from here the run closes it
-        final = self.decoder_settings()
-        if (early.keys == tuple(job.key for job in todo) and early.decoder.input_spec.geometry ==
-                final.input_spec.geometry and replace(early.decoder, input_spec=final.input_spec) == final):
-            return early.pool
-        early.pool.close()
-        return None
-
-
-@dataclass
-class _EarlyStart:
-    """A DecodePool handed its first jobs before the weights were read and the network built."""
-
-    pool: DecodePool
-    keys: tuple[str, ...]
-    decoder: DecoderSettings
-
-    def workers(self) -> int:
-        """The decoder processes of the local engine: as the options say, else the default for the
-        network's device (runtime.decoder_count)."""
-        return decoder_count(self.options.workers, self.network.runtime.device)
-
-
-def device_defaults(device_type: str) -> dict[str, int]:
-    """The defaults that depend on where the network runs (`--help` shows them): clips per batch and
-    the local engine's decoder processes, for "cpu" or "cuda"."""
-    device = torch.device(device_type)
-    return {"batch_size": default_batch_size(device), "workers": default_workers(device)}
+        return take_early(early, todo, self.decoder_settings(), self.workers())
 
 
 def check_engine(engine: str) -> None:
@@ -109,33 +83,8 @@ def check_engine(engine: str) -> None:
         require_ray()
 
 
-def _with_clip_options(model_spec: ModelSpec, options: ExtractOptions) -> ModelSpec:
-    """`model_spec` with the options' clip length, stride and frame step where they are given."""
-    clip = {name: getattr(options, name) for name in ("clip_len", "stride", "frame_step")
-            if getattr(options, name) is not None}
-    return model_spec.with_input(**clip) if clip else model_spec
-
-
-def _start_early(options: ExtractOptions, jobs: Sequence[VideoJob], device: torch.device) -> Optional[_EarlyStart]:
-    """Decoders handed their first jobs now, where the frames they need are known before any weights
-    file is read (the model's published weights, or random ones); None elsewhere (a checkpoint names
-    its own spec) and where frames are resized on the device."""
-    if options.weights not in (None, RANDOM) or options.resize_on == "device" or not jobs:
-        return None
-    try:
-        input_spec = _with_clip_options(get_spec(options.model or "c3d"), options).input
-    except UsageError:  # reported, with its context, where the network is built
-        return None
-    decoder = DecoderSettings.of(options, input_spec)
-    pool = DecodePool(jobs, decoder, options.short, decoder_count(options.workers, device), options.timeout)
-    atexit.register(pool.close)  # decoders ignore SIGTERM: a run refused later must not leave them behind
-    pool.start()
-    return _EarlyStart(pool, tuple(job.key for job in jobs), decoder)
-
-
 def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = lambda message: None,
-                    prestart: bool = False, early_jobs: Optional[Sequence[VideoJob]] = None,
-                    **changes) -> Extractor:
+                    prestart: bool = False, early: Optional[EarlyStart] = None, **changes) -> Extractor:
     """Resolve weights, spec, layers, devices and precision into a network and the run's settings.
 
     `options` (with `changes`, keywords named like ExtractOptions' fields: model, layers, weights, ...)
@@ -145,11 +94,10 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     bit-exact, README Limits), or "auto" (= workers: the default is faithful everywhere); under the
     Ray engine frames are always resized where they are decoded. With `prestart` (a run that follows
     at once), the local engine's decoder processes start first, so that their start-up overlaps the
-    building of the network (workers.prestart); with `early_jobs` too (the jobs of a run into a new
-    file: all of them are to do), they are handed their first jobs at once where the frames' spec is
-    known before the weights are read, so the run's first seconds are spent decoding (run_jobs takes
-    that pool when its jobs are these). Raises UsageError for bad arguments and WeightsError for
-    weights that cannot be had or do not fit."""
+    building of the network (workers.prestart), unless `early` (early.start: decoders already
+    decoding the run's jobs) is given: the extractor keeps it for run_jobs, which takes its pool where
+    it fits (early.take). Raises UsageError for bad arguments and WeightsError for weights that cannot
+    be had or do not fit."""
     options = ExtractOptions.of(options, **changes)
     check_engine(options.engine)
     resize_on = "device" if options.resize_on == "device" and options.engine == "local" else "workers"
@@ -157,15 +105,12 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     targets = [resolve_device(name.strip()) for name in device.split(",")]
     if len({t.type for t in targets}) > 1:
         raise UsageError(f"--device {device}: mix of CPU and CUDA devices")
-    early = None
-    if prestart and options.engine == "local":
-        early = _start_early(options, early_jobs, targets[0]) if early_jobs is not None else None
-        if early is None:
-            start_decoders(decoder_count(options.workers, targets[0]))
+    if prestart and options.engine == "local" and early is None:
+        start_decoders(decoder_count(options.workers, targets[0]))
     runtime = Runtime(targets[0], resolve_precision(options.precision, targets[0]))
     loaded = load_weights(options.weights, options.model, options.seed, quiet=options.quiet, warn=warn)
     model_spec = spec_mean(loaded.spec, options.mean)
-    model_spec = _with_clip_options(model_spec, options)
+    model_spec = model_spec.with_input(**options.clip_changes())
     shapes = model_spec.layer_shapes(list(options.layers or model_spec.default_layers), net=loaded.net)
     if options.weights == RANDOM:
         warn(f"warning: random weights (seed {options.seed}): the features are meaningless outside smoke tests")
@@ -185,26 +130,6 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
                             resize_on)
                 for net, target in zip([loaded.net, *copies], targets)]
     return Extractor(replicas[0], settings, provenance, shapes, replicas, options, early)
-
-
-def find_jobs(inputs: Sequence[str], options: Optional[ExtractOptions] = None,
-              warn: Warn = lambda message: None) -> list[VideoJob]:
-    """The videos of directories, files, URLs, prefixes, tar shards and @lists, keyed relative to
-    `options.root`, optionally one shard (I, N) of them (`options.shard`). `options.storage_options`
-    go to fsspec for URLs (e.g. {"endpoint_url": ...}); RemoteError when the store cannot be listed or
-    reached."""
-    options = options or ExtractOptions()
-    extensions = parse_extensions(options.ext)
-    storage_options = dict(options.storage_options) if options.storage_options is not None else None
-    jobs, problems = find_videos(inputs, options.root, extensions, storage_options)
-    for path, problem in problems:
-        warn(f"warning: {path}: {problem}")
-    if not jobs:
-        raise UsageError(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
-    if options.shard:
-        index, count = options.shard
-        jobs = [job for job in jobs if shard_of(job.key, count) == index]
-    return jobs
 
 
 class Arrays:
@@ -259,8 +184,8 @@ def extract(videos: Sequence[str], output: Optional[str] = None, options: Option
     if output is None and options.engine != "local":
         raise UsageError("extracting to arrays runs the local engine; give `output` for --engine ray")
     jobs = find_jobs(videos, options, warn)
-    extractor = build_extractor(options, warn=warn, prestart=True,
-                                early_jobs=jobs if output is None or all_to_do(output, options) else None)
+    early = start_early(options, jobs) if all_to_do(output, options) else None
+    extractor = build_extractor(options, warn=warn, prestart=True, early=early)
     if output is None:
         sink = Arrays(extractor.network.layers, wants_clips=extractor.settings.wants_clips)
         run_local(jobs, extractor.replicas, sink, options, pool=extractor.take_early_pool(jobs))
@@ -268,12 +193,6 @@ def extract(videos: Sequence[str], output: Optional[str] = None, options: Option
     store, todo = open_output(output, extractor, jobs)
     with store:
         return run_jobs(todo, extractor, store, on_video=on_video)
-
-
-def all_to_do(output: str, options: ExtractOptions) -> bool:
-    """Whether a run into `output` will have every one of its jobs to do (no file or journal there
-    yet, or --overwrite): then its decoders can start before the file is opened."""
-    return options.overwrite or not (os.path.exists(output) or os.path.exists(journal_path(output)))
 
 
 def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], *,
@@ -389,5 +308,5 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
 
 __all__ = ["DEVICE_ENV", "ENGINES", "MODELS", "MODEL_NAMES", "VIDEO_EXTENSIONS", "Arrays", "ClipSequence",
            "ExtractOptions", "Extractor", "Failed", "FeatureFile", "FeatureStore", "OnVideo", "QuietRay", "Sink",
-           "StorageError", "StoreError", "Summary", "Verification", "WeightsError", "all_to_do", "build_extractor", "cache_dir",
+           "StorageError", "StoreError", "Summary", "Verification", "WeightsError", "build_extractor", "cache_dir",
            "check_engine", "device_defaults", "extract", "find_jobs", "open_output", "redact", "run_jobs", "verify"]

@@ -17,6 +17,8 @@ RAY_CONNECT_TIMEOUT = 30.0  # seconds to join a Ray cluster before the run is re
 RESIZE_CHOICES = ("auto", *RESIZE_PLACES)  # what --resize-on takes: auto = workers (faithful everywhere)
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # what --precision takes: a file records one of the others
 
+RANDOM = "random"  # --weights random: random weights of the model (smoke runs), no file
+
 
 @dataclass(frozen=True)
 class ExtractOptions:
@@ -80,6 +82,11 @@ class ExtractOptions:
                 raise UsageError(f"{name} must be a positive number of seconds, not {value}")
         if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
             raise UsageError("storage_options must be a mapping, e.g. {\"endpoint_url\": \"http://host:8333\"}")
+
+    def clip_changes(self) -> dict[str, int]:
+        """The clip settings given (clip_len, stride, frame_step), as changes to a spec's InputSpec."""
+        return {name: getattr(self, name) for name in ("clip_len", "stride", "frame_step")
+                if getattr(self, name) is not None}
 
     @classmethod
     def of(cls, options: Optional["ExtractOptions"] = None, **changes) -> "ExtractOptions":

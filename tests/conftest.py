@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from c3d_extract.extraction.runtime import DEVICE_ENV, cpu_has_fast_bf16
+from c3d_extract.extraction.devices import DEVICE_ENV
+from c3d_extract.extraction.runtime import cpu_has_fast_bf16
 from tests.videos import moving_frames, write_video
 
 

@@ -36,6 +36,8 @@ def test_entry_points_and_what_a_decoder_process_imports_leave_torch_out():
     # a decoder process re-runs its parent's script (the console script enters through c3d_extract.cli)
     # and unpickles its target from extraction.decode, an InputSpec from models.preprocess
     assert not _imports_torch("c3d_extract.cli", "c3d_extract.extraction.decode", "c3d_extract.models.preprocess")
+    # nor what a run goes through before its decoders have their first jobs (extraction/early.py)
+    assert not _imports_torch("c3d_extract.cli.extract", "c3d_extract.extraction.early", "c3d_extract.models.inputs")
     assert _imports_torch("c3d_extract.extraction.pipeline")  # the check can see torch where it is
 
 
@@ -139,7 +141,11 @@ def test_each_console_entry_ends_promptly_with_its_status(tmp_path):
 # names as public: options, settings, errors, storage, the other commands' own library modules).
 CLI_MAY_IMPORT = {
     "extract": {"c3d_extract", "c3d_extract.api", "c3d_extract.cli", "c3d_extract.cli.errors", "c3d_extract.errors",
-                "c3d_extract.options", "c3d_extract.settings", "c3d_extract.storage"},
+                "c3d_extract.options", "c3d_extract.settings", "c3d_extract.storage",
+                # what it reads and starts before `import torch` (its --help, the jobs, the early decoders):
+                # modules without torch, so that a run's first seconds are spent decoding (issue #32)
+                "c3d_extract.extraction.early", "c3d_extract.extraction.devices", "c3d_extract.extraction.inputs",
+                "c3d_extract.models.defaults", "c3d_extract.models.inputs", "c3d_extract.weights.manifest"},
     "files": {"c3d_extract.cli.errors", "c3d_extract.errors", "c3d_extract.storage",
               "c3d_extract.featurefile.activitynet", "c3d_extract.featurefile.interop",
               "c3d_extract.featurefile.merge", "c3d_extract.featurefile.reader"},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from c3d_extract.extraction import runtime
+from c3d_extract.extraction import devices
 from c3d_extract.extraction.batches import Batches
 from c3d_extract.extraction.pipeline import BatchRunner
 from c3d_extract.extraction.runtime import Runtime
@@ -90,13 +90,13 @@ def test_torch_clips_are_staged_like_numpy_ones(net, clips):
 
 
 def test_decoder_count_and_batch_size_follow_the_device(monkeypatch):
-    monkeypatch.setattr(runtime, "usable_cores", lambda: 16)
-    assert runtime.default_workers(torch.device("cuda")) == 15  # the GPU computes, the cores decode
-    assert runtime.default_workers(torch.device("cpu")) == 4
-    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
-    assert runtime.default_workers(torch.device("cpu")) == runtime.default_workers(torch.device("cuda")) == 1
-    assert runtime.default_batch_size(torch.device("cpu")) == 4
-    assert runtime.default_batch_size(torch.device("cuda")) == 64
+    monkeypatch.setattr(devices, "usable_cores", lambda: 16)
+    assert devices.default_workers(torch.device("cuda")) == 15  # the GPU computes, the cores decode
+    assert devices.default_workers(torch.device("cpu")) == 4
+    monkeypatch.setattr(devices, "usable_cores", lambda: 2)
+    assert devices.default_workers(torch.device("cpu")) == devices.default_workers(torch.device("cuda")) == 1
+    assert devices.default_batch_size(torch.device("cpu")) == 4
+    assert devices.default_batch_size(torch.device("cuda")) == 64
 
 
 def test_only_reduced_precisions_search_for_cudnn_algorithms():

@@ -15,6 +15,8 @@ from dataclasses import replace
 import numpy as np
 
 from c3d_extract import api
+from c3d_extract.extraction import early
+from c3d_extract.extraction.pipeline import extract as run_local
 from tests.videos import moving_frames, write_video
 
 
@@ -30,7 +32,7 @@ def test_a_new_file_is_decoded_while_the_network_is_built_and_gives_the_same_row
     folder = _videos(tmp_path)
     options = api.ExtractOptions(model="res3d", weights="random", device="cpu", workers=1)
     jobs = api.find_jobs([str(folder)], options)
-    extractor = api.build_extractor(options, prestart=True, early_jobs=jobs)
+    extractor = api.build_extractor(options, prestart=True, early=early.start(options, jobs))
     assert extractor.early is not None
     worker = extractor.early.pool._workers[0]
     # frames arrive before the pool is iterated: the decoder had its job without being asked
@@ -41,25 +43,27 @@ def test_a_new_file_is_decoded_while_the_network_is_built_and_gives_the_same_row
     assert summary.written == 2 and summary.failed == 0
     assert extractor.early is None  # taken by the run
 
-    late = api.extract([str(folder)], None, options)  # to arrays: no file, so decoders start early here too
-    early = api.FeatureFile(str(tmp_path / "early.h5"))
-    assert early.keys == late.keys == ["a.mp4", "b.avi"]
-    np.testing.assert_allclose(early.matrix("res5b"), late.matrix("res5b"), atol=1e-6)
+    plain = api.build_extractor(options)  # the same run with no early start
+    late = api.Arrays(plain.network.layers)
+    run_local(jobs, plain.replicas, late, options)
+    first = api.FeatureFile(str(tmp_path / "early.h5"))
+    assert first.keys == late.keys == ["a.mp4", "b.avi"]
+    np.testing.assert_allclose(first.matrix("res5b"), late.matrix("res5b"), atol=1e-6)
 
 
 def test_an_early_pool_for_other_jobs_is_stopped_not_used(tmp_path):
     folder = _videos(tmp_path)
     options = api.ExtractOptions(model="res3d", weights="random", device="cpu", workers=1)
     jobs = api.find_jobs([str(folder)], options)
-    extractor = api.build_extractor(options, prestart=True, early_jobs=jobs)
+    extractor = api.build_extractor(options, prestart=True, early=early.start(options, jobs))
     pool = extractor.early.pool
     assert extractor.take_early_pool(jobs[1:]) is None  # the run's jobs are not the pool's
     assert not any(worker.process.is_alive() for worker in pool._workers)
     # nor a pool that cuts other windows than the network's
-    extractor = api.build_extractor(options, prestart=True, early_jobs=jobs)
-    early = extractor.early
-    early.decoder = replace(early.decoder, input_spec=replace(early.decoder.input_spec, clip_len=8, stride=4))
-    pool = early.pool
+    extractor = api.build_extractor(options, prestart=True, early=early.start(options, jobs))
+    started = extractor.early
+    started.decoder = replace(started.decoder, input_spec=replace(started.decoder.input_spec, clip_len=8, stride=4))
+    pool = started.pool
     assert extractor.take_early_pool(jobs) is None
     assert not any(worker.process.is_alive() for worker in pool._workers)
 
@@ -96,3 +100,38 @@ def test_a_run_refused_after_its_decoders_started_leaves_none_behind(tmp_path):
     for pid in left:  # not to leave them running on a failure
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+# c3d-extract into a new file, with early.start watched: whether torch was imported when it was called
+WATCHED_RUN = """
+import sys
+from c3d_extract.extraction import early
+seen = []
+original = early.start
+def start(options, jobs):
+    seen.append("torch" in sys.modules)
+    started = original(options, jobs)
+    seen.append(started is not None)
+    return started
+early.start = start
+from c3d_extract.cli.extract import main
+try:
+    main.main(sys.argv[1:], standalone_mode=False)
+finally:
+    print(seen)
+"""
+
+
+def test_the_command_line_hands_out_first_jobs_before_torch_is_imported(tmp_path):
+    folder = _videos(tmp_path)
+    out = tmp_path / "out.h5"
+    process = subprocess.run([sys.executable, "-c", WATCHED_RUN, str(folder), str(out), "--model", "res3d",
+                              "--weights", "random", "--workers", "1", "-q"],
+                             capture_output=True, text=True, timeout=600)
+    assert process.stdout.strip().splitlines()[-1] == "[False, True]", process.stdout + process.stderr
+    assert api.FeatureFile(str(out)).keys == ["a.mp4", "b.avi"]
+    # into an existing file (a resume) nothing starts early: its jobs are not known before it is opened
+    again = subprocess.run([sys.executable, "-c", WATCHED_RUN, str(folder), str(out), "--model", "res3d",
+                            "--weights", "random", "--workers", "1", "-q"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.stdout.strip().splitlines()[-1] == "[]", again.stdout + again.stderr

@@ -6,22 +6,31 @@ import contextlib
 import json
 import signal
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 from tqdm import tqdm
 
-from c3d_extract import __version__, api
+from c3d_extract import __version__
 from c3d_extract.cli import files
 from c3d_extract.cli.errors import ToolGroup, say
 from c3d_extract.errors import UsageError
-from c3d_extract.options import ENGINES, PRECISION_CHOICES, RESIZE_CHOICES
+import c3d_extract.extraction.early as early
+from c3d_extract.extraction.devices import DEVICE_ENV, device_defaults
+from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, find_jobs
+from c3d_extract.models.defaults import DEFAULT_LAYERS
+from c3d_extract.models.inputs import FAMILY_SPECS, INPUTS, MODEL_NAMES
+from c3d_extract.options import ENGINES, PRECISION_CHOICES, RESIZE_CHOICES, ExtractOptions
 from c3d_extract.settings import SHORT_RULES
 from c3d_extract.storage import free_bytes, human
+from c3d_extract.weights.manifest import cache_dir
+
+if TYPE_CHECKING:
+    from c3d_extract import api
 
 PROG = "c3d-extract"
-DEFAULTS = api.ExtractOptions()  # the flags' defaults are the API's
-CPU, CUDA = api.device_defaults("cpu"), api.device_defaults("cuda")
+DEFAULTS = ExtractOptions()  # the flags' defaults are the API's
+CPU, CUDA = device_defaults("cpu"), device_defaults("cuda")
 
 
 class Stopped(Exception):
@@ -41,10 +50,10 @@ def _say(message: str) -> None:
 
 
 def _per_model(value) -> str:
-    """`value(spec)` of each --model family's spec, as help text: "16 for c3d, res3d; 64 for ..."."""
+    """`value(spec name)` of each --model family's spec, as help text: "16 for c3d, res3d; 64 for ..."."""
     names: dict = {}
-    for name, spec in api.MODELS.items():
-        names.setdefault(value(spec), []).append(name)
+    for name, spec_name in FAMILY_SPECS.items():
+        names.setdefault(value(spec_name), []).append(name)
     return "; ".join(f"{v} for {', '.join(n)}" for v, n in names.items())
 
 
@@ -76,29 +85,29 @@ def main() -> None:
 @main.command("extract")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--model", type=click.Choice(api.MODEL_NAMES),
+@click.option("--model", type=click.Choice(MODEL_NAMES),
               help="c3d: C3D Sports-1M (fc6 by default). res3d: Res3D Sports-1M (res5b by default). A spec "
                    "name picks other preprocessing. Default: what --weights is for, else c3d.")
 @click.option("--layers", metavar="NAMES",
               help="Comma-separated layers to store, by their Caffe names (e.g. fc6,fc7,pool5,prob). "
-                   f"Default: {_per_model(lambda spec: ','.join(spec.default_layers))}.")
+                   f"Default: {_per_model(lambda name: ','.join(DEFAULT_LAYERS[name]))}.")
 @click.option("--weights", metavar="NAME|PATH|random",
               help="A name from `c3d-weights list`, a checkpoint file (.caffemodel v1.0/v1.1, c3d.pickle, "
                    "torchvision r3d_18, or this package's layout; recognised from its content), or 'random' "
                    "(smoke runs only). Default: the model's published weights, fetched once into "
-                   f"$C3D_EXTRACT_HOME/weights (now {api.cache_dir()}).")
+                   f"$C3D_EXTRACT_HOME/weights (now {cache_dir()}).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of --weights random, and of --verify's sample.")
 @click.option("--mean", metavar="FILE|B,G,R",
               help="A mean cube (.binaryproto or .npy, 3x16x128x171) or per-channel values (in the model's "
                    "channel order) to subtract instead of the spec's. Default for C3D: the installed "
                    "Sports-1M cube, else a per-channel approximation.")
 @click.option("--clip-len", type=click.IntRange(1),
-              help=f"Frames in a clip window (default: {_per_model(lambda spec: spec.input.clip_len)}).")
+              help=f"Frames in a clip window (default: {_per_model(lambda name: INPUTS[name].clip_len)}).")
 @click.option("--stride", type=click.IntRange(1),
-              help=f"Frames between window starts (default: {_per_model(lambda spec: spec.input.stride)}).")
+              help=f"Frames between window starts (default: {_per_model(lambda name: INPUTS[name].stride)}).")
 @click.option("--frame-step", type=click.IntRange(1),
               help=f"Take every Nth frame of a window "
-                   f"(default: {_per_model(lambda spec: spec.input.frame_step)}).")
+                   f"(default: {_per_model(lambda name: INPUTS[name].frame_step)}).")
 @click.option("--short", type=click.Choice(SHORT_RULES), default=DEFAULTS.short, show_default=True,
               help="Videos shorter than one window: loop them, repeat the last frame (edge), or skip "
                    "them as failures.")
@@ -133,7 +142,7 @@ def main() -> None:
               show_default=True,
               help="Seconds to join the Ray cluster before the run stops with one line naming the address and "
                    "Ray's reason (Ray itself retries an unreachable address for minutes).")
-@click.option("--device", envvar=api.DEVICE_ENV, show_envvar=True,
+@click.option("--device", envvar=DEVICE_ENV, show_envvar=True,
               help="auto, cpu, cuda or cuda:N; a comma list (cuda:0,cuda:1) runs one replica per device. "
                    "Default: auto (the first CUDA device when there is one, else the CPU).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=DEFAULTS.precision,
@@ -148,7 +157,7 @@ def main() -> None:
                    "\"http://127.0.0.1:8333\"}' for an S3-compatible store (credentials are better left to "
                    "AWS_* variables and files or GOOGLE_APPLICATION_CREDENTIALS; never recorded).")
 @click.option("--ext", metavar="EXTS", help=f"Extensions to look for in directories "
-                                            f"(default: {','.join(api.VIDEO_EXTENSIONS)}).")
+                                            f"(default: {','.join(VIDEO_EXTENSIONS)}).")
 @click.option("--per-clip", is_flag=True, help="Also store every clip's activations with its first and last "
                                                 "frame and time (clips/<layer>, indexed by clip_offset).")
 @click.option("--segments", type=click.IntRange(1), metavar="K",
@@ -175,12 +184,14 @@ def extract_command(inputs: tuple[str, ...], output: str, storage_text: Optional
     disk is full or failing (finished videos are kept; the one-line message says where), 4 when an
     object store refused (credentials, bucket, endpoint).
     """
-    options = api.ExtractOptions(storage_options=_storage_options(storage_text), **flags)
+    options = ExtractOptions(storage_options=_storage_options(storage_text), **flags)
     quiet = options.quiet
-    jobs = api.find_jobs(inputs, options, warn=_say)
-    # the decoder processes start while the network is built; in a new file, with their first jobs
-    early = jobs if not verify and api.all_to_do(output, options) else None
-    extractor = api.build_extractor(options, warn=_say, prestart=True, early_jobs=early)
+    jobs = find_jobs(inputs, options, warn=_say)
+    # into a new file, the decoders start on their first jobs before torch is imported (early.py)
+    started = early.start(options, jobs) if not verify and early.all_to_do(output, options) else None
+    from c3d_extract import api  # torch, the weights and the network: seconds the decoders decode
+
+    extractor = api.build_extractor(options, warn=_say, prestart=True, early=started)
     runtime = extractor.network.runtime
     if verify:
         result = api.verify(output, jobs, extractor, verify)

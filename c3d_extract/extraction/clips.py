@@ -10,12 +10,14 @@ which only ever read whole clips. A video shorter than one window gives one clip
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
-import torch
 
 from c3d_extract.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def window_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
@@ -62,16 +64,18 @@ class ClipCutter:
     def _fresh(self, frames: int, frame_shape: tuple, like) -> "np.ndarray | torch.Tensor":
         """A buffer for at least `frames` frames of `frame_shape`, like `like` (numpy or a torch
         device): the one before, a spare, or a new one."""
-        is_torch = isinstance(like, torch.Tensor)
+        is_torch = like is not None and not isinstance(like, np.ndarray)  # a torch tensor (--resize-on device)
         dtype = like.dtype if like is not None else np.uint8
         for pool in ([self._other] if self._other is not None else [], self._spares):
             for i, buffer in enumerate(pool):
-                if (isinstance(buffer, torch.Tensor) == is_torch and buffer.dtype == dtype and len(buffer) >= frames
+                if ((not isinstance(buffer, np.ndarray)) == is_torch and buffer.dtype == dtype and len(buffer) >= frames
                         and tuple(buffer.shape[1:]) == tuple(frame_shape)
                         and (not is_torch or buffer.device == like.device)):
                     return pool.pop(i)
         size = max(frames, self.BUFFER_BYTES // max(1, int(np.prod(frame_shape))))
         if is_torch:
+            import torch  # already imported where tensors come: the decoding side stays without it
+
             return torch.empty((size, *frame_shape), dtype=dtype, device=like.device)
         return np.empty((size, *frame_shape), dtype)
 

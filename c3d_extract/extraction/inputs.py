@@ -11,10 +11,11 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from c3d_extract.errors import RemoteError, UsageError
 from c3d_extract.extraction.remote import describe, filesystem, is_url, local_path, protocol, redact
+from c3d_extract.options import ExtractOptions
 
 VIDEO_EXTENSIONS = ("3gp", "asf", "avi", "flv", "m2ts", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg",
                     "mts", "ogv", "ts", "vob", "webm", "wmv")
@@ -256,3 +257,23 @@ def find_videos(inputs: Iterable[str], root: Optional[str] = None, extensions: t
     for job in _remote_jobs(remote, root, extensions, storage_options) if remote else []:
         jobs.setdefault(job.key, job)
     return sorted(jobs.values(), key=lambda job: job.key), problems
+
+
+def find_jobs(inputs: Sequence[str], options: Optional[ExtractOptions] = None,
+              warn: Callable[[str], None] = lambda message: None) -> list[VideoJob]:
+    """The videos of directories, files, URLs, prefixes, tar shards and @lists, keyed relative to
+    `options.root`, optionally one shard (I, N) of them (`options.shard`). `options.storage_options`
+    go to fsspec for URLs (e.g. {"endpoint_url": ...}); RemoteError when the store cannot be listed or
+    reached."""
+    options = options or ExtractOptions()
+    extensions = parse_extensions(options.ext)
+    storage_options = dict(options.storage_options) if options.storage_options is not None else None
+    jobs, problems = find_videos(inputs, options.root, extensions, storage_options)
+    for path, problem in problems:
+        warn(f"warning: {path}: {problem}")
+    if not jobs:
+        raise UsageError(f"no video found in {', '.join(inputs)} (extensions: {','.join(extensions)})")
+    if options.shard:
+        index, count = options.shard
+        jobs = [job for job in jobs if shard_of(job.key, count) == index]
+    return jobs

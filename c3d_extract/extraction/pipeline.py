@@ -14,7 +14,8 @@ from c3d_extract.extraction.assemble import Clip, Failed, Finished
 from c3d_extract.extraction.batches import Batches
 from c3d_extract.extraction.decode import DecoderSettings, ShardRead
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.runtime import Runtime, decoder_count
+from c3d_extract.extraction.devices import decoder_count
+from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.extraction.workers import DecodePool
 from c3d_extract.featurefile.writer import ClipRows
 from c3d_extract.models.net import StagedNet
@@ -287,7 +288,7 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
             pool: Optional[DecodePool] = None) -> Summary:
     """Run every job through the network into `sink`; failures are recorded, never raised.
 
-    Decoding runs in `options.workers` processes (default: runtime.decoder_count); a video whose
+    Decoding runs in `options.workers` processes (default: devices.decoder_count); a video whose
     decoder makes no progress for `options.timeout` seconds, or whose decoder process dies, is
     recorded as failed and the run goes on. The decoders get the options' part for them
     (DecoderSettings.of). A list of networks (one per device) shares the batches round-robin

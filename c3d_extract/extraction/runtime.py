@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -12,16 +10,6 @@ from torch import nn
 from c3d_extract.errors import UsageError
 from c3d_extract.options import PRECISION_CHOICES
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# The default of --device (and of the API's `device`) when none is given: lets a batch system, or a
-# test suite that compares numbers with the CPU, pin the device without changing every command.
-DEVICE_ENV = "C3D_EXTRACT_DEVICE"
-
-
-def default_device() -> str:
-    """$C3D_EXTRACT_DEVICE, else `auto`."""
-    return os.environ.get(DEVICE_ENV) or "auto"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,34 +28,6 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return device
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, which a batch scheduler sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_workers(device: torch.device) -> int:
-    """Decoder processes when --workers is not given. With the network on CUDA the GPU does the
-    arithmetic and the cores decode: every core but the one that batches. On the CPU the decoders
-    share the cores with the network: half of them, at most 4."""
-    cores = usable_cores()
-    if device.type == "cuda":
-        return max(1, cores - 1)
-    return max(1, min(4, cores // 2))
-
-
-def decoder_count(requested: Optional[int], device: torch.device) -> int:
-    """The local engine's decoder processes: `requested`, else the default for the network's device."""
-    return requested or default_workers(device)
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Clips per forward when --batch-size is not given (bench/results.md has the measurements)."""
-    return 64 if device.type == "cuda" else 4
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -7,7 +7,7 @@ from torch import nn
 from c3d_extract.models.defaults import DEFAULT_LAYERS
 from c3d_extract.models.net import Conv3dReLU, FlattenLinear, Softmax, StagedNet
 from c3d_extract.models.spec import ModelSpec
-from c3d_extract.models.preprocess import InputSpec
+from c3d_extract.models.inputs import INPUTS
 
 
 def _pool(kernel) -> nn.MaxPool3d:
@@ -41,16 +41,7 @@ C3D_SPORTS1M = ModelSpec(
     name="c3d-sports1m",
     model="c3d",
     build=c3d,
-    input=InputSpec(
-        clip_len=16, stride=8, frame_step=1,
-        resize=(128, 171), crop=(112, 112), crop_offset=(8, 29),
-        channels="BGR", value_scale=1.0,
-        # The Sports-1M mean cube is not public any more; these are the per-channel values of the
-        # UCF101 train01 cube shipped with C3D (reference/peers.md 1.1). An approximation: say so.
-        mean=(90.2516, 97.6570, 101.4083),
-        mean_note="approximation: per-channel mean of C3D's UCF101 train01 mean cube, "
-                  "not the Sports-1M cube",
-    ),
+    input=INPUTS["c3d-sports1m"],
     default_layers=DEFAULT_LAYERS["c3d-sports1m"],
     weights_name="c3d-sports1m",
     description="C3D, Caffe v1.0 Sports-1M (conv3d_deepnetA_sport1m_iter_1900000); fc6 = 4096-d",

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from c3d_extract.models.defaults import DEFAULT_LAYERS
 from c3d_extract.models.net import Softmax, StagedNet
 from c3d_extract.models.spec import ModelSpec
-from c3d_extract.models.preprocess import InputSpec
+from c3d_extract.models.inputs import INPUTS
 
 GROWTH = 32
 BOTTLENECK = 4 * GROWTH
@@ -156,14 +156,7 @@ def _spec(name: str, blocks: tuple[int, ...], ttl: bool, small: bool) -> ModelSp
         name=full_name,
         model=name,
         build=partial(densenet3d, blocks, ttl),
-        input=InputSpec(
-            # 32 frames taken every 2nd frame (Table 6's best sampling rate): a 64-frame window;
-            # non-overlapping windows, as the paper's testing ("non-overlapping clips").
-            clip_len=2 * frames, stride=2 * frames, frame_step=2,
-            resize=None, short_side=256 if not small else 128, crop=(side, side), crop_offset=None,
-            channels="RGB", value_scale=1.0, mean=(123.675, 116.28, 103.53),
-            mean_note="choice: the paper says only 'mean-subtracted'; ImageNet's RGB mean in 0..255",
-        ),
+        input=INPUTS[full_name],
         default_layers=DEFAULT_LAYERS[full_name],
         weights_name=name,
         classifier="fc",

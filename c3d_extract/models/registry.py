@@ -6,17 +6,14 @@ from c3d_extract.errors import UsageError
 from c3d_extract.models.c3d import C3D_SPORTS1M, c3d
 from c3d_extract.models.densenet3d import DENSENET3D_121, SMALL, T3D_121, T3D_169, densenet3d
 from c3d_extract.models.res3d import R3D18_KINETICS400, RES3D_SPORTS1M, r3d_18, res3d
+from c3d_extract.models.inputs import FAMILY_SPECS, MODEL_NAMES
 from c3d_extract.models.spec import ModelSpec
 
-# `--model` names: a network family and the spec it means by default
-MODELS: dict[str, ModelSpec] = {"c3d": C3D_SPORTS1M, "res3d": RES3D_SPORTS1M, "densenet3d-121": DENSENET3D_121,
-                                "t3d-121": T3D_121, "t3d-169": T3D_169}
 # every spec, by name: the same networks with other weights and their own preprocessing
 SPECS: dict[str, ModelSpec] = {s.name: s for s in (C3D_SPORTS1M, RES3D_SPORTS1M, R3D18_KINETICS400,
                                                    DENSENET3D_121, T3D_121, T3D_169, *SMALL)}
-
-# what `--model` accepts: the family names, then every spec name not already among them
-MODEL_NAMES = list(dict.fromkeys([*MODELS, *SPECS]))
+# `--model` names: a network family and the spec it means by default (models/inputs.py, without torch)
+MODELS: dict[str, ModelSpec] = {family: SPECS[name] for family, name in FAMILY_SPECS.items()}
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from c3d_extract.models.defaults import DEFAULT_LAYERS
 from c3d_extract.models.net import FlattenLinear, Softmax, StagedNet
 from c3d_extract.models.spec import ModelSpec
-from c3d_extract.models.preprocess import InputSpec
+from c3d_extract.models.inputs import INPUTS
 
 
 class Stem(nn.Module):
@@ -74,13 +74,7 @@ RES3D_SPORTS1M = ModelSpec(
     name="res3d-sports1m",
     model="res3d",
     build=res3d,
-    input=InputSpec(
-        clip_len=16, stride=8, frame_step=2,
-        resize=(128, 171), crop=(112, 112), crop_offset=(8, 29),
-        channels="BGR", value_scale=1.0,
-        mean=(128.0, 128.0, 128.0),
-        mean_note="exact: mean_value 128 of the C3D v1.1 Res3D prototxt",
-    ),
+    input=INPUTS["res3d-sports1m"],
     default_layers=DEFAULT_LAYERS["res3d-sports1m"],
     weights_name="res3d-sports1m",
     description="Res3D (3D ResNet-18), Caffe v1.1 Sports-1M (c3d_resnet18_sports1m_r2_iter_2800000); "
@@ -97,16 +91,7 @@ R3D18_KINETICS400 = ModelSpec(
     name="r3d18-kinetics400",
     model="res3d",
     build=r3d_18,
-    input=InputSpec(
-        # torchvision's VideoClassification preset: RGB in [0, 1], Kinetics mean/std, 16 consecutive
-        # frames, resize 128x171 (bilinear, no antialias), centre crop 112. Its crop rounds
-        # (171 - 112) / 2 = 29.5 to 30 (Python's round), where Caffe's integer division gives 29.
-        clip_len=16, stride=8, frame_step=1,
-        resize=(128, 171), crop=(112, 112), crop_offset=(8, 30),
-        channels="RGB", value_scale=1 / 255,
-        mean=(0.43216, 0.394666, 0.37645), std=(0.22803, 0.22145, 0.216989),
-        mean_note="exact: torchvision R3D_18_Weights.KINETICS400_V1 normalisation",
-    ),
+    input=INPUTS["r3d18-kinetics400"],
     default_layers=DEFAULT_LAYERS["r3d18-kinetics400"],
     weights_name="r3d18-kinetics400",
     description="torchvision r3d_18, Kinetics-400 (r3d_18-b3b3357e.pth); pool5 = 512-d average of res5b",

@@ -22,9 +22,9 @@ from c3d_extract.weights.manifest import Entry, cache_dir, installed, load_manif
 from c3d_extract.models.registry import C3D_SPORTS1M, ModelSpec, get_spec
 from c3d_extract.models.net import StagedNet, init_random
 from c3d_extract.models.preprocess import parse_mean
+from c3d_extract.options import RANDOM
 from c3d_extract.storage import StorageError, is_storage_error, sha256_of, temp_name, write_atomically
 
-RANDOM = "random"
 # the published mean cube (C3D Sports-1M): channels, the clip's frames, the resized frame
 MEAN_SHAPE = (3, C3D_SPORTS1M.input.frames, *C3D_SPORTS1M.input.resize)
 
