@@ -30,7 +30,8 @@ from c3d_extract.extraction.devices import (DEVICE_ENV, decoder_count, default_b
                                             device_defaults)
 from c3d_extract.extraction.runtime import Runtime, resolve_device, resolve_precision
 from c3d_extract.extraction.decode import DecoderSettings
-from c3d_extract.extraction.early import EarlyStart, all_to_do, start as start_early, take as take_early
+from c3d_extract.extraction.early import (EarlyStart, all_to_do, start as start_early, stop as stop_early,
+                                          take as take_early)
 from c3d_extract.extraction.workers import DecodePool, prestart as start_decoders
 from c3d_extract.extraction.video import DECODERS
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
@@ -185,14 +186,17 @@ def extract(videos: Sequence[str], output: Optional[str] = None, options: Option
         raise UsageError("extracting to arrays runs the local engine; give `output` for --engine ray")
     jobs = find_jobs(videos, options, warn)
     early = start_early(options, jobs) if all_to_do(output, options) else None
-    extractor = build_extractor(options, warn=warn, prestart=True, early=early)
-    if output is None:
-        sink = Arrays(extractor.network.layers, wants_clips=extractor.settings.wants_clips)
-        run_local(jobs, extractor.replicas, sink, options, pool=extractor.take_early_pool(jobs))
-        return sink
-    store, todo = open_output(output, extractor, jobs)
-    with store:
-        return run_jobs(todo, extractor, store, on_video=on_video)
+    try:
+        extractor = build_extractor(options, warn=warn, prestart=True, early=early)
+        if output is None:
+            sink = Arrays(extractor.network.layers, wants_clips=extractor.settings.wants_clips)
+            run_local(jobs, extractor.replicas, sink, options, pool=extractor.take_early_pool(jobs))
+            return sink
+        store, todo = open_output(output, extractor, jobs)
+        with store:
+            return run_jobs(todo, extractor, store, on_video=on_video)
+    finally:  # a run that failed before it took its early decoders: they stop now, not at exit
+        stop_early(early)
 
 
 def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], *,

@@ -5,6 +5,7 @@ no decoder process behind."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -13,8 +14,10 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from c3d_extract import api
+from c3d_extract.errors import UsageError
 from c3d_extract.extraction import early
 from c3d_extract.extraction.pipeline import extract as run_local
 from tests.videos import moving_frames, write_video
@@ -66,6 +69,16 @@ def test_an_early_pool_for_other_jobs_is_stopped_not_used(tmp_path):
     pool = started.pool
     assert extractor.take_early_pool(jobs) is None
     assert not any(worker.process.is_alive() for worker in pool._workers)
+
+
+def test_an_api_run_that_fails_after_its_decoders_started_stops_them_at_once(tmp_path):
+    folder = _videos(tmp_path)
+    before = {child.pid for child in multiprocessing.active_children()}
+    with pytest.raises(UsageError, match="res9z"):  # the layer is checked once the network is built
+        api.extract([str(folder)], str(tmp_path / "out.h5"), model="res3d", weights="random", layers="res9z",
+                    workers=2)
+    started = [child for child in multiprocessing.active_children() if child.pid not in before]
+    assert started == []  # not left decoding (or waiting) until the interpreter exits
 
 
 def _alive_in_group(group: int) -> list[int]:

@@ -57,6 +57,13 @@ def start(options: ExtractOptions, jobs: Sequence[VideoJob]) -> Optional[EarlySt
     return EarlyStart(pool, tuple(job.key for job in jobs), decoder, workers)
 
 
+def stop(early: Optional[EarlyStart]) -> None:
+    """Stop `early`'s decoders now (a run that failed before it took them, in a process that goes on)."""
+    if early is not None:
+        atexit.unregister(early.pool.close)
+        early.pool.close()
+
+
 def take(early: Optional[EarlyStart], todo: Sequence[VideoJob], decoder: DecoderSettings,
          workers: int) -> Optional[DecodePool]:
     """`early`'s pool where it decodes exactly `todo` with `decoder`'s frames and `workers` decoders
