@@ -187,7 +187,7 @@ def extract(videos: Sequence[str], output: Optional[str] = None, options: Option
     jobs = find_jobs(videos, options, warn)
     early = start_early(options, jobs) if all_to_do(output, options) else None
     try:
-        extractor = build_extractor(options, warn=warn, prestart=True, early=early)
+        extractor = build_extractor(options, warn=warn, early=early)
         if output is None:
             sink = Arrays(extractor.network.layers, wants_clips=extractor.settings.wants_clips)
             run_local(jobs, extractor.replicas, sink, options, pool=extractor.take_early_pool(jobs))
