@@ -36,7 +36,7 @@ DECODERS = (PYAV, DECORD)  # in the order they are tried
 # (2 MiB read 5-30% faster than 32 MiB through decode + resize on 176x144 to 720x528 videos)
 CHUNK_BYTES = 2 * 2**20
 # decord silently replaces a frame it cannot decode by its neighbour; a fault tolerance this small
-# makes the first such frame an error (DECORDLimitReachedError) so the video goes to PyAV instead.
+# makes the first such frame an error (DECORDLimitReachedError): its try fails instead of repairing.
 _DECORD_FAULT_TOL = "0.000001"
 # A decoded stream may fall short of (or exceed) what its container declares by this many frames or
 # this share, whichever is larger, before it counts as damaged: every healthy file in the tests and
