@@ -1,6 +1,6 @@
 """CPU seconds of the decode stage (decode.decode_frames: decode, resize, crop; no clips) for each video, in
 this process, one thread: to compare the damage checks of issue #25 (the declaration probe, decord's
-timeline, VP8's slice-threaded check) with a tree without them, run under farm-bench with PYTHONPATH
+timeline, VP8's slice-threaded check) with a tree without them, timed from outside with PYTHONPATH
 naming each tree in turn (A B A B: the pairs give the ratio).
 
     python bench/decode_checks.py VIDEO [VIDEO ...] [--copies 5] [--no-verify-vp8]

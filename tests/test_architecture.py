@@ -137,7 +137,7 @@ def test_each_console_entry_ends_promptly_with_its_status(tmp_path):
         assert time.monotonic() - started < 120, (name, args)
 
 
-# What each command-line module may import of the package: the API (and the modules README's Layout
+# What each command-line module may import of the package: the API (and the modules CONTRIBUTING.md's Layout
 # names as public: options, settings, errors, storage, the other commands' own library modules).
 CLI_MAY_IMPORT = {
     "extract": {"c3d_extract", "c3d_extract.api", "c3d_extract.cli", "c3d_extract.cli.errors", "c3d_extract.errors",

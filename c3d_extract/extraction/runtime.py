@@ -77,7 +77,7 @@ class Runtime:
         """Whether cuDNN times its algorithms on the first batch of each shape (`cudnn.benchmark`).
         It pays in bf16/fp16 (a short search once, then faster batches); in fp32 with TF32 off the 3D
         convolutions' search is long and grows with the batch, for little or nothing, so fp32 takes
-        cuDNN's heuristic choice at once (the figures: bench/results.md, README "On a GPU")."""
+        cuDNN's heuristic choice at once (the figures: bench/results.md, README "Speed and precision")."""
         return self.device.type == "cuda" and self.precision != "fp32"
 
     def prepare(self, net: nn.Module) -> nn.Module:
