@@ -106,6 +106,31 @@ def test_pca_curve_plot_and_two_files(tmp_path):
     assert reports[0]["pca"][1]["mean_accuracy"] == pytest.approx(float((direct.predict(te) == labels[test]).mean()))
 
 
+def test_the_pca_plot_labels_its_log_axis_with_the_dimensions_measured(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    real_savefig = Figure.savefig
+
+    def savefig(figure, *args, **kwargs):  # the real save, and the figure kept to read its ticks
+        real_savefig(figure, *args, **kwargs)
+        saved.append(figure)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    keys, labels, x = ucf_like(n_classes=3, clips=1, dim=40)
+    path = write_features(tmp_path / "a.h5", keys, {"fc6": x})
+    result = cli(path, "--pca", "20,2,5,30", "--plot", tmp_path / "pca.png", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pca.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    [figure] = saved
+    [axes] = figure.axes
+    assert axes.get_xscale() == "log"
+    shown = [(tick.get_position()[0], tick.get_text()) for tick in axes.get_xticklabels() + axes.get_xticklabels(minor=True)
+             if tick.get_text() and axes.get_xlim()[0] <= tick.get_position()[0] <= axes.get_xlim()[1]]
+    assert sorted(shown) == [(2, "2"), (5, "5"), (20, "20"), (30, "30")]
+    assert list(axes.lines[0].get_xdata()) == [20, 2, 5, 30]  # the points, in the order measured
+
+
 def test_pca_and_svm_never_see_test_videos():
     rng = np.random.default_rng(3)
     x_train, y_train = rng.random((60, 30)), np.repeat([0, 1, 2], 20)

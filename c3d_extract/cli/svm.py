@@ -77,6 +77,12 @@ def _plot_pca(reports: list[dict], path: str) -> None:
         ax.plot(dims, [100 * p["mean_accuracy"] for p in rep["pca"]], marker="o",
                 label=f"{os.path.basename(rep['file'])} {rep['layer']}")
     ax.set_xscale("log")
+    # one labelled tick per dimension measured (a log axis would label 10^k and its minor ticks 2x10^1 ...)
+    from matplotlib.ticker import NullLocator
+
+    measured = sorted({p["dims"] for rep in reports for p in rep["pca"]})
+    ax.set_xticks(measured, [str(dims) for dims in measured])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("dimensions after PCA (fitted on training videos)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{reports[0]['dataset']}: compactness")
