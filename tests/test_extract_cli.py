@@ -15,7 +15,7 @@ from c3d_extract.extraction.video import PYAV
 from c3d_extract.models.registry import c3d, res3d
 from c3d_extract.models.net import init_random
 from tests.helpers import recompute, rows, run
-from tests.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
+from bench.support.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
 
 C3D_BGR_MEAN = (90.2516, 97.6570, 101.4083)
 
