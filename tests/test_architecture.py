@@ -195,7 +195,8 @@ def test_functions_take_at_most_eight_parameters():
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     args = node.args
                     names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
-                    count = len(names) + bool(args.vararg) + bool(args.kwarg) - (names[:1] in (["self"], ["cls"]))
+                    bound = names[:1] in (["self"], ["cls"])
+                    count = len(names) + bool(args.vararg) + bool(args.kwarg) - bound
                     if count > MAX_PARAMETERS:
                         found.append(f"{folder}/{path.name} {node.name}: {count}")
     assert found == [], f"more than {MAX_PARAMETERS} parameters: {found}"

@@ -125,7 +125,8 @@ def test_the_pca_plot_labels_its_log_axis_with_the_dimensions_measured(tmp_path,
     [figure] = saved
     [axes] = figure.axes
     assert axes.get_xscale() == "log"
-    shown = [(tick.get_position()[0], tick.get_text()) for tick in axes.get_xticklabels() + axes.get_xticklabels(minor=True)
+    ticks = axes.get_xticklabels() + axes.get_xticklabels(minor=True)
+    shown = [(tick.get_position()[0], tick.get_text()) for tick in ticks
              if tick.get_text() and axes.get_xlim()[0] <= tick.get_position()[0] <= axes.get_xlim()[1]]
     assert sorted(shown) == [(2, "2"), (5, "5"), (20, "20"), (30, "30")]
     assert list(axes.lines[0].get_xdata()) == [20, 2, 5, 30]  # the points, in the order measured
@@ -178,7 +179,8 @@ def test_choosing_C_refits_the_pca_inside_each_fold():
     assert svm.used_C(search) == C
     # then refitted on every training video with that C: the pipeline fitted directly with it
     pca = PCA(6, random_state=0).fit(x)
-    direct = OneVsRestClassifier(LinearSVC(C=C, dual=True, max_iter=5000, random_state=0)).fit(_l2(pca.transform(x)), y)
+    direct = OneVsRestClassifier(LinearSVC(C=C, dual=True, max_iter=5000, random_state=0))
+    direct.fit(_l2(pca.transform(x)), y)
     np.testing.assert_array_equal(search.predict(x[::2]), direct.predict(_l2(pca.transform(x[::2]))))
 
 
@@ -483,8 +485,9 @@ def test_svm_options_are_validated_once_and_frozen():
     options = SvmOptions(cv_C="0.01, 0.1,1", pca=[10.0, 50], layers="prob,fc7 , fc6", split=2)
     assert options.cv_C == (0.01, 0.1, 1.0) and options.pca == (10, 50) and options.split == "2"
     assert options.layers == ("prob", "fc7", "fc6") and SvmOptions(cv_C="", layers="").cv_C is None
-    for bad, message in (({"dataset": "kinetics"}, "unknown dataset 'kinetics'"), ({"C": 0}, "C must be a positive"),
-                         ({"cv_C": "1,-1"}, "C must be a positive"), ({"cv_C": "1,x"}, "comma-separated numbers"),
+    for bad, message in (({"dataset": "kinetics"}, "unknown dataset 'kinetics'"),
+                         ({"C": 0}, "C must be a positive"), ({"cv_C": "1,-1"}, "C must be a positive"),
+                         ({"cv_C": "1,x"}, "comma-separated numbers"),
                          ({"pca": [0]}, "at least 1"), ({"jobs": 0}, "jobs must be at least 1")):
         with pytest.raises(UsageError, match=message):
             SvmOptions(**bad)

@@ -117,7 +117,8 @@ def export_command(file: str, out: str, fmt: str, layer: Optional[str], **flags)
     """FILE's features out: one OUT/<key>.npy per video ((clips, D) when FILE has per-clip rows, else
     (D,)), or with --format activitynet one HDF5 file OUT, f[video]["c3d_features"] (clips, D)."""
     if fmt == "npy":
-        used = [f"--{name.replace('_', '-')}" for name, unset in ACTIVITYNET_DEFAULTS.items() if flags[name] != unset]
+        used = [f"--{name.replace('_', '-')}" for name, unset in ACTIVITYNET_DEFAULTS.items()
+                if flags[name] != unset]
         if used:
             raise UsageError(f"{', '.join(used)}: only with --format activitynet")
         if os.path.isfile(out):

@@ -36,7 +36,8 @@ def _floats(context: click.Context, param: click.Parameter, text: Optional[str])
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=param.opts[0]) from None
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}",
+                                 param_hint=param.opts[0]) from None
 
 
 def _pyplot():
@@ -148,10 +149,12 @@ def _write_csv(path: str, reports: list[dict], aslan_mode: bool) -> None:
 @click.option("--split", default="1", show_default=True, help="Split number, or 'all' (each and their mean).")
 @click.option("--folds", help="Folder-per-class data: K-fold (stratified, seeded) or 'loo' (leave one out).")
 @click.option("--C", "C", type=float, default=1.0, show_default=True, help="SVM regularisation constant.")
-@click.option("--cv-C", "cv_C", metavar="LIST", callback=_floats, help="Choose C among these values by 3-fold cross-validation "
-                                                    "on each split's training videos only, e.g. 0.01,0.1,1,10.")
-@click.option("--pca", metavar="DIMS", callback=_floats, help="Compactness curve: PCA fitted on the training videos to each of "
-                                            "these dimensions, e.g. 10,50,100,200,300,500.")
+@click.option("--cv-C", "cv_C", metavar="LIST", callback=_floats,
+              help="Choose C among these values by 3-fold cross-validation on each split's training videos "
+                   "only, e.g. 0.01,0.1,1,10.")
+@click.option("--pca", metavar="DIMS", callback=_floats,
+              help="Compactness curve: PCA fitted on the training videos to each of these dimensions, e.g. "
+                   "10,50,100,200,300,500.")
 @click.option("--renormalize/--no-renormalize", default=True, show_default=True,
               help="L2-normalise again after the PCA projection.")
 @click.option("--aslan", "aslan_pairs", type=click.Path(exists=True, dir_okay=False),

@@ -28,7 +28,7 @@ class SvmOptions:
     split: str = "1"                  # a number or "all"
     folds: Optional[str] = None       # folder-per-class data: K or "loo"
     C: float = 1.0
-    cv_C: Numbers = None              # choose C among these by cross-validation on each split's training videos
+    cv_C: Numbers = None              # choose C among these (cross-validation on each split's training part)
     pca: Numbers = None               # the compactness curve's dimensions
     renormalize: bool = True          # L2 rows again after the PCA
     jobs: int = os.cpu_count() or 1   # processes training the one-vs-rest SVMs (and the C search)
@@ -48,7 +48,8 @@ class SvmOptions:
             set_("layers", tuple(self.layers) or None)
         set_("split", str(self.split))
         if self.dataset not in DATASETS:
-            raise UsageError(f"unknown dataset {self.dataset!r}; use {', '.join(DATASETS[:-1])} or {DATASETS[-1]}")
+            raise UsageError(f"unknown dataset {self.dataset!r}; use {', '.join(DATASETS[:-1])} or "
+                             f"{DATASETS[-1]}")
         if self.jobs < 1:
             raise UsageError(f"jobs must be at least 1, not {self.jobs}")
         for value in (self.C, *(self.cv_C or ())):
@@ -62,7 +63,8 @@ class SvmOptions:
     def of(cls, options: Optional["SvmOptions"] = None, **changes) -> "SvmOptions":
         """`options` with `changes` (keywords named like the fields; a misspelt one is a UsageError)."""
         if options is not None and not isinstance(options, cls):
-            raise TypeError(f"options must be {cls.__name__}, not {type(options).__name__} (pass layer=... by name)")
+            raise TypeError(f"options must be {cls.__name__}, not {type(options).__name__} "
+                            f"(pass layer=... by name)")
         unknown = set(changes) - {f.name for f in fields(cls)}
         if unknown:
             raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")

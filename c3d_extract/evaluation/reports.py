@@ -158,8 +158,8 @@ def aslan_runs(paths: Sequence[str], pairs_path: str, options: Optional[SvmOptio
             warn(f"warning: {path}: layer(s) {', '.join(negative)} have negative values; measures "
                  f"{', '.join(map(str, aslan.NEEDS_NON_NEGATIVE))} assume non-negative input (is fc6 read "
                  f"before its ReLU?)")
-        result = aslan.evaluate([f.matrix for f in loaded], loaded[0].keys, pairs, options.C, options.l1_last_four,
-                                warn=lambda m, p=path: warn(f"{p}: {m}"))
+        result = aslan.evaluate([f.matrix for f in loaded], loaded[0].keys, pairs, options.C,
+                                options.l1_last_four, warn=lambda m, p=path: warn(f"{p}: {m}"))
         reports.append(AslanReport(path, names, result))
     return reports
 

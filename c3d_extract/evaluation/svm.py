@@ -80,8 +80,9 @@ def model(options: SvmOptions, y_train: np.ndarray, pca_dim: Optional[int] = Non
     folds = min(3, int(np.bincount(y_train).min()))
     if folds < 2:
         raise UsageError("choosing C by cross-validation needs at least 2 training videos per class")
-    return GridSearchCV(pipeline(options, pca_dim), {C_PARAMETER: list(options.cv_C)},
-                        cv=StratifiedKFold(folds, shuffle=True, random_state=options.seed), n_jobs=options.jobs)
+    folds_of_training = StratifiedKFold(folds, shuffle=True, random_state=options.seed)
+    return GridSearchCV(pipeline(options, pca_dim), {C_PARAMETER: list(options.cv_C)}, cv=folds_of_training,
+                        n_jobs=options.jobs)
 
 
 def used_C(fitted: BaseEstimator) -> float:

@@ -63,7 +63,8 @@ class ExportOptions:
         if self.pca is not None and self.pca < 1:
             raise UsageError(f"--pca {self.pca}: must be at least 1")
         if self.pca_file and (self.pca is None or self.pca_from):
-            raise UsageError("--pca-file names where --pca writes its fit; it needs --pca N without --pca-from")
+            raise UsageError("--pca-file names where --pca writes its fit; it needs --pca N without "
+                             "--pca-from")
 
     def pca_written(self, output: str) -> Optional[str]:
         """Where this export writes a fitted PCA (None when it fits none)."""
@@ -249,8 +250,8 @@ def export_activitynet(path: str, output: str, options: ExportOptions = ExportOp
 def _provenance(path: str, settings: dict, attrs: dict, options: ExportOptions, notes: list[str],
                 projection: Optional[pca_file.PCA], written: Optional[str]) -> dict:
     ids, prefix = options.ids, options.id_prefix
-    values = {"format": "ActivityNet C3D (group per video, c3d_features (clips, D) float32)",
-              "layer": options.layer, "normalisation": "none: raw per-clip activations (after ReLU) before the PCA",
+    values = {"format": "ActivityNet C3D (group per video, c3d_features (clips, D) float32)", "layer": options.layer,
+              "normalisation": "none: raw per-clip activations (after ReLU) before the PCA",
               "source": os.path.abspath(path), "source_settings": json.dumps(settings, sort_keys=True),
               "ids": f"{ids}{f', prefix {prefix!r}' if prefix else ''}",
               "clip_times": "clip_first_frame (0-based frame) and clip_time (seconds) beside c3d_features",
