@@ -250,7 +250,8 @@ def export_activitynet(path: str, output: str, options: ExportOptions = ExportOp
 def _provenance(path: str, settings: dict, attrs: dict, options: ExportOptions, notes: list[str],
                 projection: Optional[pca_file.PCA], written: Optional[str]) -> dict:
     ids, prefix = options.ids, options.id_prefix
-    values = {"format": "ActivityNet C3D (group per video, c3d_features (clips, D) float32)", "layer": options.layer,
+    values = {"format": "ActivityNet C3D (group per video, c3d_features (clips, D) float32)",
+              "layer": options.layer,
               "normalisation": "none: raw per-clip activations (after ReLU) before the PCA",
               "source": os.path.abspath(path), "source_settings": json.dumps(settings, sort_keys=True),
               "ids": f"{ids}{f', prefix {prefix!r}' if prefix else ''}",
