@@ -3,7 +3,7 @@
     python bench/decoder_zoo.py DIR --make        # write the zoo and PyAV's frames (needs PyAV)
     python bench/decoder_zoo.py DIR --read        # read it with the installed decord (decord, numpy only)
 
-The zoo is the tests' (tests/test_decoders.py ZOO: 128x160, 24 frames) plus the issue's other
+The zoo is the tests' (bench/support/videos.py ZOO: 128x160, 24 frames) plus the issue's other
 variants (10-bit and fragmented H.264, VFR, hvc1-tagged HEVC, VP9 realtime, 1080p H.264, 4K HEVC)
 and every file of shared/videos. `--read` imports nothing of this package, so it runs in a venv
 holding another decord build (e.g. decord2, which installs the same `decord` module) and prints one
@@ -31,8 +31,7 @@ def make(folder: str) -> None:
     import av
 
     from c3d_extract.extraction.video import PyAVReader
-    from tests.test_decoders import ZOO, encoder_available
-    from tests.videos import SHARED_VIDEOS, moving_frames
+    from bench.support.videos import SHARED_VIDEOS, ZOO, encoder_available, moving_frames
 
     def write(name, frames, codec, pix_fmt="yuv420p", tag=None, rate=25, options=None, container=None, pts=None):
         out = av.open(os.path.join(folder, name), "w", options=container or {})

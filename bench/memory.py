@@ -28,7 +28,7 @@ import resource, sys, time
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import C3D_SPORTS1M
 from c3d_extract.extraction.assemble import Clip
-from tests.decoding import decode_video
+from bench.support.decoding import decode_video
 started = time.perf_counter()
 clips = sum(isinstance(item, Clip) for item in decode_video(VideoJob("v", sys.argv[1]), C3D_SPORTS1M.input, "loop"))
 print(clips, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, round(time.perf_counter() - started, 1))

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 def make_folder(base: str, count: int) -> str:
     """`count` links to one tiny real video, each under its own name."""
-    from tests.videos import moving_frames, write_video
+    from bench.support.videos import moving_frames, write_video
 
     source = os.path.join(base, "tiny.mp4")
     if not os.path.exists(source):

@@ -38,8 +38,8 @@ from c3d_extract.extraction.remote import fetch  # noqa: E402
 from c3d_extract.extraction.devices import default_workers  # noqa: E402
 from c3d_extract.extraction.workers import DecodePool  # noqa: E402
 from c3d_extract.models.registry import C3D_SPORTS1M  # noqa: E402
-from tests.remote_servers import KEY, SECRET, S3Server  # noqa: E402
-from tests.videos import moving_frames, write_video  # noqa: E402
+from bench.support.remote_servers import KEY, SECRET, S3Server  # noqa: E402
+from bench.support.videos import moving_frames, write_video  # noqa: E402
 from throughput import machine, report  # noqa: E402  (bench/ is on the path when run as a script)
 
 

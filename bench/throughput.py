@@ -34,7 +34,7 @@ from c3d_extract.extraction.runtime import Runtime, cpu_has_fast_bf16
 from c3d_extract.weights.load import load_weights
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.decoding import decode_video  # noqa: E402  (test-only: the tool decodes in decoder processes)
+from bench.support.decoding import decode_video  # noqa: E402  (in this process, unlike the tool)
 
 
 def machine() -> str:

@@ -9,7 +9,7 @@ import torch
 
 from c3d_extract.extraction.devices import DEVICE_ENV
 from c3d_extract.extraction.runtime import cpu_has_fast_bf16
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 
 def pytest_configure(config) -> None:

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import av
 import numpy as np
 
-from tests.videos import encoder_available, moving_frames
+from bench.support.videos import encoder_available, moving_frames
 
 HEIGHT, WIDTH = 72, 96
 

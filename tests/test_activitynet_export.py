@@ -19,7 +19,7 @@ from c3d_extract.featurefile import pca as pca_file
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore
 from c3d_extract.storage import EXIT_CODE
 from tests.helpers import run
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 SETTINGS = {"model": "c3d", "spec": "c3d-sports1m", "weights_sha256": "test", "layers": ["fc6", "fc7"],
             "clip_len": 16, "stride": 8, "frame_step": 1, "per_clip": True}

@@ -3,6 +3,7 @@ and its exit statuses, the typed run settings, and the library deciding what the
 
 import ast
 import json
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from c3d_extract.settings import RunSettings
 from c3d_extract.storage import StorageError
 from c3d_extract.weights.convert import WeightsError
 from c3d_extract.weights.download import DownloadError
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 
 def _imports_torch(*modules: str) -> bool:
@@ -166,6 +167,39 @@ def test_the_command_line_reaches_the_library_through_the_api():
         found |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         ours = {module for module in found if module.split(".")[0] == "c3d_extract"}
         assert ours <= allowed, f"cli/{name}.py imports {sorted(ours - allowed)}: go through c3d_extract.api"
+
+
+def test_bench_never_imports_tests():
+    """What the benchmarks and the tests share (videos, in-process decoding, the real servers) lives in
+    bench/support/, which the tests import; a benchmark never imports tests/ (nor in code it runs as text)."""
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    importing = re.compile(r"^\s*(from\s+tests(\.|\s)|import\s+tests\b)", re.MULTILINE)
+    scripts = sorted(bench.rglob("*.py"))
+    assert len(scripts) > 10
+    offenders = [str(path.relative_to(bench)) for path in scripts if importing.search(path.read_text())]
+    assert offenders == [], f"bench/ imports tests/ in {offenders}: move what they share to bench/support/"
+
+
+# Where no function takes more than MAX_PARAMETERS (self and cls not counted): what a call needs more
+# of travels in one options object (evaluation.options.SvmOptions, featurefile.activitynet.ExportOptions).
+MAX_PARAMETERS = 8
+FEW_PARAMETERS = ("evaluation", "featurefile")
+
+
+def test_functions_take_at_most_eight_parameters():
+    package = Path(__file__).resolve().parent.parent / "c3d_extract"
+    found = []
+    for folder in FEW_PARAMETERS:
+        for path in sorted((package / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = node.args
+                    names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+                    bound = names[:1] in (["self"], ["cls"])
+                    count = len(names) + bool(args.vararg) + bool(args.kwarg) - bound
+                    if count > MAX_PARAMETERS:
+                        found.append(f"{folder}/{path.name} {node.name}: {count}")
+    assert found == [], f"more than {MAX_PARAMETERS} parameters: {found}"
 
 
 def test_what_old_callers_passed_is_refused_or_read_as_before():

@@ -4,7 +4,7 @@ import pytest
 
 from c3d_extract.extraction.inputs import find_videos
 from tests.helpers import load_bench as load
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 
 

@@ -7,8 +7,8 @@ from c3d_extract.extraction.clips import ClipCutter, short_indices, window_start
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
 from c3d_extract.extraction.assemble import Clip, Failed, Finished
-from tests.decoding import decode_video
-from tests.videos import frame_index, index_frames, write_video
+from bench.support.decoding import decode_video
+from bench.support.videos import frame_index, index_frames, write_video
 
 
 @pytest.mark.parametrize("n, starts", [(1, []), (10, []), (15, []), (16, [0]), (17, [0]), (23, [0]),

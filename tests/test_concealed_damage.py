@@ -22,7 +22,7 @@ import pytest
 from c3d_extract.extraction.decode import End, _damage_lines, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
-from tests.videos import encoder_available, moving_frames, shared_video, write_video
+from bench.support.videos import encoder_available, moving_frames, shared_video, write_video
 
 # (file name, PyAV encoder, pixel format): what the corpus is made of, where this PyAV can encode it
 CODECS = [

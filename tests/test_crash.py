@@ -15,7 +15,7 @@ from c3d_extract.featurefile.fold import JournalRows
 from c3d_extract.featurefile.writer import FeatureStore
 from tests.helpers import FACTS, SHAPES, SETTINGS, assert_same_file, make_store as make
 from tests.helpers import extract_process as start_extract
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "pool5,prob", "--weights", "random", "--seed", "3",
         "--precision", "fp32", "--batch-size", "2", "--workers", "2", "-q"]

@@ -19,7 +19,7 @@ from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.models.registry import C3D_SPORTS1M
 from c3d_extract.weights.load import load_weights
 from tests.helpers import assert_same_file, run
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device here (torch.cuda.is_available() is False)")

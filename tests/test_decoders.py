@@ -18,29 +18,9 @@ from c3d_extract.extraction.decode import End, Failed, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from c3d_extract.extraction.video import DecordReader, PyAVReader, VideoError
-from tests.videos import encoder_available, moving_frames, write_video
+from bench.support.videos import ZOO, encoder_available, moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--precision", "fp32", "-q"]
-
-# (file name, PyAV encoder, pixel format, codec tag): the containers and codecs users have
-ZOO = [
-    ("h264.mp4", "libx264", "yuv420p", None),
-    ("h264_444.mkv", "libx264", "yuv444p", None),
-    ("hevc.mp4", "libx265", "yuv420p", None),
-    ("hevc_10bit.mkv", "libx265", "yuv420p10le", None),
-    ("vp8.webm", "libvpx", "yuv420p", None),
-    ("vp9.webm", "libvpx-vp9", "yuv420p", None),
-    ("av1.mp4", "libsvtav1", "yuv420p", None),
-    ("av1.mkv", "libsvtav1", "yuv420p10le", None),
-    ("xvid.avi", "mpeg4", "yuv420p", "XVID"),
-    ("mpeg2.mpg", "mpeg2video", "yuv420p", None),
-    ("mpeg2.ts", "mpeg2video", "yuv420p", None),
-    ("mjpeg.avi", "mjpeg", "yuvj420p", None),
-    ("ffv1.mkv", "ffv1", "yuv420p", None),
-    ("prores.mov", "prores_ks", "yuv422p10le", None),
-    ("flv1.flv", "flv", "yuv420p", None),
-    ("wmv2.avi", "wmv2", "yuv420p", None),
-]
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +164,7 @@ def test_a_video_decord_would_repair_is_never_plain_ok(tmp_path):
 
 
 def test_a_real_corrupt_video_fails_whole_or_keeps_its_first_28_frames():
-    from tests.videos import CORRUPT, shared_video
+    from bench.support.videos import CORRUPT, shared_video
 
     path = str(shared_video(CORRUPT))
     items = list(decode_frames(VideoJob("c", path), RES3D_SPORTS1M.input))

@@ -27,7 +27,7 @@ from c3d_extract.storage import EXIT_CODE
 from c3d_extract.featurefile.merge import merge
 from c3d_extract.featurefile.writer import FeatureStore
 from tests.helpers import FACTS, SETTINGS, SHAPES, assert_same_file, make_store as make
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "res5b,pool5", "--weights", "random", "--precision", "fp32",
         "--device", "cpu", "--workers", "1", "--batch-size", "2", "-q"]

@@ -20,7 +20,7 @@ from c3d_extract import api
 from c3d_extract.errors import UsageError
 from c3d_extract.extraction import early
 from c3d_extract.extraction.pipeline import extract as run_local
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 
 def _videos(tmp_path):

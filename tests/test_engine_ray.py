@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from c3d_extract.cli.extract import main
 from tests.helpers import assert_same_file
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[data]'; the test extra has it)")
 

@@ -15,7 +15,7 @@ from c3d_extract.extraction.video import PYAV
 from c3d_extract.models.registry import c3d, res3d
 from c3d_extract.models.net import init_random
 from tests.helpers import recompute, rows, run
-from tests.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
+from bench.support.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
 
 C3D_BGR_MEAN = (90.2516, 97.6570, 101.4083)
 
@@ -170,6 +170,20 @@ def test_usage_errors_exit_2_and_say_what_to_do(video_dir, tmp_path):
     result = run(tmp_path / "empty", tmp_path / "o.h5", "--weights", "random")
     assert result.exit_code == 2 and "no video found" in result.stderr
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_folder_without_an_output_is_told_that_output_is_missing(tmp_path):
+    # INPUTS... OUTPUT: click fills OUTPUT with the one path given and used to report INPUTS missing
+    (tmp_path / "videos").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    videos = tmp_path / "videos"
+    for args in ([videos], [videos, "--layers", "fc6"], ["--weights", "random", videos]):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert "Missing argument 'OUTPUT'" in result.stderr and "'INPUTS" not in result.stderr
+        assert f"{videos} is read as INPUTS" in result.stderr
+    assert "Missing argument 'INPUTS...'" in run("--layers", "fc6").stderr  # nothing given: INPUTS first
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
 
 
 def test_installed_and_mismatched_weights(video_dir, tmp_path):

@@ -18,7 +18,7 @@ from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.net import init_random
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.models.registry import RES3D_SPORTS1M
-from tests.videos import UCF_LIKE, moving_frames, shared_video, write_video
+from bench.support.videos import UCF_LIKE, moving_frames, shared_video, write_video
 
 
 def frames_read(num_frames: int, clip_len: int, stride: int, frame_step: int) -> set[int]:

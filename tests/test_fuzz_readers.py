@@ -19,7 +19,7 @@ from c3d_extract.extraction.video import DecordReader, PyAVReader
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from tests.fuzzing import MUTATIONS, RUNNER, mutate
 from tests.healthy import Shape, available, write_shape
-from tests.videos import SHARED_VIDEOS
+from bench.support.videos import SHARED_VIDEOS
 
 # 13 small sources, audio where the container usually has it
 SOURCES = [

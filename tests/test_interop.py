@@ -10,7 +10,7 @@ import pytest
 
 from c3d_extract.featurefile.interop import read_blob_file, write_blob_file
 from tests.helpers import run
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -20,7 +20,7 @@ from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.options import ExtractOptions
 from c3d_extract.weights.load import load_weights
 from tests.helpers import REPO, load_bench as load
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 
 @pytest.mark.slow

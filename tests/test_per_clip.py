@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from c3d_extract.cli.extract import main
 from c3d_extract.featurefile.pooling import segment_bounds, segment_pool
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "pool5,prob", "--weights", "random", "--precision", "fp32", "-q"]
 

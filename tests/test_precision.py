@@ -13,7 +13,7 @@ import torch
 
 from c3d_extract.extraction.runtime import Runtime, cpu_has_fast_bf16, resolve_precision
 from tests.helpers import needs_fast_bf16, run
-from tests.videos import UCF_LIKE, moving_frames, shared_video, write_video
+from bench.support.videos import UCF_LIKE, moving_frames, shared_video, write_video
 
 
 def extract(folder, out, *args):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.decoding import decode_video
+from bench.support.decoding import decode_video
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
 from c3d_extract.models.preprocess import InputSpec, parse_mean, resize_frames, resize_frames_float
-from tests.videos import UCF_LIKE, moving_frames, shared_video
+from bench.support.videos import UCF_LIKE, moving_frames, shared_video
 
 
 def cv2_resize(frames: np.ndarray) -> np.ndarray:

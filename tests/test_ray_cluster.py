@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from c3d_extract.cli.extract import main
 from c3d_extract.featurefile.journal import journal_path, pending
 from tests.helpers import assert_same_file as assert_same_contents
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[data]'; the test extra has it)")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -214,7 +214,7 @@ def test_s3_inputs_and_a_tar_shard_on_a_cluster_without_a_shared_folder(cluster,
     """Every node fetches its objects itself (the endpoint and keys travel as --storage-options): the
     file equals the local engine's of the same s3:// prefix; run from a folder holding no video."""
     pytest.importorskip("s3fs", reason="s3fs is not installed (the test extra has it)")
-    from tests.remote_servers import KEY, SECRET, S3Server
+    from bench.support.remote_servers import KEY, SECRET, S3Server
     from tests.test_remote import make_shard
 
     server = S3Server(tmp_path / "weed").start()

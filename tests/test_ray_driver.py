@@ -17,7 +17,7 @@ from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.pipeline import Collector
 from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.models.registry import SPECS
-from tests.remote_servers import free_port
+from bench.support.remote_servers import free_port
 
 LAYERS = ["fc6"]
 SHAPES = {"fc6": (8,)}

@@ -19,7 +19,7 @@ from c3d_extract.extraction.decode import End, Frames, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.video import READERS, DecordReader, PyAVReader, readers_for
 from c3d_extract.models.registry import RES3D_SPORTS1M
-from tests.videos import frame_index, index_frames, moving_frames, write_video
+from bench.support.videos import frame_index, index_frames, moving_frames, write_video
 
 N = 24
 

@@ -22,8 +22,8 @@ from c3d_extract.extraction.inputs import expand_braces
 from c3d_extract.extraction.remote import redact, redact_argv, scrub
 from c3d_extract.featurefile.journal import journal_path, pending
 from tests.helpers import assert_same_file, run
-from tests.remote_servers import KEY, SECRET, HTTPServer, S3Server, free_port
-from tests.videos import moving_frames, write_video
+from bench.support.remote_servers import KEY, SECRET, HTTPServer, S3Server, free_port
+from bench.support.videos import moving_frames, write_video
 
 pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'c3d_extract[s3]'; the test extra has it)")
 

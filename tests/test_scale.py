@@ -9,7 +9,7 @@ import pytest
 from c3d_extract.extraction.inputs import find_videos, read_list, shard_of
 from c3d_extract.featurefile.journal import journal_path
 from tests.helpers import assert_same_file, run
-from tests.videos import moving_frames, write_video
+from bench.support.videos import moving_frames, write_video
 
 BASE = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--precision", "fp32", "-q"]
 

@@ -15,6 +15,7 @@ from sklearn.svm import LinearSVC
 from c3d_extract.errors import UsageError
 from c3d_extract.evaluation import aslan, reports
 from c3d_extract.evaluation import svm
+from c3d_extract.evaluation.options import SvmOptions
 from c3d_extract.featurefile import reader
 from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.cli.svm import main
@@ -105,15 +106,42 @@ def test_pca_curve_plot_and_two_files(tmp_path):
     assert reports[0]["pca"][1]["mean_accuracy"] == pytest.approx(float((direct.predict(te) == labels[test]).mean()))
 
 
+def test_the_pca_plot_labels_its_log_axis_with_the_dimensions_measured(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    real_savefig = Figure.savefig
+
+    def savefig(figure, *args, **kwargs):  # the real save, and the figure kept to read its ticks
+        real_savefig(figure, *args, **kwargs)
+        saved.append(figure)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    keys, labels, x = ucf_like(n_classes=3, clips=1, dim=40)
+    path = write_features(tmp_path / "a.h5", keys, {"fc6": x})
+    result = cli(path, "--pca", "20,2,5,30", "--plot", tmp_path / "pca.png", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pca.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    [figure] = saved
+    [axes] = figure.axes
+    assert axes.get_xscale() == "log"
+    ticks = axes.get_xticklabels() + axes.get_xticklabels(minor=True)
+    shown = [(tick.get_position()[0], tick.get_text()) for tick in ticks
+             if tick.get_text() and axes.get_xlim()[0] <= tick.get_position()[0] <= axes.get_xlim()[1]]
+    assert sorted(shown) == [(2, "2"), (5, "5"), (20, "20"), (30, "30")]
+    assert list(axes.lines[0].get_xdata()) == [20, 2, 5, 30]  # the points, in the order measured
+
+
 def test_pca_and_svm_never_see_test_videos():
     rng = np.random.default_rng(3)
     x_train, y_train = rng.random((60, 30)), np.repeat([0, 1, 2], 20)
     x_train[y_train == 1, :5] += 1
     x_test = rng.random((10, 30))
     outliers = rng.random((5, 30)) * 1000  # would swing a PCA or a scaler fitted on test data
-    for kwargs in ({}, {"pca_dim": 3}, {"pca_dim": 3, "C_grid": [0.1, 1, 10]}):
-        alone, _ = svm.fit_predict(x_train, y_train, x_test, **kwargs)
-        with_outliers, _ = svm.fit_predict(x_train, y_train, np.vstack([x_test, outliers]), **kwargs)
+    for options, pca_dim in ((SvmOptions(jobs=1), None), (SvmOptions(jobs=1), 3),
+                             (SvmOptions(cv_C=[0.1, 1, 10], jobs=1), 3)):
+        alone, _ = svm.fit_predict(x_train, y_train, x_test, options, pca_dim)
+        with_outliers, _ = svm.fit_predict(x_train, y_train, np.vstack([x_test, outliers]), options, pca_dim)
         np.testing.assert_array_equal(alone, with_outliers[:10])
 
 
@@ -145,9 +173,15 @@ def test_choosing_C_refits_the_pca_inside_each_fold():
 
     honest, leaky = scores(True), scores(False)
     assert not np.allclose(honest, leaky)  # the data tells the two apart
-    C, found = svm.choose_C(x, y, grid, pca_dim=6)
-    np.testing.assert_allclose(found, honest, atol=1e-12)
-    assert C == grid[int(np.argmax(honest))]
+    search = svm.model(SvmOptions(cv_C=grid, jobs=1), y, pca_dim=6).fit(x, y)
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], honest, atol=1e-12)
+    C = grid[int(np.argmax(honest))]
+    assert svm.used_C(search) == C
+    # then refitted on every training video with that C: the pipeline fitted directly with it
+    pca = PCA(6, random_state=0).fit(x)
+    direct = OneVsRestClassifier(LinearSVC(C=C, dual=True, max_iter=5000, random_state=0))
+    direct.fit(_l2(pca.transform(x)), y)
+    np.testing.assert_array_equal(search.predict(x[::2]), direct.predict(_l2(pca.transform(x[::2]))))
 
 
 def aslan_data(tmp_path, shuffle=False, seed=0):
@@ -362,7 +396,7 @@ def test_classify_equals_one_vs_rest_svms_trained_directly(tmp_path):
     assert list(written) == ["file", "layer", "dataset", "notes", "classes", "missing", "splits", "mean_accuracy",
                              "std_accuracy"]
     # another layer, and a PCA curve whose points are the same protocol after PCA
-    curve = reports.classify(path, "pool5", pca=[3, 8], jobs=1)
+    curve = reports.classify(path, SvmOptions(pca="3,8", jobs=1), layer="pool5")
     assert curve.layer == "pool5" and [p.dims for p in curve.pca] == [3, 8]
     assert curve.to_dict()["pca"][1] == {"dims": 8, "splits": {"1": curve.pca[1].mean_accuracy},
                                          "mean_accuracy": curve.pca[1].mean_accuracy}
@@ -380,7 +414,7 @@ def test_classify_raises_usage_errors_and_warns_of_missing_videos(tmp_path):
     keys, labels, x = ucf_like(n_classes=3, groups=25, clips=1)
     path = str(write_features(tmp_path / "f.h5", keys, {"fc6": x}))
     with pytest.raises(reader.FeatureFileError, match="has no layer 'fc7'") as caught:
-        reports.classify(path, "fc7")
+        reports.classify(path, layer="fc7")
     assert isinstance(caught.value, UsageError)
     one_class = write_features(tmp_path / "one.h5", keys[:25], {"fc6": x[:25]})
     with pytest.raises(UsageError, match="the labels give 1 class; at least 2 are needed"):
@@ -418,8 +452,8 @@ def test_aslan_runs_equal_a_direct_computation(tmp_path):
     assert written["auc_pooled"] == pytest.approx(pooled) and written["missing_pairs"] == 0
     # named layers, as a list or as c3d-svm's comma-separated text, for every file given
     acc2, _, pooled2 = direct_aslan(rows, layers, keys, names=("fc6", "pool5"))
-    as_list, as_text = reports.aslan_runs([str(path), str(path)], str(pairs), ["fc6", "pool5"])[0], \
-        reports.aslan_runs([str(path)], str(pairs), "fc6, pool5")[0]
+    as_list, as_text = reports.aslan_runs([str(path), str(path)], str(pairs), layers=["fc6", "pool5"])[0], \
+        reports.aslan_runs([str(path)], str(pairs), SvmOptions(layers="fc6, pool5"))[0]
     for run_ in (as_list, as_text):
         assert run_.layers == ["fc6", "pool5"] and run_.dims == 24
         np.testing.assert_allclose(run_.result.fold_accuracy, acc2)
@@ -440,8 +474,41 @@ def test_aslan_runs_warn_and_raise_usage_errors(tmp_path):
     assert report.layers == ["fc6"] and report.result.missing_pairs == 1
     assert len(warnings) == 2 and "negative values" in warnings[0] and f"{path}: 1 of 21 pairs" in warnings[1]
     with pytest.raises(UsageError, match="has no layer 'fc7'"):
-        reports.aslan_runs([path], str(pairs), "fc7")
+        reports.aslan_runs([path], str(pairs), layers="fc7")
     (tmp_path / "bad.csv").write_text("split,id1,id2,same\n1,a,b,1\n")
     with pytest.raises(aslan.AslanError, match="expected rows split,id1,id2,same"):
         reports.aslan_runs([path], str(tmp_path / "bad.csv"))
     assert issubclass(aslan.AslanError, UsageError)
+
+
+def test_svm_options_are_validated_once_and_frozen():
+    options = SvmOptions(cv_C="0.01, 0.1,1", pca=[10.0, 50], layers="prob,fc7 , fc6", split=2)
+    assert options.cv_C == (0.01, 0.1, 1.0) and options.pca == (10, 50) and options.split == "2"
+    assert options.layers == ("prob", "fc7", "fc6") and SvmOptions(cv_C="", layers="").cv_C is None
+    for bad, message in (({"dataset": "kinetics"}, "unknown dataset 'kinetics'"),
+                         ({"C": 0}, "C must be a positive"), ({"cv_C": "1,-1"}, "C must be a positive"),
+                         ({"cv_C": "1,x"}, "comma-separated numbers"),
+                         ({"pca": [0]}, "at least 1"), ({"jobs": 0}, "jobs must be at least 1")):
+        with pytest.raises(UsageError, match=message):
+            SvmOptions(**bad)
+    with pytest.raises(UsageError, match="unknown option.*: splits"):
+        SvmOptions.of(splits="all")
+    with pytest.raises(TypeError, match="layer=... by name"):
+        reports.classify("f.h5", "fc7")  # the layer was the second argument before the options object
+    with pytest.raises(AttributeError):
+        options.C = 2.0  # frozen
+
+
+def test_the_c_search_is_one_pipeline_inside_gridsearchcv():
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+
+    y = np.repeat([0, 1], 6)
+    plain = svm.model(SvmOptions(C=0.5, jobs=1), y, pca_dim=3)
+    assert isinstance(plain, Pipeline) and [n for n, _ in plain.steps] == ["pca", "l2", "svm"]
+    assert plain.get_params()["svm__estimator__C"] == 0.5 and plain.get_params()["pca__random_state"] == 0
+    search = svm.model(SvmOptions(cv_C=[0.1, 1], seed=4, jobs=1, renormalize=False), y, pca_dim=3)
+    assert isinstance(search, GridSearchCV) and search.param_grid == {"svm__estimator__C": [0.1, 1.0]}
+    assert [n for n, _ in search.estimator.steps] == ["pca", "svm"] and search.cv.random_state == 4
+    with pytest.raises(UsageError, match="at least 2 training videos per class"):
+        svm.model(SvmOptions(cv_C=[1]), np.array([0, 0, 1]))

@@ -11,7 +11,7 @@ from c3d_extract.cli.extract import main
 from c3d_extract.models.registry import get_spec
 from c3d_extract.models.densenet3d import avg_pool2, densenet3d
 from c3d_extract.models.net import init_random
-from tests.videos import UCF_LIKE, moving_frames, shared_video, write_video
+from bench.support.videos import UCF_LIKE, moving_frames, shared_video, write_video
 
 
 def table1_parameters(blocks, ttl, classes=400, k=32):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from c3d_extract.extraction.video import DecordReader as VideoReader, PyAVReader, VideoError
-from tests.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
+from bench.support.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
 
 
 def read_all(path, reader_class=VideoReader):

@@ -68,6 +68,19 @@ class DefaultGroup(ToolGroup):
         return super().parse_args(ctx, args)
 
 
+class InputsArgument(click.Argument):
+    """INPUTS... before OUTPUT: given one path, click fills OUTPUT with it and finds INPUTS empty;
+    what the user left out is OUTPUT, and that is what the usage error names."""
+
+    def handle_parse_result(self, ctx: click.Context, opts: dict, args: list[str]):
+        given, inputs = opts.get("output"), opts.get(self.name)  # click marks an absent value UNSET
+        if isinstance(given, str) and not (isinstance(inputs, (tuple, list)) and inputs):
+            output = next(param for param in ctx.command.params if param.name == "output")
+            raise click.MissingParameter(f"{given} is read as INPUTS; the feature file to write comes after "
+                                         f"it (e.g. {PROG} {given} out.h5)", ctx=ctx, param=output)
+        return super().handle_parse_result(ctx, opts, args)
+
+
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=PROG)
 def main() -> None:
@@ -83,7 +96,7 @@ def main() -> None:
 
 
 @main.command("extract")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(), cls=InputsArgument)
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--model", type=click.Choice(MODEL_NAMES),
               help="c3d: C3D Sports-1M (fc6 by default). res3d: Res3D Sports-1M (res5b by default). A spec "

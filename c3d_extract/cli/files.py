@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import fields
 from typing import Optional
 
 import click
 
 from c3d_extract.cli.errors import say
 from c3d_extract.errors import UsageError
-from c3d_extract.featurefile.activitynet import export_activitynet
+from c3d_extract.featurefile.activitynet import ExportOptions, export_activitynet
 from c3d_extract.featurefile.interop import export_npy, import_blobs, import_npy
 from c3d_extract.featurefile.merge import merge
 from c3d_extract.featurefile.reader import FeatureFile, FeatureFileError
 from c3d_extract.storage import is_storage_error
+
+
+# what the flags of `export` other than --format and --layer mean when unset (ExportOptions' defaults)
+ACTIVITYNET_DEFAULTS = {f.name: f.default for f in fields(ExportOptions) if f.name != "layer"}
 
 
 def _say(message: str) -> None:
@@ -108,15 +113,12 @@ def info_command(file: str, as_json: bool) -> None:
 @click.option("--any-protocol", is_flag=True, help="activitynet: export a file made with other clips than "
                                                    "16 frames every 8 (refused otherwise).")
 @click.option("--overwrite", is_flag=True, help="activitynet: replace OUT if it exists.")
-def export_command(file: str, out: str, fmt: str, layer: Optional[str], ids: str, id_prefix: str,
-                   pca: Optional[int], pca_from: Optional[str], pca_file: Optional[str], any_protocol: bool,
-                   overwrite: bool) -> None:
+def export_command(file: str, out: str, fmt: str, layer: Optional[str], **flags) -> None:
     """FILE's features out: one OUT/<key>.npy per video ((clips, D) when FILE has per-clip rows, else
     (D,)), or with --format activitynet one HDF5 file OUT, f[video]["c3d_features"] (clips, D)."""
     if fmt == "npy":
-        used = [name for name, value in (("--ids", ids != "stem"), ("--id-prefix", id_prefix), ("--pca", pca),
-                                         ("--pca-from", pca_from), ("--pca-file", pca_file),
-                                         ("--any-protocol", any_protocol), ("--overwrite", overwrite)) if value]
+        used = [f"--{name.replace('_', '-')}" for name, unset in ACTIVITYNET_DEFAULTS.items()
+                if flags[name] != unset]
         if used:
             raise UsageError(f"{', '.join(used)}: only with --format activitynet")
         if os.path.isfile(out):
@@ -124,8 +126,8 @@ def export_command(file: str, out: str, fmt: str, layer: Optional[str], ids: str
         count = export_npy(file, out, layer)
         click.echo(f"{out}: {count} .npy file(s)")
         return
-    report = export_activitynet(file, out, layer or "fc7", ids, id_prefix, pca, pca_from, pca_file,
-                                any_protocol, overwrite, warn=_say)
+    options = ExportOptions(layer=layer or ExportOptions.layer, **flags)
+    report = export_activitynet(file, out, options, warn=_say)
     if report.pca_written:
         click.echo(f"{report.pca_written}: PCA with {report.dim} components fitted on {report.clips} clip rows")
     click.echo(f"{out}: {report.videos} video(s), {report.clips} clip(s) of {report.dim} values")

@@ -29,13 +29,15 @@ def _say(message: str) -> None:
     say(PROG, message)
 
 
-def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
+def _floats(context: click.Context, param: click.Parameter, text: Optional[str]) -> Optional[list[float]]:
+    """A comma-separated list of numbers (--cv-C, --pca); a bad one is click's usage error (status 2)."""
     if not text:
         return None
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=what) from None
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}",
+                                 param_hint=param.opts[0]) from None
 
 
 def _pyplot():
@@ -76,6 +78,12 @@ def _plot_pca(reports: list[dict], path: str) -> None:
         ax.plot(dims, [100 * p["mean_accuracy"] for p in rep["pca"]], marker="o",
                 label=f"{os.path.basename(rep['file'])} {rep['layer']}")
     ax.set_xscale("log")
+    # one labelled tick per dimension measured (a log axis would label 10^k and its minor ticks 2x10^1 ...)
+    from matplotlib.ticker import NullLocator
+
+    measured = sorted({p["dims"] for rep in reports for p in rep["pca"]})
+    ax.set_xticks(measured, [str(dims) for dims in measured])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("dimensions after PCA (fitted on training videos)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{reports[0]['dataset']}: compactness")
@@ -141,10 +149,12 @@ def _write_csv(path: str, reports: list[dict], aslan_mode: bool) -> None:
 @click.option("--split", default="1", show_default=True, help="Split number, or 'all' (each and their mean).")
 @click.option("--folds", help="Folder-per-class data: K-fold (stratified, seeded) or 'loo' (leave one out).")
 @click.option("--C", "C", type=float, default=1.0, show_default=True, help="SVM regularisation constant.")
-@click.option("--cv-C", "cv_C", metavar="LIST", help="Choose C among these values by 3-fold cross-validation "
-                                                    "on each split's training videos only, e.g. 0.01,0.1,1,10.")
-@click.option("--pca", metavar="DIMS", help="Compactness curve: PCA fitted on the training videos to each of "
-                                            "these dimensions, e.g. 10,50,100,200,300,500.")
+@click.option("--cv-C", "cv_C", metavar="LIST", callback=_floats,
+              help="Choose C among these values by 3-fold cross-validation on each split's training videos "
+                   "only, e.g. 0.01,0.1,1,10.")
+@click.option("--pca", metavar="DIMS", callback=_floats,
+              help="Compactness curve: PCA fitted on the training videos to each of these dimensions, e.g. "
+                   "10,50,100,200,300,500.")
 @click.option("--renormalize/--no-renormalize", default=True, show_default=True,
               help="L2-normalise again after the PCA projection.")
 @click.option("--aslan", "aslan_pairs", type=click.Path(exists=True, dir_okay=False),
@@ -159,8 +169,8 @@ def _write_csv(path: str, reports: list[dict], aslan_mode: bool) -> None:
 @click.option("--jobs", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True,
               help="Processes training the one-vs-rest SVMs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds and the PCA solver.")
-def main(files, layer, dataset, splits_dir, split, folds, C, cv_C, pca, renormalize, aslan_pairs, layers,
-         l1_last_four, plot, json_path, csv_path, jobs, seed) -> None:
+def main(files: tuple[str, ...], aslan_pairs: Optional[str], plot: Optional[str], json_path: Optional[str],
+         csv_path: Optional[str], **flags) -> None:
     """Evaluate feature files the way the C3D and Res3D papers did.
 
     \b
@@ -174,21 +184,18 @@ def main(files, layer, dataset, splits_dir, split, folds, C, cv_C, pca, renormal
     cannot be done (no such layer, too few classes, no test videos, labels not found), 3 when the
     disk is full or failing while --json, --csv or --plot is written.
     """
-    cv_C, pca = _floats(cv_C, "--cv-C"), _floats(pca, "--pca")
     try:
+        options = evaluation.SvmOptions(**flags)  # the evaluation's flags, validated once
         if aslan_pairs:
-            reports = [r.to_dict() for r in evaluation.aslan_runs(files, aslan_pairs, layers or None, C=C,
-                                                                  l1_last_four=l1_last_four, warn=_say)]
+            reports = [r.to_dict() for r in evaluation.aslan_runs(files, aslan_pairs, options, warn=_say)]
             _print_aslan(reports)
             if plot:
                 _plot_roc(reports, plot)
         else:
-            reports = [evaluation.classify(path, layer, dataset=dataset, splits_dir=splits_dir, split=split,
-                                           folds=folds, C=C, cv_C=cv_C, pca=pca, renormalize=renormalize, jobs=jobs,
-                                           seed=seed, warn=_say).to_dict() for path in files]
+            reports = [evaluation.classify(path, options, warn=_say).to_dict() for path in files]
             _print_classification(reports)
             if plot:
-                if not pca:
+                if not options.pca:
                     raise click.UsageError("--plot draws the PCA curve: give --pca DIMS (or --aslan for a ROC)")
                 _plot_pca(reports, plot)
         if json_path:

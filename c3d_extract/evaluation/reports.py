@@ -5,6 +5,8 @@
     result = reports.classify("out.h5", split="all")         # UCF101 splits 1-3, linear SVM on fc6
     print(result.mean_accuracy, [s.accuracy for s in result.splits])
     [view2] = reports.aslan_runs(["out.h5"], "View2.mat")   # prob, fc7, fc6, pool5 stacked
+    options = reports.SvmOptions(split="all", cv_C="0.01,0.1,1,10")  # c3d-svm's flags, validated once
+    result = reports.classify("out.h5", options, layer="fc7")
 
 Bad arguments and input files raise c3d_extract.errors.UsageError (SplitError, AslanError and
 FeatureFileError are ones); warnings (videos or pairs left out, negative features) go to `warn`.
@@ -12,14 +14,14 @@ FeatureFileError are ones); warnings (videos or pairs left out, negative feature
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from c3d_extract.errors import UsageError
 from c3d_extract.evaluation import aslan, splits, svm
+from c3d_extract.evaluation.options import SvmOptions
 from c3d_extract.featurefile import reader
 
 Warn = Callable[[str], None]
@@ -93,17 +95,17 @@ class AslanReport:
                 "roc": {"fpr": r.roc[0].tolist(), "tpr": r.roc[1].tolist()}}
 
 
-def classify(path: str, layer: Optional[str] = None, *, dataset: str = "auto",
-             splits_dir: Optional[str] = None, split: str = "1", folds: Optional[str] = None, C: float = 1.0,
-             cv_C: Optional[Sequence[float]] = None, pca: Optional[Sequence[float]] = None,
-             renormalize: bool = True, jobs: int = os.cpu_count() or 1, seed: int = 0,
-             warn: Warn = lambda message: None) -> Classification:
-    """Linear SVMs on `layer` (default: the file's default layer) over the splits of `dataset`
-    (auto, ucf101, hmdb51, folders); `split` is a number or "all", `folds` K or "loo" for
-    folder-per-class data. `cv_C` chooses C per split by cross-validation on its training videos;
-    `pca` lists the dimensions of the compactness curve. The defaults are c3d-svm's."""
-    feats = reader.load(path, layer)
-    protocol = splits.protocol(dataset, feats.keys, splits_dir, split, folds, seed)
+def classify(path: str, options: Optional[SvmOptions] = None, *, warn: Warn = lambda message: None,
+             **changes) -> Classification:
+    """Linear SVMs on one layer of the feature file `path` over the splits of a dataset, as `options`
+    (with `changes`, keywords named like SvmOptions' fields: layer, split, cv_C, pca, ...) say: the
+    layer (default: the file's), the dataset (auto, ucf101, hmdb51, folders), the split (a number or
+    "all") or the folds (K or "loo"), C or the values to choose it among, and the dimensions of the
+    PCA compactness curve. The defaults are c3d-svm's."""
+    options = SvmOptions.of(options, **changes)
+    feats = reader.load(path, options.layer)
+    protocol = splits.protocol(options.dataset, feats.keys, options.splits_dir, options.split, options.folds,
+                               options.seed)
     rows, missing = splits.match(protocol, feats.keys)
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
@@ -118,15 +120,14 @@ def classify(path: str, layer: Optional[str] = None, *, dataset: str = "auto",
         split_rows.append((part.name, np.array([r for r, _ in train], int),
                            np.array([c for _, c in train], int), np.array([r for r, _ in test], int),
                            np.array([c for _, c in test], int)))
-    run = dict(C=C, C_grid=cv_C, renormalize=renormalize, jobs=jobs, seed=seed)
-    results = svm.evaluate(feats.matrix, split_rows, **run)
+    results = svm.evaluate(feats.matrix, split_rows, options)
     accuracies = np.array([r.accuracy for r in results])
     curve = None
-    if pca:
+    if options.pca:
         curve = []
-        for dims in pca:
-            points = svm.evaluate(feats.matrix, split_rows, pca_dim=int(dims), **run)
-            curve.append(PcaPoint(int(dims), {r.split: r.accuracy for r in points},
+        for dims in options.pca:
+            points = svm.evaluate(feats.matrix, split_rows, options, pca_dim=dims)
+            curve.append(PcaPoint(dims, {r.split: r.accuracy for r in points},
                                   float(np.mean([r.accuracy for r in points]))))
     return Classification(path, feats.layer, protocol.dataset, protocol.notes, protocol.classes, missing,
                           results, float(accuracies.mean()),
@@ -140,29 +141,28 @@ def aslan_layers(path: str) -> list[str]:
     return [n for n in ASLAN_LAYERS.get(model, ()) if n in features.layers] or [features.default_layer]
 
 
-def aslan_runs(paths: Sequence[str], pairs_path: str, layers: Union[str, Sequence[str], None] = None, *,
-               C: float = 1.0, l1_last_four: bool = False,
-               warn: Warn = lambda message: None) -> list[AslanReport]:
+def aslan_runs(paths: Sequence[str], pairs_path: str, options: Optional[SvmOptions] = None, *,
+               warn: Warn = lambda message: None, **changes) -> list[AslanReport]:
     """ASLAN View-2 (10 folds) on each file, with the pairs of `pairs_path` (View2.mat or a CSV
-    split,id1,id2,same). `layers` (names, or one comma-separated string) apply to every file;
-    None takes `aslan_layers` of each. `l1_last_four`: see aslan.measures."""
-    if isinstance(layers, str):
-        layers = [n.strip() for n in layers.split(",")]
+    split,id1,id2,same). Of `options` (with `changes`), `layers` (names, or one comma-separated
+    string) apply to every file, None takes `aslan_layers` of each; `C` and `l1_last_four` (see
+    aslan.measures) too."""
+    options = SvmOptions.of(options, **changes)
     pairs = aslan.read_pairs(pairs_path)
     reports = []
     for path in paths:
-        names = list(layers) if layers else aslan_layers(path)
+        names = list(options.layers) if options.layers else aslan_layers(path)
         loaded = [reader.load(path, n) for n in names]
         negative = aslan.negative_layers({f.layer: f.matrix for f in loaded})
         if negative:
             warn(f"warning: {path}: layer(s) {', '.join(negative)} have negative values; measures "
                  f"{', '.join(map(str, aslan.NEEDS_NON_NEGATIVE))} assume non-negative input (is fc6 read "
                  f"before its ReLU?)")
-        result = aslan.evaluate([f.matrix for f in loaded], loaded[0].keys, pairs, C, l1_last_four,
-                                warn=lambda m, p=path: warn(f"{p}: {m}"))
+        result = aslan.evaluate([f.matrix for f in loaded], loaded[0].keys, pairs, options.C,
+                                options.l1_last_four, warn=lambda m, p=path: warn(f"{p}: {m}"))
         reports.append(AslanReport(path, names, result))
     return reports
 
 
-__all__ = ["ASLAN_LAYERS", "AslanReport", "Classification", "PcaPoint", "aslan_layers", "aslan_runs",
-           "classify"]
+__all__ = ["ASLAN_LAYERS", "AslanReport", "Classification", "PcaPoint", "SvmOptions", "aslan_layers",
+           "aslan_runs", "classify"]

@@ -2,7 +2,8 @@
 
 One-vs-rest linear SVMs (liblinear through scikit-learn, squared hinge, C = 1 unless told), trained
 on a split's training videos and scored by video-level accuracy on its test videos. Everything that
-is fitted (PCA, the choice of C) sees the training part only.
+is fitted (PCA, the choice of C) sees the training part only: one scikit-learn Pipeline (PCA, L2,
+the SVMs), inside a GridSearchCV when C is chosen, built from the run's SvmOptions.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
@@ -19,7 +21,10 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import LinearSVC
 
 from c3d_extract.errors import UsageError
+from c3d_extract.evaluation.options import SvmOptions
 from c3d_extract.vectors import l2_normalize
+
+C_PARAMETER = "svm__estimator__C"  # the pipeline's C, as GridSearchCV and get_params name it
 
 
 def classifier(C: float = 1.0, jobs: int = 1) -> OneVsRestClassifier:
@@ -52,51 +57,54 @@ class SplitResult:
         return matrix.tolist()
 
 
-def pipeline(C: float = 1.0, pca_dim: Optional[int] = None, renormalize: bool = True, jobs: int = 1,
-             seed: int = 0) -> Pipeline:
-    """PCA to `pca_dim` (no whitening) -> L2 rows again (`renormalize`) -> one-vs-rest linear SVMs:
-    one estimator, so that a cross-validation refits the PCA on each fold's training rows."""
+def pipeline(options: SvmOptions, pca_dim: Optional[int] = None) -> Pipeline:
+    """PCA to `pca_dim` (no whitening) -> L2 rows again (`options.renormalize`) -> one-vs-rest linear
+    SVMs with `options.C`: one estimator, so that a cross-validation refits the PCA on each fold's
+    training rows."""
     steps: list = []
     if pca_dim is not None:
-        steps.append(("pca", PCA(n_components=pca_dim, random_state=seed)))
-        if renormalize:
+        steps.append(("pca", PCA(n_components=pca_dim, random_state=options.seed)))
+        if options.renormalize:
             steps.append(("l2", FunctionTransformer(l2_normalize)))
-    return Pipeline(steps + [("svm", classifier(C, jobs))])
+    return Pipeline(steps + [("svm", classifier(options.C, options.jobs))])
 
 
-def choose_C(x_train: np.ndarray, y_train: np.ndarray, C_grid: Sequence[float], pca_dim: Optional[int] = None,
-             renormalize: bool = True, jobs: int = 1, seed: int = 0) -> tuple[float, np.ndarray]:
-    """The C of `C_grid` with the best mean accuracy over stratified folds of the training videos
-    (at most 3; the first C among ties), and each C's mean accuracy. The whole pipeline, PCA
-    included, is fitted inside each fold: a PCA fitted on all training videos would have seen each
-    fold's validation videos."""
+def model(options: SvmOptions, y_train: np.ndarray, pca_dim: Optional[int] = None) -> BaseEstimator:
+    """What a split fits on its training videos: the pipeline with `options.C`, or with `options.cv_C`
+    that pipeline inside a GridSearchCV choosing C by the best mean accuracy over stratified folds
+    of the training videos (at most 3, seeded; the first C among ties), then refitted with it on all
+    of them. The whole pipeline, PCA included, is fitted inside each fold: a PCA fitted on all
+    training videos would have seen each fold's validation videos."""
+    if not options.cv_C:
+        return pipeline(options, pca_dim)
     folds = min(3, int(np.bincount(y_train).min()))
     if folds < 2:
         raise UsageError("choosing C by cross-validation needs at least 2 training videos per class")
-    search = GridSearchCV(pipeline(pca_dim=pca_dim, renormalize=renormalize, seed=seed),
-                          {"svm__estimator__C": list(C_grid)},
-                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=jobs, refit=False)
-    search.fit(x_train, y_train)
-    return float(search.best_params_["svm__estimator__C"]), search.cv_results_["mean_test_score"]
+    folds_of_training = StratifiedKFold(folds, shuffle=True, random_state=options.seed)
+    return GridSearchCV(pipeline(options, pca_dim), {C_PARAMETER: list(options.cv_C)}, cv=folds_of_training,
+                        n_jobs=options.jobs)
 
 
-def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, C: float = 1.0,
-                C_grid: Optional[Sequence[float]] = None, pca_dim: Optional[int] = None, renormalize: bool = True,
-                jobs: int = 1, seed: int = 0) -> tuple[np.ndarray, float]:
-    """Predict test classes; PCA (if `pca_dim`) and C (if `C_grid`) are fitted on the training part
-    only. Returns the predictions and the C that was used."""
+def used_C(fitted: BaseEstimator) -> float:
+    """The C a fitted `model` predicts with."""
+    if isinstance(fitted, GridSearchCV):
+        return float(fitted.best_params_[C_PARAMETER])
+    return fitted.get_params()[C_PARAMETER]
+
+
+def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, options: SvmOptions,
+                pca_dim: Optional[int] = None) -> tuple[np.ndarray, float]:
+    """Predict test classes; PCA (if `pca_dim`) and C (if `options.cv_C`) are fitted on the training
+    part only. Returns the predictions and the C that was used."""
     if pca_dim is not None and pca_dim > min(x_train.shape):
         raise UsageError(f"PCA to {pca_dim} dimensions needs at least {pca_dim} training videos and "
                          f"feature dimensions (have {x_train.shape[0]} x {x_train.shape[1]})")
-    if C_grid:
-        C, _ = choose_C(x_train, y_train, C_grid, pca_dim, renormalize, jobs, seed)
-    model = pipeline(C, pca_dim, renormalize, jobs, seed).fit(x_train, y_train)
-    return model.predict(x_test), C
+    fitted = model(options, y_train, pca_dim).fit(x_train, y_train)
+    return fitted.predict(x_test), used_C(fitted)
 
 
 def evaluate(x: np.ndarray, splits: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-             C: float = 1.0, C_grid: Optional[Sequence[float]] = None, pca_dim: Optional[int] = None,
-             renormalize: bool = True, jobs: int = 1, seed: int = 0) -> list[SplitResult]:
+             options: SvmOptions, pca_dim: Optional[int] = None) -> list[SplitResult]:
     """Each split is (name, train rows, train labels, test rows, test labels) into `x`."""
     results = []
     for name, train_rows, y_train, test_rows, y_test in splits:
@@ -105,8 +113,7 @@ def evaluate(x: np.ndarray, splits: Sequence[tuple[str, np.ndarray, np.ndarray, 
         if len(np.unique(y_train)) < 2:
             raise UsageError(f"split {name}: the training videos cover {len(np.unique(y_train))} class; "
                              f"a classifier needs at least 2")
-        predictions, used_C = fit_predict(x[train_rows], y_train, x[test_rows], C, C_grid, pca_dim,
-                                          renormalize, jobs, seed)
+        predictions, C = fit_predict(x[train_rows], y_train, x[test_rows], options, pca_dim)
         results.append(SplitResult(name, float((predictions == y_test).mean()), len(train_rows),
-                                   len(test_rows), used_C, predictions, y_test))
+                                   len(test_rows), C, predictions, y_test))
     return results

@@ -40,6 +40,37 @@ ID_RULES = ("stem", "key")
 BLOCK_BYTES = 64 << 20
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How a per-clip file is exported in the ActivityNet layout (`export --format activitynet`'s
+    flags), validated once: the layer, the group names (`ids` rule after `id_prefix`), the PCA
+    (`pca` components fitted and written to `pca_file`, or `pca_from` an existing projection),
+    whether another clip protocol is exported anyway, and whether OUT (and the PCA file) may be
+    replaced."""
+
+    layer: str = LAYER
+    ids: str = "stem"                 # ID_RULES
+    id_prefix: str = ""
+    pca: Optional[int] = None         # components: fitted here, or the leading ones of `pca_from`
+    pca_from: Optional[str] = None
+    pca_file: Optional[str] = None    # where `pca` writes its fit (default: default_pca_path(OUT))
+    any_protocol: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ids not in ID_RULES:
+            raise UsageError(f"--ids must be one of {', '.join(ID_RULES)}, not {self.ids!r}")
+        if self.pca is not None and self.pca < 1:
+            raise UsageError(f"--pca {self.pca}: must be at least 1")
+        if self.pca_file and (self.pca is None or self.pca_from):
+            raise UsageError("--pca-file names where --pca writes its fit; it needs --pca N without "
+                             "--pca-from")
+
+    def pca_written(self, output: str) -> Optional[str]:
+        """Where this export writes a fitted PCA (None when it fits none)."""
+        return None if self.pca is None or self.pca_from else self.pca_file or default_pca_path(output)
+
+
 @dataclass
 class ExportReport:
     """What an export wrote."""
@@ -140,15 +171,15 @@ def default_pca_path(output: str) -> str:
     return root + ".pca" + (ext or ".hdf5")
 
 
-def export_activitynet(path: str, output: str, layer: str = LAYER, ids: str = "stem", prefix: str = "",
-                       pca: Optional[int] = None, pca_from: Optional[str] = None, pca_out: Optional[str] = None,
-                       any_protocol: bool = False, overwrite: bool = False,
+def export_activitynet(path: str, output: str, options: ExportOptions = ExportOptions(),
                        warn: Callable[[str], None] = lambda message: None) -> ExportReport:
     """Every video of the per-clip file `path` -> a group `<id>/c3d_features` (clips, D) float32 in
-    `output`, with `clip_first_frame` and `clip_time` beside it. `pca` fits a PCA with that many
-    components on every clip row and writes it to `pca_out` (default: default_pca_path); `pca_from`
-    applies an existing one (this tool's or the official file; `pca` then keeps its leading
-    components). Refusals are UsageErrors; a full disk is a StorageError."""
+    `output`, with `clip_first_frame` and `clip_time` beside it. `options.pca` fits a PCA with that
+    many components on every clip row and writes it to `options.pca_file` (default:
+    default_pca_path); `options.pca_from` applies an existing one (this tool's or the official
+    file; `pca` then keeps its leading components). Refusals are UsageErrors; a full disk is a
+    StorageError."""
+    layer, pca, pca_from = options.layer, options.pca, options.pca_from
     features = FeatureFile(path)
     if not features.has_clips:
         raise UsageError(f"{path}: has no per-clip rows; the ActivityNet format needs every clip's {layer}: make "
@@ -159,20 +190,16 @@ def export_activitynet(path: str, output: str, layer: str = LAYER, ids: str = "s
     if layer not in clip_layers:
         raise UsageError(f"{path}: has no per-clip {layer} (its per-clip layers: {', '.join(clip_layers) or 'none'}); "
                          f"make one with `{MAKE}`")
-    if pca is not None and pca < 1:
-        raise UsageError(f"--pca {pca}: must be at least 1")
-    if os.path.exists(output) and not overwrite:
+    if os.path.exists(output) and not options.overwrite:
         raise UsageError(f"{output}: exists; use --overwrite to replace it")
-    if pca_out and (pca is None or pca_from):
-        raise UsageError("--pca-file names where --pca writes its fit; it needs --pca N without --pca-from")
-    written = None if pca is None or pca_from else pca_out or default_pca_path(output)
-    if written and os.path.exists(written) and not overwrite:
+    written = options.pca_written(output)
+    if written and os.path.exists(written) and not options.overwrite:
         raise UsageError(f"{written}: exists; use --overwrite to replace it (or --pca-file to name another)")
     settings = json.loads(features.attrs.get("settings", "{}"))
-    notes = check_protocol(path, settings, layer, any_protocol)
+    notes = check_protocol(path, settings, layer, options.any_protocol)
     for note in notes:
         warn(note)
-    names = video_ids(features.keys, ids, prefix, path)
+    names = video_ids(features.keys, options.ids, options.id_prefix, path)
 
     with h5py.File(path, "r") as f:
         source = f["clips"][layer]
@@ -191,7 +218,7 @@ def export_activitynet(path: str, output: str, layer: str = LAYER, ids: str = "s
             raise UsageError(f"{pca_from}: projects {projection.input_dim} values; {path}'s {layer} has "
                              f"{source.shape[1]}")
         dim = projection.dim if projection is not None else int(source.shape[1])
-        attrs = _provenance(path, layer, settings, features.attrs, ids, prefix, notes, projection, written)
+        attrs = _provenance(path, settings, features.attrs, options, notes, projection, written)
         offsets, counts = f["clip_offset"][()], f["num_clips"][()]
         frames_of, fps, status = f["num_frames"][()], f["fps"][()], f["status"].asstr()[()]
 
@@ -220,10 +247,12 @@ def export_activitynet(path: str, output: str, layer: str = LAYER, ids: str = "s
     return ExportReport(output, len(names), total, dim, written, notes)
 
 
-def _provenance(path: str, layer: str, settings: dict, attrs: dict, ids: str, prefix: str, notes: list[str],
+def _provenance(path: str, settings: dict, attrs: dict, options: ExportOptions, notes: list[str],
                 projection: Optional[pca_file.PCA], written: Optional[str]) -> dict:
+    ids, prefix = options.ids, options.id_prefix
     values = {"format": "ActivityNet C3D (group per video, c3d_features (clips, D) float32)",
-              "layer": layer, "normalisation": "none: raw per-clip activations (after ReLU) before the PCA",
+              "layer": options.layer,
+              "normalisation": "none: raw per-clip activations (after ReLU) before the PCA",
               "source": os.path.abspath(path), "source_settings": json.dumps(settings, sort_keys=True),
               "ids": f"{ids}{f', prefix {prefix!r}' if prefix else ''}",
               "clip_times": "clip_first_frame (0-based frame) and clip_time (seconds) beside c3d_features",

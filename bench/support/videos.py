@@ -1,4 +1,5 @@
-"""Real encoded videos written with PyAV for the tests, and the real sample videos of shared/."""
+"""Real encoded videos written with PyAV, and the real sample videos of shared/: for the tests and the
+benchmarks alike (bench/ never imports tests/; the tests import this)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,29 @@ import numpy as np
 import pytest
 
 SHARED_VIDEOS = Path(os.environ.get("C3D_SHARED_VIDEOS",
-                                    Path(__file__).resolve().parents[2] / "shared" / "videos"))
+                                    Path(__file__).resolve().parents[3] / "shared" / "videos"))
 CORRUPT = "decord__tests_test_data_corrupted.mp4"
 UCF_LIKE = "mmaction2__tests_data_test.avi"
+
+# (file name, PyAV encoder, pixel format, codec tag): the containers and codecs users have
+ZOO = [
+    ("h264.mp4", "libx264", "yuv420p", None),
+    ("h264_444.mkv", "libx264", "yuv444p", None),
+    ("hevc.mp4", "libx265", "yuv420p", None),
+    ("hevc_10bit.mkv", "libx265", "yuv420p10le", None),
+    ("vp8.webm", "libvpx", "yuv420p", None),
+    ("vp9.webm", "libvpx-vp9", "yuv420p", None),
+    ("av1.mp4", "libsvtav1", "yuv420p", None),
+    ("av1.mkv", "libsvtav1", "yuv420p10le", None),
+    ("xvid.avi", "mpeg4", "yuv420p", "XVID"),
+    ("mpeg2.mpg", "mpeg2video", "yuv420p", None),
+    ("mpeg2.ts", "mpeg2video", "yuv420p", None),
+    ("mjpeg.avi", "mjpeg", "yuvj420p", None),
+    ("ffv1.mkv", "ffv1", "yuv420p", None),
+    ("prores.mov", "prores_ks", "yuv422p10le", None),
+    ("flv1.flv", "flv", "yuv420p", None),
+    ("wmv2.avi", "wmv2", "yuv420p", None),
+]
 
 
 def shared_video(name: str) -> Path:

