@@ -344,9 +344,9 @@ def test_a_mirror_over_http_file_and_a_plain_path_is_tried_first(mean_served, mo
     digest = hashlib.sha256(mean_bytes).hexdigest()
     dead = f"http://127.0.0.1:{closed_port()}"
     folder = tmp_path / "served"
-    for how, mirror in (("--mirror", mean_served.url + "/"), ("env", f"file://{folder}"), ("--mirror", str(folder))):
-        cache = use_manifest(monkeypatch, tmp_path / how / mirror[:4], mean_entry([f"{dead}/{MEAN}"],
-                                                                                 sha256_prefix=digest[:8]))
+    ways = (("--mirror", mean_served.url + "/"), ("env", f"file://{folder}"), ("--mirror", str(folder)))
+    for i, (how, mirror) in enumerate(ways):
+        cache = use_manifest(monkeypatch, tmp_path / str(i), mean_entry([f"{dead}/{MEAN}"], sha256_prefix=digest[:8]))
         result = fetch("c3d-sports1m-mean", *(["--mirror", mirror] if how == "--mirror" else []),
                        env={"C3D_EXTRACT_MIRROR": mirror} if how == "env" else None)
         assert result.exit_code == 0, result.output

@@ -52,13 +52,14 @@ def _convert(entry: Entry, source: Source, path: Path, target: Path, digest: str
     save_checkpoint(converted, str(target), source=str(path), source_sha256=digest)
 
 
-def _checked(source: Source) -> str:
+def _checked(entry: Entry, source: Source) -> str:
     if source.sha256:
         return "equal to the manifest's"
     if source.sha256_prefix:
         return f"starts with {source.sha256_prefix}, as the manifest says"
-    return ("no published checksum to compare with: compare it with another copy; it is recorded as "
-            "weights_sha256 in every feature file made with these weights")
+    where = (f"in {entry.name}.json beside it" if entry.is_mean
+             else "as weights_sha256 in every feature file made with these weights")
+    return f"no published checksum to compare with: compare it with another copy; it is recorded {where}"
 
 
 def manual_steps(entry: Entry, sources: tuple[Source, ...], target: Path, reasons: Optional[list[str]]) -> str:
@@ -110,15 +111,16 @@ def install(entry: Entry, quiet: bool = False, mirror: Optional[str] = None,
             tell(f"{entry.name}: {reasons[-1]}")
             continue
         tell(f"{entry.name}: {source.file} from {shown(source.url)}, {path.stat().st_size:,} bytes, "
-            f"sha256 {digest} ({_checked(source)})")
-        record = {"name": entry.name, "source": str(path), "source_url": shown(source.url), "source_file": source.file,
-                  "source_format": source.format, "source_sha256": digest,
-                  "source_checksum": "sha256" if source.sha256 else
-                  f"sha256 prefix {source.sha256_prefix}" if source.sha256_prefix else "none published",
-                  "installed": str(target), "installed_sha256": sha256_of(target), "urls": list(entry.urls)}
+             f"sha256 {digest} ({_checked(entry, source)})")
+        checksum = ("sha256" if source.sha256 else f"sha256 prefix {source.sha256_prefix}" if source.sha256_prefix
+                    else "none published")
+        record = {"name": entry.name, "source": str(path), "source_url": shown(source.url),
+                  "source_file": source.file, "source_format": source.format, "source_sha256": digest,
+                  "source_checksum": checksum, "installed": str(target), "installed_sha256": sha256_of(target),
+                  "urls": [shown(url) for url in entry.urls]}
         text = (json.dumps(record, indent=2) + "\n").encode()
-        _saving(str(target.with_suffix(".json")), lambda: write_atomically(str(target.with_suffix(".json")),
-                                                                          lambda handle: handle.write(text)))
+        record_path = str(target.with_suffix(".json"))
+        _saving(record_path, lambda: write_atomically(record_path, lambda handle: handle.write(text)))
         path.unlink()  # the converted file is what is kept; the original can be fetched again
         return target
     raise WeightsError(manual_steps(entry, sources, target, None if say else reasons))
