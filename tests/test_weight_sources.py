@@ -320,7 +320,8 @@ def test_when_every_address_fails_the_manual_steps_name_files_checksums_and_the_
     assert len(said(result)) == 3 and all("cannot connect" in line for line in said(result))
     error = result.stderr[result.stderr.index("c3d-weights: error: "):].splitlines()
     assert error == [
-        "c3d-weights: error: cannot download c3d-sports1m from any of its 3 addresses (the reasons are above).",
+        "c3d-weights: error: cannot download c3d-sports1m from any address:",
+        *("  " + line.removeprefix("c3d-weights: c3d-sports1m: ") for line in said(result)),
         "By hand: download one of these files, check it (sha256sum FILE) and convert it:",
         f"  {PTH} (sha256 starting with dcc47ddc) from {pth_url}",
         f"  {CAFFE} (sha256 not published) from {caffe_urls[0]} or {caffe_urls[1]}",

@@ -184,8 +184,8 @@ def _fetch(url: str, part: Path, label: str, retries: int, quiet: bool) -> None:
             last = str(exc) if isinstance(exc, _Dropped) else f"connection dropped ({type(exc).__name__})"
         except urllib.error.URLError as exc:
             raise AddressError(f"cannot connect ({exc.reason})") from None
-        except FileNotFoundError:
-            raise AddressError("no such file" if scheme == "file" else "no such object (404)") from None
+        except FileNotFoundError as exc:
+            raise AddressError("no such file" if scheme == "file" else describe(exc)) from None
         except Exception as exc:  # the fsspec filesystems raise their own kinds (botocore, aiohttp, OSError)
             if is_final(exc):
                 raise AddressError(describe(exc)) from None

@@ -62,16 +62,13 @@ def _checked(entry: Entry, source: Source) -> str:
     return f"no published checksum to compare with: compare it with another copy; it is recorded {where}"
 
 
-def manual_steps(entry: Entry, sources: tuple[Source, ...], target: Path, reasons: Optional[list[str]]) -> str:
-    """What to do when every address failed: which file to fetch from where, its checksum, the command.
-    `reasons` None: each address's reason was already said, line by line."""
+def manual_steps(entry: Entry, sources: tuple[Source, ...], target: Path, reasons: list[str]) -> str:
+    """What to do when every address failed: why each failed, which file to fetch from where, its
+    checksum, the command."""
     files: dict[str, list[Source]] = {}
     for source in sources:
         files.setdefault(source.file, []).append(source)
-    if reasons is None:
-        lines = [f"cannot download {entry.name} from any of its {len(sources)} addresses (the reasons are above)."]
-    else:
-        lines = [f"cannot download {entry.name} from any address:", *(f"  {reason}" for reason in reasons)]
+    lines = [f"cannot download {entry.name} from any address:", *(f"  {reason}" for reason in reasons)]
     if files:
         lines.append("By hand: download one of these files, check it (sha256sum FILE) and convert it:")
         for name, group in files.items():
@@ -90,13 +87,16 @@ def install(entry: Entry, quiet: bool = False, mirror: Optional[str] = None,
     """Download a manifest entry from the first address that gives the right file (the mirror's, then
     the manifest's, in order), convert it into this package's layout in the cache directory
     (atomically) and record where it came from in `<name>.json` beside it. Each address that fails
-    is said in one line through `say` (without it, the lines are in the error); when all fail,
-    WeightsError gives the manual steps."""
+    is said in one line through `say` as it happens; when all fail, WeightsError gives each reason
+    again (a library caller may not show `say`) and the manual steps."""
     tell = say or (lambda message: None)
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / entry.installed_name
     sources = with_mirror(entry, mirror_base(mirror))
+    if not sources:
+        raise WeightsError(f"{entry.name}: no published weights to download ({entry.notes or 'no address'}); "
+                           f"pass --weights PATH (a state dict in this package's layout) or --weights random")
     reasons: list[str] = []
     for source in sources:
         try:
@@ -123,7 +123,7 @@ def install(entry: Entry, quiet: bool = False, mirror: Optional[str] = None,
         _saving(record_path, lambda: write_atomically(record_path, lambda handle: handle.write(text)))
         path.unlink()  # the converted file is what is kept; the original can be fetched again
         return target
-    raise WeightsError(manual_steps(entry, sources, target, None if say else reasons))
+    raise WeightsError(manual_steps(entry, sources, target, reasons))
 
 
 def _saving(path: str, write: Callable[[], None]) -> None:
