@@ -3,12 +3,20 @@ addresses tried in order with a reason each, checksums (full or prefix) enforced
 s3 (SeaweedFS), file:// and plain paths, Google Drive's large-file confirmation, and the manual steps
 when nothing answers. Every server is a real one on 127.0.0.1 started here."""
 
+import fcntl
 import hashlib
 import json
+import os
+import pty
 import re
+import struct
+import subprocess
+import sys
+import termios
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -421,6 +429,34 @@ def test_a_mirror_on_s3_seaweedfs(mean_served, monkeypatch, tmp_path, mean_bytes
         assert json.loads((cache / f"{name}.json").read_text())["source_url"] == f"{mean_served.url}/{MEAN}"
     finally:
         server.stop()
+
+
+def test_on_a_terminal_the_fetch_shows_a_bar_with_size_and_rate(mean_served, tmp_path, mean_bytes):
+    """On a pseudo-terminal of 120 columns (a new pty has 0: tqdm then draws nothing), in a process of
+    its own: tqdm decides from its stderr."""
+    code = ("import sys; from pathlib import Path; from c3d_extract.weights.download import fetch_address; "
+            "from c3d_extract.weights.manifest import Source; "
+            f"fetch_address(Source({mean_served.url + '/' + MEAN!r}, {MEAN!r}, 'binaryproto'), Path({str(tmp_path)!r}))")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert process.wait(60) == 0, out.decode(errors="replace")
+    frames = [frame for frame in out.decode(errors="replace").replace("\n", "\r").split("\r") if frame.strip()]
+    size = f"{len(mean_bytes) / 2**20:.2f}M"  # tqdm's unit_scale with unit_divisor 1024
+    assert any(f.startswith(f"{MEAN} (127.0.0.1): 100%") and f"{size}/{size}" in f and "B/s]" in f for f in frames), frames
+    assert (tmp_path / MEAN).read_bytes() == mean_bytes
 
 
 def test_drive_share_links_become_drives_download_address():

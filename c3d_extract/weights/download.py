@@ -103,7 +103,7 @@ def _write(out, block: bytes) -> None:
 def _bar(total: Optional[int], have: int, label: str, quiet: bool) -> tqdm:
     """A progress bar with size and rate (tqdm stays quiet when stderr is not a terminal)."""
     return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                disable=True if quiet else None, leave=False, dynamic_ncols=True)
+                disable=True if quiet else None, leave=True, dynamic_ncols=True)
 
 
 def _copy(stream, part: Path, have: int, total: Optional[int], label: str, quiet: bool) -> None:
