@@ -95,6 +95,12 @@ def test_an_mmaction2_checkpoint_bare_or_wrapped_holds_the_caffemodels_tensors(r
         assert converted.spec.name == "c3d-sports1m" and converted.source_format == "mmaction2"
         assert sorted(converted.state_dict) == sorted(k for k in caffe if not k.startswith("fc8"))
         assert all(torch.equal(t, caffe[k]) for k, t in converted.state_dict.items())
+    # a conversion that kept Caffe's fc8 (mmaction2 would ignore it): all 11 layers, the classifier too
+    kept = mmaction2_state(raw)
+    kept["fc8.weight"], kept["fc8.bias"] = (torch.from_numpy(a.astype(np.float32)) for a in raw["fc8"])
+    torch.save(kept, tmp_path / "kept.pth")
+    converted = read_checkpoint(str(tmp_path / "kept.pth")).state_dict
+    assert converted.keys() == caffe.keys() and all(torch.equal(t, caffe[k]) for k, t in converted.items())
     loaded = load_weights(str(tmp_path / "runner.pth"), None)
     assert loaded.identity == hashlib.sha256((tmp_path / "runner.pth").read_bytes()).hexdigest()
     with pytest.raises(UsageError, match=r"fc8 not in these weights.*OpenMMLab's C3D backbone ends at fc7"):
@@ -138,6 +144,8 @@ def test_an_mmaction2_checkpoint_that_does_not_fit_is_refused_whole(tmp_path):
         "missing": ({k: v for k, v in tiny.items() if "conv5b" not in k}, r"does not fit c3d-sports1m \(missing conv5b\.weight, conv5b\.bias;"),
         "shape": (tiny, r"wrong shape backbone\.conv1a\.conv\.weight -> conv1a\.weight: \[1\], expected \[64, 3, 3, 3, 3\]"),
         "unknown": ({**tiny, "backbone.bn1.weight": torch.zeros(3)}, r"key backbone\.bn1\.weight is not part of mmaction2's C3D"),
+        "twice": ({**tiny, "backbone.fc8.weight": torch.zeros(1), "cls_head.fc_cls.weight": torch.zeros(1)},
+                  r"backbone\.fc8\.weight and cls_head\.fc_cls\.weight both map to fc8\.weight"),
     }
     for name, (state, message) in cases.items():
         torch.save({"state_dict": state}, tmp_path / f"{name}.pth")

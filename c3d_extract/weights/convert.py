@@ -163,20 +163,23 @@ def _is_mmaction2(state: Mapping[str, torch.Tensor]) -> bool:
 
 def _from_mmaction2(state: Mapping[str, torch.Tensor], path: str) -> tuple[dict, dict]:
     """mmaction2's C3D: `convNx.conv.*` -> `convNx.*`, fc6/fc7 as they are (its forward reads them
-    after ReLU, as here), a recognizer's `cls_head.fc_cls` -> fc8; any other key is refused."""
+    after ReLU, as here), fc8 where a conversion kept it, a recognizer's `cls_head.fc_cls` -> fc8;
+    any other key is refused."""
     out, origin = {}, {}
     for key, value in state.items():
         name = key.removeprefix("backbone.")
         match = re.fullmatch(r"(conv\d[ab])\.conv\.(weight|bias)", name)
         if match:
             new = f"{match[1]}.{match[2]}"
-        elif re.fullmatch(r"fc[67]\.(weight|bias)", name):
-            new = name
+        elif re.fullmatch(r"fc[678]\.(weight|bias)", name):
+            new = name  # fc8: a conversion that kept the Sports-1M classifier (mmaction2 ignores it)
         elif key.startswith(_MM_HEAD):
             new = "fc8." + key[len(_MM_HEAD):]
         else:
             raise WeightsError(f"{path}: key {key} is not part of mmaction2's C3D (conv1a.conv ... conv5b.conv, "
-                               f"fc6, fc7, and a recognizer's cls_head.fc_cls)")
+                               f"fc6, fc7, and fc8 or a recognizer's cls_head.fc_cls)")
+        if new in out:
+            raise WeightsError(f"{path}: {origin[new]} and {key} both map to {new}")
         out[new], origin[new] = value, key
     return out, origin
 
