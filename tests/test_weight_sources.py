@@ -33,7 +33,7 @@ from c3d_extract.weights.load import load_weights
 from tests import checkpoints as ck
 from tests.helpers import rows
 from tests.remote_servers import HTTPServer, S3Server
-from tests.test_download import closed_port
+from tests.test_download import Server as RangeServer, closed_port
 
 PTH = "c3d_sports1m_pretrain_20201016-xxxxxxxx.pth"  # the test's own file: its digest is not dcc47ddc
 CAFFE = "conv3d_deepnetA_sport1m_iter_1900000"
@@ -408,6 +408,34 @@ def test_a_partial_download_resumes_from_a_file_address(monkeypatch, tmp_path, m
     result = fetch("c3d-sports1m-mean")
     assert result.exit_code == 0, result.output
     assert json.loads((cache / "c3d-sports1m-mean.json").read_text())["source_sha256"] == digest
+
+
+def test_without_a_checksum_a_partial_file_is_resumed_only_from_its_own_address(monkeypatch, tmp_path, mean_bytes):
+    server = RangeServer()  # http.server ignores Range; this one honours it
+    server.files[f"/{MEAN}"] = mean_bytes
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / MEAN).write_bytes(mean_bytes)
+    # a cut download of another cube of the same shape: parseable, but not this file
+    stale = ck.blob_v10(np.full((1, 3, 16, 128, 171), 7, np.float32))[: len(mean_bytes) // 2]
+    whole = np.frombuffer(mean_bytes[-4 * 3 * 16 * 128 * 171:], "<f4").reshape(3, 16, 128, 171)
+    downloads = tmp_path / "home" / "weights" / "downloads"
+    try:
+        for url, resumed in ((f"{server.url}/{MEAN}", True), (f"file://{other}/{MEAN}", False)):
+            cache = use_manifest(monkeypatch, tmp_path, mean_entry([url]))
+            for old in cache.glob("c3d-sports1m-mean.*"):
+                old.unlink()
+            downloads.mkdir(parents=True, exist_ok=True)
+            (downloads / f"{MEAN}.part").write_bytes(stale)
+            (downloads / f"{MEAN}.part.from").write_text(f"{server.url}/{MEAN}")
+            result = fetch("c3d-sports1m-mean")
+            assert result.exit_code == 0, result.output
+            got = np.load(cache / "c3d-sports1m-mean.npy")
+            # from its own address the stale half stays (no checksum could tell); from another, all is fetched
+            assert np.array_equal(got, whole) is not resumed
+            assert not list(downloads.iterdir())
+    finally:
+        server.close()
 
 
 @pytest.mark.slow

@@ -205,19 +205,33 @@ def fetch_address(source: Source, folder: Path, retries: int = 3, quiet: bool = 
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / source.file
     part = dest.with_name(dest.name + ".part")
+    origin = dest.with_name(dest.name + ".part.from")  # the address the partial file came from
+    unchecked = source.size is None and not source.sha256 and not source.sha256_prefix
+    if part.exists() and unchecked and (not origin.exists() or origin.read_text() != source.url):
+        part.unlink()  # nothing would catch bytes of two different files: resume only from the same address
+    origin.write_text(source.url)
     url = drive_download_url(source.url)
     host = urllib.parse.urlsplit(url).hostname or "local file"
-    _fetch(url, part, f"{source.file} ({host})", retries, quiet)
+    try:
+        _fetch(url, part, f"{source.file} ({host})", retries, quiet)
+    except AddressError:
+        if not part.exists():
+            origin.unlink()
+        raise
     got = part.stat().st_size
+    reason = None
     if source.size is not None and got != source.size:
+        reason = f"got {got:,} bytes, the manifest says {source.size:,}"
+    digest = sha256_of(part) if reason is None else ""
+    if reason is None and ((source.sha256 and digest != source.sha256)
+                           or (source.sha256_prefix and not digest.startswith(source.sha256_prefix))):
+        reason = f"sha256 {digest} does not match the manifest's {source.sha256 or source.sha256_prefix + '...'}"
+    if reason is not None:
         part.unlink()
-        raise AddressError(f"got {got:,} bytes, the manifest says {source.size:,}: refused, the download was deleted")
-    digest = sha256_of(part)
-    if (source.sha256 and digest != source.sha256) or (source.sha256_prefix and not digest.startswith(source.sha256_prefix)):
-        part.unlink()
-        raise AddressError(f"sha256 {digest} does not match the manifest's "
-                           f"{source.sha256 or source.sha256_prefix + '...'}: refused, the download was deleted")
+        origin.unlink()
+        raise AddressError(f"{reason}: refused, the download was deleted")
     os.replace(part, dest)
+    origin.unlink()
     return dest, digest
 
 
