@@ -133,7 +133,7 @@ def test_checksum_mismatch_removes_the_download(server, monkeypatch, tmp_path, r
     bad["sha256"] = "0" * 64
     cache = use_manifest(monkeypatch, tmp_path, {"res3d-sports1m": bad})
     result = weights("fetch", "res3d-sports1m", "-q")
-    assert result.exit_code == 1 and "does not match" in result.output and "removed" in result.output
+    assert result.exit_code == 1 and "does not match" in result.output and "refused, the download was deleted" in result.output
     assert not list((cache / "downloads").iterdir()) and not (cache / "res3d-sports1m.pt").exists()
 
 

@@ -58,17 +58,25 @@ def list_command() -> None:
 
 @main.command("fetch")
 @click.argument("name")
+@click.option("--mirror", metavar="BASE", envvar="C3D_EXTRACT_MIRROR", show_envvar=True,
+              help="Try BASE/<file> first for each file of NAME: an http(s)://, s3://, gs:// or file:// "
+                   "folder (or a plain path) holding the published files under their own names.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def fetch_command(name: str, quiet: bool) -> None:
+def fetch_command(name: str, mirror: str | None, quiet: bool) -> None:
     """Download NAME (see `list`), check its size and sha256, convert it and install it.
 
-    A dropped connection resumes where it stopped; the install is atomic, so a failed fetch leaves
-    nothing half-written. C3D weights bring their mean cube along when it can be had.
+    The addresses are tried in order (the mirror's first), each failure said on one line; a file
+    whose checksum does not match what the manifest knows (full or prefix) is deleted and the next
+    address tried. The digest of what was installed is printed and recorded. A dropped connection
+    resumes where it stopped; the install is atomic, so a failed fetch leaves nothing half-written.
+    C3D weights bring their mean cube along when it can be had. When every address fails, the
+    message gives the files, their checksums and the `convert` command to do it by hand.
     """
     entries = load_manifest()
     if name not in entries:
         raise click.BadParameter(f"unknown name {name!r}; known: {', '.join(entries)}", param_hint="NAME")
-    path = install_with_mean(entries[name], lambda message: click.echo(f"{PROG}: {message}", err=True), quiet=quiet)
+    path = install_with_mean(entries[name], lambda message: click.echo(f"{PROG}: {message}", err=True), quiet=quiet,
+                             mirror=mirror)
     click.echo(f"{name}: installed {path} (sha256 {file_sha256(path)})")
 
 
@@ -76,7 +84,7 @@ def fetch_command(name: str, quiet: bool) -> None:
 @click.argument("src", type=click.Path(exists=True, dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
 def convert_command(src: str, dst: str) -> None:
-    """Convert SRC (.caffemodel v1.0/v1.1, c3d.pickle, torchvision r3d_18, or a mean cube in
+    """Convert SRC (.caffemodel v1.0/v1.1, c3d.pickle, OpenMMLab's C3D .pth, torchvision r3d_18, or a mean cube in
     .binaryproto/.npy) into this package's layout at DST (.pt for weights, .npy for a mean)."""
     converted, cube = _read_any(src)
     if cube is not None:

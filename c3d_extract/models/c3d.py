@@ -15,16 +15,21 @@ def _pool(kernel) -> nn.MaxPool3d:
     return nn.MaxPool3d(kernel, kernel, ceil_mode=True)
 
 
+HEADLESS = ("the checkpoint holds no classifier (fc8): OpenMMLab's C3D backbone ends at fc7; for fc8 and "
+            "prob use the Caffe model (c3d-weights convert conv3d_deepnetA_sport1m_iter_1900000)")
+
+
 def c3d(num_classes: int = 487) -> StagedNet:
     """The 8-conv C3D network; stages carry the Caffe blob names (conv1a ... fc6, fc7, fc8, prob).
 
     convN and fc6/fc7 are read after their in-place ReLU, like the blobs the original tool wrote.
-    Dropout is omitted: it is the identity at test time.
+    Dropout is omitted: it is the identity at test time. num_classes=0 builds the network without
+    its classifier (fc8, prob), for weights that end at fc7 (OpenMMLab's C3D backbone).
     """
     def conv(cin: int, cout: int) -> Conv3dReLU:
         return Conv3dReLU(cin, cout, kernel_size=3, padding=1)
 
-    return StagedNet([
+    stages = [
         ("conv1a", conv(3, 64)), ("pool1", _pool((1, 2, 2))),
         ("conv2a", conv(64, 128)), ("pool2", _pool(2)),
         ("conv3a", conv(128, 256)), ("conv3b", conv(256, 256)), ("pool3", _pool(2)),
@@ -32,9 +37,10 @@ def c3d(num_classes: int = 487) -> StagedNet:
         ("conv5a", conv(512, 512)), ("conv5b", conv(512, 512)), ("pool5", _pool(2)),
         ("fc6", FlattenLinear(512 * 1 * 4 * 4, 4096, relu=True)),
         ("fc7", FlattenLinear(4096, 4096, relu=True)),
-        ("fc8", FlattenLinear(4096, num_classes, relu=False)),
-        ("prob", Softmax()),
-    ])
+    ]
+    if num_classes == 0:
+        return StagedNet(stages, absent={name: HEADLESS for name in ("fc8", "prob")})
+    return StagedNet(stages + [("fc8", FlattenLinear(4096, num_classes, relu=False)), ("prob", Softmax())])
 
 
 C3D_SPORTS1M = ModelSpec(

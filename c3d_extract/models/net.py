@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -20,15 +20,21 @@ class StagedNet(nn.Module):
     requested stage: asking only for pool5 never computes fc6.
     """
 
-    def __init__(self, stages: Sequence[tuple[str, nn.Module]]):
+    def __init__(self, stages: Sequence[tuple[str, nn.Module]], absent: Optional[Mapping[str, str]] = None):
         super().__init__()
         for name, module in stages:
             self.add_module(name, module)
         self.stage_names: tuple[str, ...] = tuple(name for name, _ in stages)
+        # published layers these weights do not have, and why (C3D from OpenMMLab's file ends at fc7)
+        self.absent: dict[str, str] = dict(absent or {})
 
     def check_layers(self, layers: Iterable[str]) -> list[str]:
         """Return the layers in network order; raise ValueError naming any unknown one."""
         layers = list(layers)
+        missing = [name for name in layers if name in self.absent]
+        if missing:
+            raise UsageError(f"layer(s) {', '.join(missing)} not in these weights: {self.absent[missing[0]]}; "
+                             f"valid layers: {', '.join(self.stage_names)}")
         unknown = [name for name in layers if name not in self.stage_names]
         if unknown:
             raise UsageError(

@@ -4,6 +4,8 @@ Formats are recognised from the bytes, never from the file name:
     caffemodel-v1.0    C3D Sports-1M (Caffe C3D v1.0, 5-D blobs)        -> spec c3d-sports1m
     caffemodel-v1.1    Res3D Sports-1M (Caffe C3D v1.1, BN + Scale)     -> spec res3d-sports1m
     c3d-pickle         DavideA/c3d-pytorch `c3d.pickle`                 -> spec c3d-sports1m
+    mmaction2          OpenMMLab's C3D backbone (conv1a.conv.weight ... fc7, no fc8; bare, or under
+                       `state_dict` with `backbone.` prefixes)         -> spec c3d-sports1m
     torchvision-r3d18  torchvision `r3d_18` state dict                  -> spec r3d18-kinetics400
     c3d_extract        a file this package wrote (or a plain state dict under the Caffe names)
     binaryproto, npy   mean cubes (3 x 16 x 128 x 171)
@@ -152,6 +154,36 @@ def _from_c3d_pickle(state: Mapping[str, torch.Tensor]) -> dict:
             for key, value in state.items()}
 
 
+_MM_HEAD = "cls_head.fc_cls."  # a whole mmaction2 recognizer: its head is this network's fc8
+
+
+def _is_mmaction2(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(key.removeprefix("backbone.") == "conv1a.conv.weight" for key in state)
+
+
+def _from_mmaction2(state: Mapping[str, torch.Tensor], path: str) -> tuple[dict, dict]:
+    """mmaction2's C3D: `convNx.conv.*` -> `convNx.*`, fc6/fc7 as they are (its forward reads them
+    after ReLU, as here), fc8 where a conversion kept it, a recognizer's `cls_head.fc_cls` -> fc8;
+    any other key is refused."""
+    out, origin = {}, {}
+    for key, value in state.items():
+        name = key.removeprefix("backbone.")
+        match = re.fullmatch(r"(conv\d[ab])\.conv\.(weight|bias)", name)
+        if match:
+            new = f"{match[1]}.{match[2]}"
+        elif re.fullmatch(r"fc[678]\.(weight|bias)", name):
+            new = name  # fc8: a conversion that kept the Sports-1M classifier (mmaction2 ignores it)
+        elif key.startswith(_MM_HEAD):
+            new = "fc8." + key[len(_MM_HEAD):]
+        else:
+            raise WeightsError(f"{path}: key {key} is not part of mmaction2's C3D (conv1a.conv ... conv5b.conv, "
+                               f"fc6, fc7, and fc8 or a recognizer's cls_head.fc_cls)")
+        if new in out:
+            raise WeightsError(f"{path}: {origin[new]} and {key} both map to {new}")
+        out[new], origin[new] = value, key
+    return out, origin
+
+
 def _torch_load(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -166,8 +198,8 @@ def _torch_load(path: str):
 def _fit(spec: ModelSpec, state: dict, origin: Mapping[str, str], path: str) -> dict:
     """Check every parameter against the spec's network; errors name the source layer."""
     head = state.get(f"{spec.classifier}.weight")
-    with torch.device("meta"):
-        net = spec.build(num_classes=head.shape[0]) if head is not None else spec.build()
+    with torch.device("meta"):  # no classifier in the file: the network without one (C3D builds it; others
+        net = spec.build(num_classes=head.shape[0] if head is not None else 0)  # then report fc8 missing)
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -208,8 +240,11 @@ def read_checkpoint(path: str) -> Converted:
         if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise WeightsError(f"{path}: a PyTorch file without a state dict of tensors")
         state = dict(obj)
+        origin: dict = {}
         if "stem.0.weight" in state:
             spec, fmt, state = SPECS["r3d18-kinetics400"], "torchvision-r3d18", _from_torchvision(state, path)
+        elif _is_mmaction2(state):
+            spec, fmt, (state, origin) = SPECS["c3d-sports1m"], "mmaction2", _from_mmaction2(state, path)
         elif "conv1.weight" in state and "conv3a.weight" in state:
             spec, fmt, state = SPECS["c3d-sports1m"], "c3d-pickle", _from_c3d_pickle(state)
         else:
@@ -217,7 +252,7 @@ def read_checkpoint(path: str) -> Converted:
             if spec is None:
                 raise WeightsError(f"{path}: a state dict of an unknown network (first keys: "
                                    f"{', '.join(list(state)[:4])})")
-        return Converted(spec, _fit(spec, state, {}, path), fmt)
+        return Converted(spec, _fit(spec, state, origin, path), fmt)
     try:
         net = read_net(path)
     except CaffeError as exc:

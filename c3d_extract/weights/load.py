@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from c3d_extract.weights.convert import Converted, WeightsError, read_checkpoint, read_mean, save_checkpoint
-from c3d_extract.weights.download import DownloadError, download
-from c3d_extract.weights.manifest import Entry, cache_dir, installed, load_manifest
+from c3d_extract.weights.download import AddressError, fetch_address, shown
+from c3d_extract.weights.manifest import Entry, Source, cache_dir, installed, load_manifest, mirror_base, with_mirror
 from c3d_extract.models.registry import C3D_SPORTS1M, ModelSpec, get_spec
 from c3d_extract.models.net import StagedNet, init_random
 from c3d_extract.models.preprocess import parse_mean
@@ -36,31 +36,94 @@ def file_sha256(path: str | os.PathLike) -> str:
     return sha256_of(Path(path))
 
 
-def install(entry: Entry, quiet: bool = False) -> Path:
-    """Download a manifest entry, check it, convert it into this package's layout in the cache
-    directory (atomically) and record where it came from in `<name>.json` beside it."""
+_CHECKED_FORMATS = ("caffemodel-v1.0", "caffemodel-v1.1", "c3d-pickle", "torchvision-r3d18", "mmaction2")
+
+
+def _convert(entry: Entry, source: Source, path: Path, target: Path, digest: str) -> None:
+    """Convert a downloaded file into `target`; WeightsError when it is not what the manifest says."""
+    if entry.is_mean:
+        save_mean(read_mean(str(path), MEAN_SHAPE), str(target))
+        return
+    converted = read_checkpoint(str(path))
+    if converted.spec.name != entry.spec_name:
+        raise WeightsError(f"holds weights for {converted.spec.name}, the manifest's {entry.name} is {entry.spec_name}")
+    if source.format in _CHECKED_FORMATS and converted.source_format != source.format:
+        raise WeightsError(f"is a {converted.source_format} file, the manifest says {source.format}")
+    save_checkpoint(converted, str(target), source=str(path), source_sha256=digest)
+
+
+def _checked(entry: Entry, source: Source) -> str:
+    if source.sha256:
+        return "equal to the manifest's"
+    if source.sha256_prefix:
+        return f"starts with {source.sha256_prefix}, as the manifest says"
+    where = (f"in {entry.name}.json beside it" if entry.is_mean
+             else "as weights_sha256 in every feature file made with these weights")
+    return f"no published checksum to compare with: compare it with another copy; it is recorded {where}"
+
+
+def manual_steps(entry: Entry, sources: tuple[Source, ...], target: Path, reasons: list[str]) -> str:
+    """What to do when every address failed: why each failed, which file to fetch from where, its
+    checksum, the command."""
+    files: dict[str, list[Source]] = {}
+    for source in sources:
+        files.setdefault(source.file, []).append(source)
+    lines = [f"cannot download {entry.name} from any address:", *(f"  {reason}" for reason in reasons)]
+    if files:
+        lines.append("By hand: download one of these files, check it (sha256sum FILE) and convert it:")
+        for name, group in files.items():
+            lines.append(f"  {name} ({group[0].checksum}) from {' or '.join(shown(s.url) for s in group)}")
+    else:
+        lines.append(f"By hand: get {entry.file} and convert it:")
+    lines.append(f"  c3d-weights convert FILE {target}")
+    if entry.mean:
+        lines.append(f"The mean cube for Caffe-exact preprocessing is a file of its own (c3d-weights fetch {entry.mean}; "
+                     f"OpenMMLab's C3D file does not carry it).")
+    return "\n".join(lines)
+
+
+def install(entry: Entry, quiet: bool = False, mirror: Optional[str] = None,
+            say: Optional[Callable[[str], None]] = None) -> Path:
+    """Download a manifest entry from the first address that gives the right file (the mirror's, then
+    the manifest's, in order), convert it into this package's layout in the cache directory
+    (atomically) and record where it came from in `<name>.json` beside it. Each address that fails
+    is said in one line through `say` as it happens; when all fail, WeightsError gives each reason
+    again (a library caller may not show `say`) and the manual steps."""
+    tell = say or (lambda message: None)
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        source = download(entry.urls, folder / "downloads" / entry.file, entry.size, entry.sha256,
-                          entry.sha256_prefix, quiet=quiet)
-    except DownloadError as exc:
-        raise WeightsError(
-            f"cannot download {entry.name}: {exc}. Download {entry.urls[0] if entry.urls else entry.file} "
-            f"yourself and run: c3d-weights convert FILE {folder / entry.installed_name}") from None
     target = folder / entry.installed_name
-    source_sha = sha256_of(source)
-    if entry.is_mean:
-        save_mean(read_mean(str(source), MEAN_SHAPE), str(target))
-    else:
-        save_checkpoint(read_checkpoint(str(source)), str(target), source=str(source), source_sha256=source_sha)
-    record = {"name": entry.name, "source": str(source), "source_sha256": source_sha,
-              "installed": str(target), "installed_sha256": sha256_of(target), "urls": list(entry.urls)}
-    text = (json.dumps(record, indent=2) + "\n").encode()
-    _saving(str(target.with_suffix(".json")), lambda: write_atomically(str(target.with_suffix(".json")),
-                                                                      lambda handle: handle.write(text)))
-    source.unlink()  # the converted file is what is kept; the original can be fetched again
-    return target
+    sources = with_mirror(entry, mirror_base(mirror))
+    if not sources:
+        raise WeightsError(f"{entry.name}: no published weights to download ({entry.notes or 'no address'}); "
+                           f"pass --weights PATH (a state dict in this package's layout) or --weights random")
+    reasons: list[str] = []
+    for source in sources:
+        try:
+            path, digest = fetch_address(source, folder / "downloads", quiet=quiet)
+            try:
+                _convert(entry, source, path, target, digest)
+            except WeightsError as exc:
+                path.unlink()
+                raise AddressError(f"{str(exc).removeprefix(str(path) + ': ')}; the download was deleted") from None
+        except AddressError as exc:
+            reasons.append(f"{shown(source.url)}: {exc}")
+            tell(f"{entry.name}: {reasons[-1]}")
+            continue
+        tell(f"{entry.name}: {source.file} from {shown(source.url)}, {path.stat().st_size:,} bytes, "
+             f"sha256 {digest} ({_checked(entry, source)})")
+        checksum = ("sha256" if source.sha256 else f"sha256 prefix {source.sha256_prefix}" if source.sha256_prefix
+                    else "none published")
+        record = {"name": entry.name, "source": str(path), "source_url": shown(source.url),
+                  "source_file": source.file, "source_format": source.format, "source_sha256": digest,
+                  "source_checksum": checksum, "installed": str(target), "installed_sha256": sha256_of(target),
+                  "urls": [shown(url) for url in entry.urls]}
+        text = (json.dumps(record, indent=2) + "\n").encode()
+        record_path = str(target.with_suffix(".json"))
+        _saving(record_path, lambda: write_atomically(record_path, lambda handle: handle.write(text)))
+        path.unlink()  # the converted file is what is kept; the original can be fetched again
+        return target
+    raise WeightsError(manual_steps(entry, sources, target, reasons))
 
 
 def _saving(path: str, write: Callable[[], None]) -> None:
@@ -82,14 +145,16 @@ def save_mean(cube: np.ndarray, path: str) -> None:
     _saving(path, lambda: write_atomically(path, lambda handle: np.save(handle, cube), check))
 
 
-def install_with_mean(entry: Entry, warn: Callable[[str], None], quiet: bool = False) -> Path:
-    """Install an entry and the mean cube it names; a mean that cannot be had is only a warning
-    (the spec then keeps its per-channel mean, recorded as an approximation)."""
-    path = install(entry, quiet=quiet)
+def install_with_mean(entry: Entry, warn: Callable[[str], None], quiet: bool = False,
+                      mirror: Optional[str] = None) -> Path:
+    """Install an entry and the mean cube it names (its own file and addresses: OpenMMLab's C3D file
+    does not carry it); a mean that cannot be had is only a warning (the spec then keeps its
+    per-channel mean, recorded as an approximation)."""
+    path = install(entry, quiet=quiet, mirror=mirror, say=warn)
     manifest = load_manifest()
     if entry.mean and entry.mean in manifest and installed(manifest[entry.mean]) is None:
         try:
-            install(manifest[entry.mean], quiet=quiet)
+            install(manifest[entry.mean], quiet=quiet, mirror=mirror, say=warn)
         except WeightsError as exc:
             warn(f"warning: {exc}")
     return path
@@ -151,9 +216,9 @@ def load_weights(weights: Optional[str], model: Optional[str], seed: int = 0, fe
     if wanted is not None and wanted.model != converted.spec.model:
         raise WeightsError(f"{path}: weights of a {converted.spec.model} network ({converted.spec.name}), "
                            f"but --model {model} asks for {wanted.model}")
-    head = converted.state_dict[f"{converted.spec.classifier}.weight"]
+    head = converted.state_dict.get(f"{converted.spec.classifier}.weight")
     with torch.device("meta"):  # the default initialisation would be overwritten at once
-        net = converted.spec.build(num_classes=head.shape[0])
+        net = converted.spec.build(num_classes=head.shape[0] if head is not None else 0)
     net.load_state_dict(converted.state_dict, strict=True, assign=True)
     identity = converted.source_sha256 or file_sha256(path)
     return Loaded(converted.spec, net.eval(), identity, os.path.abspath(path))
