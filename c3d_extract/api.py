@@ -91,8 +91,8 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     `options` (with `changes`, keywords named like ExtractOptions' fields: model, layers, weights, ...)
     say what to run. `device` may list several devices ("cuda:0,cuda:1"): one replica each; None
     means $C3D_EXTRACT_DEVICE, else auto. `resize_on`: "workers" (decoder processes, OpenCV's resize:
-    bit-exact), "device" (where the network runs: full frames travel, a float resize that is not
-    bit-exact, README Limits), or "auto" (= workers: the default is faithful everywhere); under the
+    bit-exact), "device" (where the network runs: full frames travel, the same arithmetic in integer
+    torch code, bit-exact too: models/pixels.py), or "auto" (= workers: the default is faithful everywhere); under the
     Ray engine frames are always resized where they are decoded. With `prestart` (a run that follows
     at once), the local engine's decoder processes start first, so that their start-up overlaps the
     building of the network (workers.prestart), unless `early` (early.start: decoders already
@@ -115,8 +115,8 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     shapes = model_spec.layer_shapes(list(options.layers or model_spec.default_layers), net=loaded.net)
     if options.weights == RANDOM:
         warn(f"warning: random weights (seed {options.seed}): the features are meaningless outside smoke tests")
-    # the device's float resize differs from OpenCV's by a grey level in some pixels, so a file
-    # records where it resized and never mixes the two
+    # a file records where it resized and never mixes the two (both are OpenCV's arithmetic now; the
+    # device's was a float resize a grey level off in some pixels before issue #33: files from then)
     settings = RunSettings(model=model_spec.model, spec_name=model_spec.name, weights_sha256=loaded.identity,
                            layers=tuple(shapes), clips=model_spec.input.to_dict(), short_videos=options.short,
                            precision=runtime.precision, resize_on=resize_on, shard=options.shard,

@@ -83,8 +83,8 @@ def test_resize_on_the_device_agrees_with_the_workers(videos, tmp_path):
     workers, a = features(videos, tmp_path / "w.h5", *args, "--resize-on", "workers")
     device, b = features(videos, tmp_path / "d.h5", *args, "--resize-on", "device")
     assert (a["resize_on"], b["resize_on"]) == ("workers", "device")
-    cosine = np.sum(workers["res5b"] * device["res5b"], axis=1)
-    assert cosine.min() >= 0.9999, cosine
+    # the same input pixels (models/pixels.py, bit for bit): the features agree as any two CUDA runs do
+    np.testing.assert_allclose(workers["res5b"], device["res5b"], atol=1e-4)
 
 
 def test_defaults_on_cuda():

@@ -123,9 +123,9 @@ def main() -> None:
               help="Seconds a decoder may go without progress before its video is abandoned as failed "
                    "(both engines).")
 @click.option("--resize-on", type=click.Choice(RESIZE_CHOICES), default=DEFAULTS.resize_on, show_default=True,
-              help="Where frames are resized and cropped: in the decoder processes with OpenCV (bit-exact, "
-                   "what Caffe did; auto), or on the network's device with a float resize (full frames travel; "
-                   "not bit-exact: a grey level off in some pixels, recorded in the file).")
+              help="Where frames are resized and cropped: in the decoder processes with OpenCV (what Caffe "
+                   "did; auto), or on the network's device with OpenCV's fixed-point arithmetic in torch "
+                   "(full frames travel; the same pixels, bit for bit; recorded in the file).")
 @click.option("--keep-partial", is_flag=True,
               help="A video that breaks while decoding keeps the clips before the damage (status "
                    "partial:<frames>) instead of failing; for collections where damaged files are common.")

@@ -117,9 +117,9 @@ class BatchRunner:
         return {layer: value.float() for layer, value in out.items()}
 
     def place_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """`--resize-on device`: decoded uint8 frames (n, H, W, 3) uploaded once, resized (float) and
-        cropped on the network's device; the clips are then cut there."""
-        return self.input_spec.crop_frames_float(torch.from_numpy(frames).to(self.runtime.device))
+        """`--resize-on device`: decoded uint8 frames (n, H, W, 3) uploaded once, resized (OpenCV's
+        arithmetic, bit for bit) and cropped on the network's device; the clips are then cut there."""
+        return self.input_spec.crop_frames_device(torch.from_numpy(frames).to(self.runtime.device))
 
     def __call__(self, clips: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 cropped clips (N, T, h, w, 3), any N -> per-layer float32 (N, D), batch by batch."""
