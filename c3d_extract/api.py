@@ -34,6 +34,7 @@ from c3d_extract.extraction.early import (EarlyStart, all_to_do, start as start_
                                           take as take_early)
 from c3d_extract.extraction.workers import DecodePool, prestart as start_decoders
 from c3d_extract.extraction.video import DECODERS
+from c3d_extract.extraction.nvdec import NVDEC, resolve_decode_on
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
 from c3d_extract.options import ENGINES, ExtractOptions
@@ -109,6 +110,7 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     if prestart and options.engine == "local" and early is None:
         start_decoders(decoder_count(options.workers, targets[0]))
     runtime = Runtime(targets[0], resolve_precision(options.precision, targets[0]))
+    decode_on = resolve_decode_on(options.decode_on, runtime.device, options.engine)
     loaded = load_weights(options.weights, options.model, options.seed, quiet=options.quiet, warn=warn)
     model_spec = spec_mean(loaded.spec, options.mean)
     model_spec = model_spec.with_input(**options.clip_changes())
@@ -123,12 +125,13 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
                            per_clip=options.per_clip, segments=options.segments or 0,
                            keep_partial=options.keep_partial)
     provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
-                  "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(DECODERS),
+                  "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(
+                      ((f"{NVDEC} where NVDEC takes it",) if decode_on == "gpu" else ()) + DECODERS),
                   "torch_version": torch.__version__, "command_line": shlex.join(redact_argv(sys.argv))}
     batch = options.batch_size or default_batch_size(runtime.device)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
     replicas = [BatchRunner(net, list(shapes), model_spec.input, Runtime(target, runtime.precision), batch,
-                            resize_on)
+                            resize_on, decode_on)
                 for net, target in zip([loaded.net, *copies], targets)]
     return Extractor(replicas[0], settings, provenance, shapes, replicas, options, early)
 

@@ -42,8 +42,10 @@ def all_to_do(output: Optional[str], options: ExtractOptions) -> bool:
 
 def start(options: ExtractOptions, jobs: Sequence[VideoJob]) -> Optional[EarlyStart]:
     """Decoders decoding `jobs` now, where that can be decided before torch is imported; else None."""
+    gpu_decodes = options.decode_on == "gpu" or (options.decode_on == "auto"
+                                                 and likely_device(options.device) == "cuda")
     if (options.engine != "local" or options.weights not in (None, RANDOM) or options.resize_on == "device"
-            or not jobs):
+            or gpu_decodes or not jobs):  # GPU decoder threads share the jobs: they need the network's device
         return None
     try:
         input_spec = replace(input_of(options.model or "c3d"), **options.clip_changes())

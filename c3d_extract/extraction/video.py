@@ -308,6 +308,7 @@ class DecordReader:
     """
 
     name = DECORD
+    crops = False  # yields decoded frames (decode.decode_frames resizes and crops them)
 
     def __init__(self, path: str, num_threads: int = 1, vp8_check: bool = True):
         self.path, self.repaired = path, 0
@@ -405,16 +406,18 @@ class PyAVReader:
     """
 
     name = PYAV
+    crops = False  # yields decoded frames (decode.decode_frames resizes and crops them)
+    _OPEN_FAILED = "not a readable video"
 
     def __init__(self, path: str, num_threads: int = 1, vp8_check: bool = True):
         self.path, self.repaired, self._errors = path, 0, 0
         check_file(path)
         self._log = _OpenLog()  # the container's own errors count too
         try:
-            self._container = av.open(path, metadata_errors="ignore")
+            self._container = self._open(path)
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
             self._log.end()
-            raise VideoError("open", f"not a readable video ({clean_decoder_message(exc)})") from None
+            raise VideoError("open", f"{self._OPEN_FAILED} ({clean_decoder_message(exc)})") from None
         if not self._container.streams.video:
             others = [s.type for s in self._container.streams]
             what = f"{others.count('audio')} audio stream(s)" if "audio" in others else "an empty container"
@@ -430,6 +433,10 @@ class PyAVReader:
                                      "a damaged header, or a codec it does not support)")
         self.codec = f"{context.name} {context.width}x{context.height}"
         self.declared = Declared.of(self._container, stream)
+        refusal = self._refuse(stream)
+        if refusal:
+            self.close()
+            raise VideoError("open", refusal)
         context.thread_count = num_threads
         if vp8_check and context.name == "vp8":  # this read is the check: no second decode
             _slice_threads(context)
@@ -445,6 +452,14 @@ class PyAVReader:
                 f" (FFmpeg: {clean_decoder_message(said[0])})" if said else "")) from None
         height, width = _rgb_shape(self._first)
         self.info = VideoInfo(int(stream.frames or 0), self._rate, height, width, context.name)
+
+    def _open(self, path: str):
+        """The open container (a subclass opens it with a hardware decoder: nvdec.NvdecReader)."""
+        return av.open(path, metadata_errors="ignore")
+
+    def _refuse(self, stream) -> str:
+        """Why this reader does not take `stream` (a subclass's codec list), "" when it does."""
+        return ""
 
     def _decode(self) -> Iterator["av.VideoFrame"]:
         count, last = 0, None
