@@ -14,7 +14,8 @@ import pytest
 import torch
 from av.video.reformatter import VideoReformatter
 
-from c3d_extract.models.pixels import UnsupportedPixels, YuvToRgb, conversion_for, linear_taps, resize_crop
+from c3d_extract.models.pixels import (UnsupportedPixels, YuvToRgb, conversion_for, linear_taps, resize_crop,
+                                      yuv_resize_crop)
 from tests.videos import moving_frames, shared_video, write_video
 
 # AVColorSpace / AVColorRange values, as FFmpeg numbers them
@@ -236,3 +237,23 @@ def test_resize_on_device_gives_the_workers_input_frames(name):
         used = [spec.frame_used(k) for k in range(len(workers))]
         assert device.shape == workers.shape and sum(used) > len(used) // 2
         np.testing.assert_array_equal(device[used], workers[used])
+
+
+@pytest.mark.parametrize("name,codec,size", [("h264", "libx264", (120, 160)), ("odd_width", "mpeg4", (98, 131))])
+def test_converting_only_the_window_the_resize_reads_is_swscale_then_cv2(tmp_path, name, codec, size):
+    # yuv_resize_crop (the GPU reader's way) against PyAV's rgb24 then cv2.resize and the crop
+    path = encode(tmp_path / f"{name}.mkv", codec, "yuv420p", BT709, MPEG, size)
+    reformatter = VideoReformatter()
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    conversion = conversion_for("yuv420p", frames[0].colorspace, frames[0].color_range, size[0])
+    y, u, v = (torch.stack(planes) for planes in zip(*(yuv_planes(f) for f in frames)))
+    rgb = np.stack([reference_rgb(reformatter, f) for f in frames])
+    for target, offset, crop in (((128, 171), (8, 29), (112, 112)), (size, (0, 0), size), ((301, 77), (13, 2), (40, 70))):
+        expected = np.stack([cv2.resize(f, target[::-1], interpolation=cv2.INTER_LINEAR) for f in rgb])
+        expected = expected[:, offset[0]: offset[0] + crop[0], offset[1]: offset[1] + crop[1]]
+        ours = yuv_resize_crop(conversion, y, u, v, target, offset, crop).numpy()
+        assert np.abs(ours.astype(int) - expected).max() == 0, target
+        uv = torch.stack([u, v], -1)  # NVDEC's interleaved chroma, as views
+        np.testing.assert_array_equal(yuv_resize_crop(conversion, y, uv[..., 0], uv[..., 1], target, offset, crop),
+                                      ours)

@@ -47,8 +47,7 @@ def videos(tmp_path_factory) -> list[Path]:
 
 
 @pytest.mark.parametrize("spec,real", [(SPEC, "decord__tests_test_data_video_90.mov"),
-                                       pytest.param(RES3D_SPORTS1M.input, "mmaction2__tests_data_test.avi",
-                                                    marks=pytest.mark.slow)], ids=["c3d", "res3d"])
+                                       (RES3D_SPORTS1M.input, "mmaction2__tests_data_test.avi")], ids=["c3d", "res3d"])
 def test_the_device_path_gives_the_cpu_readers_frames_bit_for_bit(videos, spec, real):
     device_reader = DeviceReader.bound(spec, "cpu", hardware=False)
     for path in videos + [shared_video(real)]:  # a rotated phone video; a UCF-like XVID
@@ -60,7 +59,6 @@ def test_the_device_path_gives_the_cpu_readers_frames_bit_for_bit(videos, spec, 
         assert device_end.facts == {**cpu_end.facts, "decoder": f"{PYAV} + device pixels"}
 
 
-@pytest.mark.slow
 def test_damage_checks_apply_to_the_device_path_as_to_the_cpu_reader(tmp_path):
     device_reader = DeviceReader.bound(SPEC, "cpu", hardware=False)
     whole = write_video(tmp_path / "whole.mp4", moving_frames(40, 64, 96), codec="libx264")
@@ -143,7 +141,6 @@ def pool_run(jobs: list[VideoJob], reader) -> dict[str, tuple[np.ndarray, dict]]
     return out
 
 
-@pytest.mark.slow
 def test_device_threads_and_decoder_processes_share_the_queue(videos, tmp_path):
     jobs = [VideoJob(p.name, str(p)) for p in videos] + [VideoJob("missing.mp4", str(tmp_path / "missing.mp4"))]
     cpu = pool_run(jobs, None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import av
@@ -31,7 +32,7 @@ from c3d_extract.extraction.decode import Failed, GiveBack, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.remote import is_url
 from c3d_extract.extraction.video import PYAV, PyAVReader, VideoError, _rgb_shape, clean_decoder_message, vp8_damage
-from c3d_extract.models.pixels import UnsupportedPixels, conversion_for
+from c3d_extract.models.pixels import UnsupportedPixels, YuvToRgb, conversion_for, yuv_resize_crop
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import DECODE_CHOICES
 # what Hopper's NVDEC decodes (FFmpeg's decoder names; wmv3 is VC-1's simple/main profile): not AV1,
@@ -135,17 +136,16 @@ class DeviceReader(PyAVReader):
         except UnsupportedPixels as exc:
             raise VideoError("open", f"device pixels: {exc}") from None
 
-    def _rgb(self, frame: "av.VideoFrame") -> torch.Tensor:
-        """`frame` as rgb24 (H, W, 3) on the device, turned by its rotation metadata like PyAVReader."""
-        conversion = self._conversion(frame)
-        if frame.format.name == "cuda":  # NVDEC's NV12 on the GPU: DLPack without a stream (PyAV's rule)
+    def _planes(self, frame: "av.VideoFrame") -> _Planes:
+        """`frame`'s conversion and its Y, U, V planes on the device (NVDEC's NV12 copied out of its
+        surface at once: a decoder has few, and a chunk would hold DEVICE_FRAMES of them)."""
+        conversion, turns = self._conversion(frame), (frame.rotation // 90) % 4
+        if frame.format.name == "cuda":  # DLPack without a stream, after a synchronise (PyAV's rule)
             torch.cuda.current_stream(self.device).synchronize()
-            luma = torch.from_dlpack(frame.planes[0].__dlpack__())
-            rgb = conversion.nv12(luma, torch.from_dlpack(frame.planes[1].__dlpack__()))
-        else:
-            rgb = conversion.planar(*(plane.to(self.device, non_blocking=True) for plane in cpu_planes(frame)))
-        turns = (frame.rotation // 90) % 4
-        return torch.rot90(rgb, turns, (0, 1)) if turns else rgb
+            luma = torch.from_dlpack(frame.planes[0].__dlpack__()).clone()
+            chroma = torch.from_dlpack(frame.planes[1].__dlpack__()).clone()
+            return _Planes(conversion, turns, luma, chroma[..., 0], chroma[..., 1])
+        return _Planes(conversion, turns, *(plane.to(self.device) for plane in cpu_planes(frame)))
 
     def chunks(self, wanted: Optional[Callable[[int], bool]] = None) -> Iterator[torch.Tensor]:
         """Cropped uint8 RGB frames (n, h, w, 3) on the device, DEVICE_FRAMES at a time; frame i is
@@ -161,7 +161,7 @@ class DeviceReader(PyAVReader):
                 elif _rgb_shape(frame) != shape:
                     raise VideoError("decode", f"the frame size changes at frame {index} (not supported)",
                                      frames=index)
-                batch.append(self._rgb(frame) if wanted is None or wanted(index) else None)
+                batch.append(self._planes(frame) if wanted is None or wanted(index) else None)
                 index += 1
                 if len(batch) == DEVICE_FRAMES:
                     yield self._crop(batch)
@@ -176,15 +176,35 @@ class DeviceReader(PyAVReader):
         if batch:
             yield self._crop(batch)
 
-    def _crop(self, batch: list[Optional[torch.Tensor]]) -> torch.Tensor:
+    def _crop(self, batch: list[Optional[_Planes]]) -> torch.Tensor:
+        """Cropped frames of a chunk: converted only where the crop's resize reads (yuv_resize_crop);
+        a rotated frame whole, turned (as PyAVReader turns its RGB), then resized and cropped."""
         spec = self.input_spec
-        kept = [k for k, frame in enumerate(batch) if frame is not None]
-        if len(kept) == len(batch):
-            return spec.crop_frames_device(torch.stack(batch))
         out = torch.zeros((len(batch), *spec.crop, 3), dtype=torch.uint8, device=self.device)
-        if kept:
-            out[kept] = spec.crop_frames_device(torch.stack([batch[k] for k in kept]))
+        kept = [k for k, planes in enumerate(batch) if planes is not None]
+        plain = [k for k in kept if batch[k].turns == 0 and batch[k].conversion == batch[kept[0]].conversion]
+        if plain:
+            first = batch[plain[0]]
+            height, width = first.y.shape
+            size = spec.size_for(height, width)
+            y, u, v = (torch.stack([getattr(batch[k], name) for k in plain]) for name in "yuv")
+            out[plain] = yuv_resize_crop(first.conversion, y, u, v, size, spec.offset(size), spec.crop)
+        for k in set(kept) - set(plain):
+            planes = batch[k]
+            rgb = torch.rot90(planes.conversion.planar(planes.y, planes.u, planes.v), planes.turns, (0, 1))
+            out[k] = spec.crop_frames_device(rgb[None])[0]
         return out
+
+
+@dataclass
+class _Planes:
+    """One decoded frame on the device: its exact conversion, quarter turns, and Y, U, V planes."""
+
+    conversion: YuvToRgb
+    turns: int
+    y: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
 
 
 def cpu_planes(frame: "av.VideoFrame") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -95,6 +95,15 @@ class YuvToRgb:
         luma = ((y.to(torch.int32) * 8 - self.y_offset) * self.y_coeff) >> 16
         return torch.stack([luma + red, luma + green, luma + blue], -1).clamp_(0, 255).to(torch.uint8)
 
+    def points(self, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The rgb24 values (..., 3) as int32 of luma samples `y` and the chroma samples `u`, `v` of
+        their 2x2 blocks, all of one shape: `planar`'s arithmetic, sample by sample."""
+        u, v = u.to(torch.int32) * 8 - 1024, v.to(torch.int32) * 8 - 1024
+        luma = ((y.to(torch.int32) * 8 - self.y_offset) * self.y_coeff) >> 16
+        rgb = torch.stack([luma + ((v * self.vr) >> 16), luma + ((u * self.ug) >> 16) + ((v * self.vg) >> 16),
+                           luma + ((u * self.ub) >> 16)], -1)
+        return rgb.clamp_(0, 255)
+
     def nv12(self, y: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
         """(..., H, W) luma and (..., ceil(H/2), ceil(W/2), 2) interleaved chroma (NVDEC's layout)
         -> (..., H, W, 3) rgb24, equal to `planar` on the same samples."""
@@ -159,6 +168,35 @@ def resize_crop(frames: torch.Tensor, size: tuple[int, int], offset: tuple[int, 
     def rows(index: torch.Tensor) -> torch.Tensor:  # the horizontal pass of these source rows, >> 4
         picked = frames.index_select(1, index).to(torch.int32)
         return (picked.index_select(2, x0) * a0 + picked.index_select(2, x1) * a1) >> 4
+
+    b0, b1 = b0.to(torch.int32).view(1, -1, 1, 1), b1.to(torch.int32).view(1, -1, 1, 1)
+    out = (((rows(y0) * b0) >> 16) + ((rows(y1) * b1) >> 16) + 2) >> 2
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+def yuv_resize_crop(conversion: YuvToRgb, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                    size: tuple[int, int], offset: tuple[int, int] = (0, 0),
+                    crop: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """`resize_crop(conversion.planar(y, u, v), size, offset, crop)` without converting the whole
+    frame: (N, H, W) luma and (N, ceil(H/2), ceil(W/2)) chroma (views of NV12's interleaved plane do)
+    -> (N, ch, cw, 3) uint8, converting only the samples the cropped window's taps read (the
+    conversion is per sample, so the result is the same bit for bit; a 1080p frame: ~0.1% of it)."""
+    height, width = y.shape[-2:]
+    if height % 2:
+        raise UnsupportedPixels(f"odd frame height {height} (swscale scales such frames instead)")
+    crop, (top, left), device = crop or size, offset, y.device
+    x0, x1, a0, a1 = (torch.from_numpy(t[left: left + crop[1]]).to(device) for t in linear_taps(width, size[1], True))
+    y0, y1, b0, b1 = (torch.from_numpy(t[top: top + crop[0]]).to(device) for t in linear_taps(height, size[0], False))
+    a0, a1 = a0.to(torch.int32).view(1, 1, -1, 1), a1.to(torch.int32).view(1, 1, -1, 1)
+
+    def rows(index: torch.Tensor) -> torch.Tensor:  # the horizontal pass of these rows' rgb, >> 4
+        luma, cb, cr = y.index_select(1, index), u.index_select(1, index // 2), v.index_select(1, index // 2)
+
+        def rgb(columns: torch.Tensor) -> torch.Tensor:
+            half = columns // 2
+            return conversion.points(luma.index_select(2, columns), cb.index_select(2, half), cr.index_select(2, half))
+
+        return (rgb(x0) * a0 + rgb(x1) * a1) >> 4
 
     b0, b1 = b0.to(torch.int32).view(1, -1, 1, 1), b1.to(torch.int32).view(1, -1, 1, 1)
     out = (((rows(y0) * b0) >> 16) + ((rows(y1) * b1) >> 16) + 2) >> 2
