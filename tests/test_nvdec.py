@@ -5,6 +5,7 @@ the threads and the decoder processes share one queue. tests/test_cuda.py runs N
 
 from __future__ import annotations
 
+import queue
 from pathlib import Path
 
 import av
@@ -21,7 +22,7 @@ from c3d_extract.extraction.workers import DecodePool, SharedJobs
 from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
 from tests.helpers import run
 from tests.test_device_pixels import BT709, JPEG, MPEG, encode
-from tests.videos import moving_frames, shared_video, write_video
+from tests.videos import SHARED_VIDEOS, moving_frames, shared_video, write_video
 
 SPEC = C3D_SPORTS1M.input
 
@@ -160,3 +161,30 @@ def test_device_threads_and_decoder_processes_share_the_queue(videos, tmp_path):
     attempts = {fact.get("attempt") for _, fact in given_back.values() if "failed" not in fact}
     assert 1 in attempts and attempts <= {0, 1}
     assert NVDEC not in readers
+
+
+def test_each_decoder_thread_counts_only_its_own_videos_ffmpeg_errors(videos):
+    # FFmpeg's log is caught per thread (DeviceReader._LOCAL_LOG): a damaged video read beside healthy
+    # ones is repaired, they stay ok (a process-wide capture would mark them all)
+    damaged = SHARED_VIDEOS.parent / "damaged" / "flv1_damaged.flv"
+    if not damaged.is_file():
+        pytest.skip(f"{damaged} is absent")
+    expected = read(damaged, PyAVReader)[1].facts["status"]
+    assert expected.startswith("repaired")
+    jobs = [VideoJob("damaged.flv", str(damaged))] + [VideoJob(f"{k}/{p.name}", str(p)) for k in range(3) for p in videos]
+    shared = SharedJobs(jobs)
+    threads = DeviceDecoders(lambda: shared.take(DeviceDecoders.wants), DeviceReader.bound(SPEC, "cpu", hardware=False),
+                             threads=3)
+    ends = {}
+    try:
+        while threads.busy:
+            try:
+                item = threads.items.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(item, End):
+                ends[item.key] = item.facts["status"]
+    finally:
+        threads.close()
+    assert ends.pop("damaged.flv") == expected
+    assert len(ends) == 3 * len(videos) and set(ends.values()) == {"ok"}, ends

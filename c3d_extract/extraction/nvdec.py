@@ -72,7 +72,7 @@ def stream_refusal(codec: str, pix_fmt: Optional[str], height: int, width: int) 
     """Why the GPU path does not take a stream the container declares, "" when it does."""
     if codec not in NVDEC_CODECS:
         return f"NVDEC does not decode {codec or 'this codec'}"
-    if pix_fmt not in (None, "yuv420p", "yuvj420p"):
+    if pix_fmt not in (None, "cuda", "yuv420p", "yuvj420p"):  # cuda: known at the first frame (sw_format)
         return f"NVDEC path: pixel format {pix_fmt} (8-bit 4:2:0 only)"
     if height % 2 or width % 2:
         return f"NVDEC path: odd frame size {width}x{height} (its planes export whole chroma pairs only)"
@@ -91,6 +91,9 @@ class DeviceReader(PyAVReader):
     device: torch.device = torch.device("cpu")
     hardware: bool = True
     _OPEN_FAILED = "NVDEC cannot open it"
+    # FFmpeg's lines of this thread only: the other decoder threads' damage is not this video's (one
+    # decoding thread, no frame or slice threads of FFmpeg's own, so none of this video's is missed)
+    _LOCAL_LOG = True
 
     @classmethod
     def bound(cls, input_spec: InputSpec, device: torch.device | str, hardware: bool = True) -> type:
