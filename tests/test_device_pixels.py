@@ -18,6 +18,16 @@ from c3d_extract.models.pixels import (UnsupportedPixels, YuvToRgb, conversion_f
                                       yuv_resize_crop)
 from tests.videos import moving_frames, shared_video, write_video
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The device code on the CPU with one thread: its small tensors gain nothing from two, and on a
+    loaded 2-core machine the spinning of torch's second thread made them 7x slower (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 # AVColorSpace / AVColorRange values, as FFmpeg numbers them
 BT709, UNSPECIFIED, BT470BG, SMPTE170M, BT2020 = 1, 2, 5, 6, 9
 MPEG, JPEG = 1, 2

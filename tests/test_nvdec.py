@@ -24,6 +24,16 @@ from tests.helpers import run
 from tests.test_device_pixels import BT709, JPEG, MPEG, encode
 from tests.videos import SHARED_VIDEOS, moving_frames, shared_video, write_video
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The device code on the CPU with one thread: its small tensors gain nothing from two, and on a
+    loaded 2-core machine the spinning of torch's second thread made them 7x slower (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 SPEC = C3D_SPORTS1M.input
 
 
