@@ -93,10 +93,11 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     say what to run. `device` may list several devices ("cuda:0,cuda:1"): one replica each; None
     means $C3D_EXTRACT_DEVICE, else auto. `resize_on`: "workers" (decoder processes, OpenCV's resize:
     bit-exact), "device" (where the network runs: full frames travel, the same arithmetic in integer
-    torch code, bit-exact too: models/pixels.py), or "auto" (= workers: the default is faithful everywhere); under the
-    Ray engine frames are always resized where they are decoded. With `prestart` (a run that follows
-    at once), the local engine's decoder processes start first, so that their start-up overlaps the
-    building of the network (workers.prestart), unless `early` (early.start: decoders already
+    torch code, bit-exact too: models/pixels.py), or "auto" (= workers). `decode_on`: "cpu", "gpu"
+    (NVDEC threads too: extraction/nvdec.py) or "auto" (gpu where the network is on CUDA and PyAV
+    has NVDEC; UsageError for gpu where it cannot be). Under the Ray engine frames are always decoded
+    and resized by the CPU decoders. With `prestart` (a run that follows at once), the local engine's
+    decoder processes start first, so that their start-up overlaps the building of the network (workers.prestart), unless `early` (early.start: decoders already
     decoding the run's jobs) is given: the extractor keeps it for run_jobs, which takes its pool where
     it fits (early.take). Raises UsageError for bad arguments and WeightsError for weights that cannot
     be had or do not fit."""

@@ -277,7 +277,8 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
                 if doomed:  # the try will count as failed: frames sent now would be dropped. The read
                     continue  # goes on so that how it ends, and its message, do not depend on timing
                 # a reader that crops itself (nvdec.DeviceReader: on the GPU) hands on what it gives
-                frames = input_spec.crop_frames(chunk, count) if wanted is not None and not reader.crops else chunk
+                crop = wanted is not None and not reader.crops
+                frames = input_spec.crop_frames(chunk, count) if crop else chunk
                 yield Frames(job.key, attempt, frames)
                 count += len(chunk)
                 sent = (attempt, count, reader)
@@ -341,8 +342,8 @@ def decode_job(job: VideoJob, decoder: DecoderSettings, progress=lambda: None
     (remote.fetch; a download that fails is a Failed of stage fetch); a tar shard member by member
     (shards.py), then ShardRead, or a Failed of the shard's own key when it breaks."""
     def frames(key: str, path: str):
-        return decode_frames(VideoJob(key, path, attempts=job.attempts), decoder.input_spec, decoder.resize_on, decoder.keep_partial,
-                             vp8_check=decoder.vp8_check)
+        return decode_frames(VideoJob(key, path, attempts=job.attempts), decoder.input_spec, decoder.resize_on,
+                             decoder.keep_partial, vp8_check=decoder.vp8_check)
 
     if job.is_shard:
         try:
