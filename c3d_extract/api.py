@@ -97,9 +97,9 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     (NVDEC threads too: extraction/nvdec.py) or "auto" (gpu where the network is on CUDA and PyAV
     has NVDEC; UsageError for gpu where it cannot be). Under the Ray engine frames are always decoded
     and resized by the CPU decoders. With `prestart` (a run that follows at once), the local engine's
-    decoder processes start first, so that their start-up overlaps the building of the network (workers.prestart), unless `early` (early.start: decoders already
-    decoding the run's jobs) is given: the extractor keeps it for run_jobs, which takes its pool where
-    it fits (early.take). Raises UsageError for bad arguments and WeightsError for weights that cannot
+    decoder processes start first, so that their start-up overlaps the building of the network
+    (workers.prestart), unless `early` (early.start: decoders already decoding the run's jobs) is
+    given: the extractor keeps it for run_jobs, which takes its pool where it fits (early.take). Raises UsageError for bad arguments and WeightsError for weights that cannot
     be had or do not fit."""
     options = ExtractOptions.of(options, **changes)
     check_engine(options.engine)
