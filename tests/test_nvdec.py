@@ -153,12 +153,17 @@ def pool_run(jobs: list[VideoJob], reader) -> dict[str, tuple[np.ndarray, dict]]
 
 
 def test_device_threads_and_decoder_processes_share_the_queue(videos, tmp_path):
-    jobs = [VideoJob(p.name, str(p)) for p in videos] + [VideoJob("missing.mp4", str(tmp_path / "missing.mp4"))]
+    corrupt = shared_video("decord__tests_test_data_corrupted.mp4")  # PyAV fails at frame 28, after frames
+    jobs = [VideoJob(corrupt.name, str(corrupt))] + [VideoJob(p.name, str(p)) for p in videos] + [
+        VideoJob("missing.mp4", str(tmp_path / "missing.mp4"))]
     cpu = pool_run(jobs, None)
     both = pool_run(jobs, DeviceReader.bound(SPEC, "cpu", hardware=False))
     given_back = pool_run(jobs, DeviceReader.bound(SPEC, torch.device("cuda", 0), hardware=True))
     assert sorted(both) == sorted(cpu) == sorted(given_back) == sorted(j.key for j in jobs)
     assert "no such file" in cpu["missing.mp4"][1]["failed"] and "no such file" in both["missing.mp4"][1]["failed"]
+    # a video the thread gives up after sending frames ends as the processes alone end it (its frames dropped)
+    assert "failed" in cpu[corrupt.name][1]
+    assert both[corrupt.name][1]["failed"] == cpu[corrupt.name][1]["failed"]
     readers = {fact.get("decoder") for _, fact in both.values()}
     assert f"{PYAV} + device pixels" in readers  # the thread read some videos, bit for bit the processes' clips
     for key, (frames, fact) in cpu.items():

@@ -268,6 +268,7 @@ class DecodePool:
             except queue.Empty:
                 break
             if isinstance(item, GiveBack):
+                self._gpu_assembler.drop(item.job.key)
                 self._jobs.give_back(item.job)
             else:
                 yield from self._gpu_assembler.push(item)
