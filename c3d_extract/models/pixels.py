@@ -5,8 +5,9 @@ Two conversions decide every pixel a network sees, and both are integer arithmet
   video.PyAVReader: the unscaled yuv420p converter, which on x86-64 is swscale's SSSE3 routine
   (`yuv_2_rgb.asm`: luma and chroma scaled by 8, 16-bit `pmulhw` products of coefficients rounded to
   13 bits, the nearest chroma sample of each 2x2 block, saturating adds). Not swscale's C tables:
-  those round differently, and swscale never takes them on an x86-64 CPU (SSSE3 is older than any
-  machine this runs on). Odd frame heights go through swscale's scaling path instead (chroma
+  those round differently (36% of the values, by up to 3, on real 720x528 frames, forced with
+  av_force_cpu_flags(0): bench/results.md), and swscale never takes them on an x86-64 CPU (SSSE3 is
+  older than any machine this runs on; ARM's NEON routine is another matter: README Limits). Odd frame heights go through swscale's scaling path instead (chroma
   interpolated): not reproduced here, those videos stay with the CPU readers.
 - OpenCV 5.1's `cv2.resize(INTER_LINEAR)` of uint8 frames: 11-bit fixed-point taps (float32
   positions, rounded to even), a horizontal pass into int32, and the vertical pass every column gets
