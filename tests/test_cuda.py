@@ -179,3 +179,27 @@ def test_decode_on_gpu_writes_the_cpu_decoders_features(videos, tmp_path):
     with h5py.File(tmp_path / "gpu.h5") as f:
         readers = {d.decode() for d in f["decoder"][()]}
     assert any("nvdec" in r for r in readers), readers  # the threads read some of them
+
+
+def test_a_batch_of_host_and_device_clips_computes_every_row():
+    # NVDEC's clips (on the GPU) and the CPU decoders' (numpy) share batches: each row counts, in order
+    runner = BatchRunner(load_weights("random", "c3d", seed=4).net, ["pool5"], C3D_SPORTS1M.input,
+                         Runtime(torch.device("cuda"), "fp32"), 4)
+    clips = np.random.default_rng(11).integers(0, 256, (11, 16, 112, 112, 3), dtype=np.uint8)
+    got, rows = [], []
+
+    def on_result(outputs, batch_rows):
+        rows.extend(batch_rows)
+        got.append(outputs["pool5"].copy())
+
+    batches = Batches([runner], on_result, slots=2)
+    try:
+        for i, clip in enumerate(clips):  # host first, device first, and runs of each
+            on_gpu = i in (1, 2, 4, 7, 8, 9)
+            batches.add(f"v{i}", 0, 0, torch.from_numpy(clip).cuda() if on_gpu else clip)
+            batches.take()
+        batches.finish()
+    finally:
+        batches.close()
+    assert rows == [(f"v{i}", 0, 0) for i in range(len(clips))]
+    np.testing.assert_allclose(np.concatenate(got), runner(clips)["pool5"], rtol=1e-3, atol=1e-4)
