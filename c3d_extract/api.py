@@ -34,6 +34,7 @@ from c3d_extract.extraction.early import (EarlyStart, all_to_do, start as start_
                                           take as take_early)
 from c3d_extract.extraction.workers import DecodePool, prestart as start_decoders
 from c3d_extract.extraction.video import DECODERS
+from c3d_extract.extraction.nvdec import NVDEC, resolve_decode_on
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
 from c3d_extract.options import ENGINES, ExtractOptions
@@ -91,13 +92,14 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     `options` (with `changes`, keywords named like ExtractOptions' fields: model, layers, weights, ...)
     say what to run. `device` may list several devices ("cuda:0,cuda:1"): one replica each; None
     means $C3D_EXTRACT_DEVICE, else auto. `resize_on`: "workers" (decoder processes, OpenCV's resize:
-    bit-exact), "device" (where the network runs: full frames travel, a float resize that is not
-    bit-exact, README Limits), or "auto" (= workers: the default is faithful everywhere); under the
-    Ray engine frames are always resized where they are decoded. With `prestart` (a run that follows
-    at once), the local engine's decoder processes start first, so that their start-up overlaps the
-    building of the network (workers.prestart), unless `early` (early.start: decoders already
-    decoding the run's jobs) is given: the extractor keeps it for run_jobs, which takes its pool where
-    it fits (early.take). Raises UsageError for bad arguments and WeightsError for weights that cannot
+    bit-exact), "device" (where the network runs: full frames travel, the same arithmetic in integer
+    torch code, bit-exact too: models/pixels.py), or "auto" (= workers). `decode_on`: "cpu", "gpu"
+    (NVDEC threads too: extraction/nvdec.py) or "auto" (gpu where the network is on CUDA and PyAV
+    has NVDEC; UsageError for gpu where it cannot be). Under the Ray engine frames are always decoded
+    and resized by the CPU decoders. With `prestart` (a run that follows at once), the local engine's
+    decoder processes start first, so that their start-up overlaps the building of the network
+    (workers.prestart), unless `early` (early.start: decoders already decoding the run's jobs) is
+    given: the extractor keeps it for run_jobs, which takes its pool where it fits (early.take). Raises UsageError for bad arguments and WeightsError for weights that cannot
     be had or do not fit."""
     options = ExtractOptions.of(options, **changes)
     check_engine(options.engine)
@@ -109,26 +111,28 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     if prestart and options.engine == "local" and early is None:
         start_decoders(decoder_count(options.workers, targets[0]))
     runtime = Runtime(targets[0], resolve_precision(options.precision, targets[0]))
+    decode_on = resolve_decode_on(options.decode_on, runtime.device, options.engine)
     loaded = load_weights(options.weights, options.model, options.seed, quiet=options.quiet, warn=warn)
     model_spec = spec_mean(loaded.spec, options.mean)
     model_spec = model_spec.with_input(**options.clip_changes())
     shapes = model_spec.layer_shapes(list(options.layers or model_spec.default_layers), net=loaded.net)
     if options.weights == RANDOM:
         warn(f"warning: random weights (seed {options.seed}): the features are meaningless outside smoke tests")
-    # the device's float resize differs from OpenCV's by a grey level in some pixels, so a file
-    # records where it resized and never mixes the two
+    # a file records where it resized and never mixes the two (both are OpenCV's arithmetic now; the
+    # device's was a float resize a grey level off in some pixels before issue #33: files from then)
     settings = RunSettings(model=model_spec.model, spec_name=model_spec.name, weights_sha256=loaded.identity,
                            layers=tuple(shapes), clips=model_spec.input.to_dict(), short_videos=options.short,
                            precision=runtime.precision, resize_on=resize_on, shard=options.shard,
                            per_clip=options.per_clip, segments=options.segments or 0,
                            keep_partial=options.keep_partial)
     provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
-                  "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(DECODERS),
+                  "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(
+                      ((f"{NVDEC} where NVDEC takes it",) if decode_on == "gpu" else ()) + DECODERS),
                   "torch_version": torch.__version__, "command_line": shlex.join(redact_argv(sys.argv))}
     batch = options.batch_size or default_batch_size(runtime.device)
     copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
     replicas = [BatchRunner(net, list(shapes), model_spec.input, Runtime(target, runtime.precision), batch,
-                            resize_on)
+                            resize_on, decode_on)
                 for net, target in zip([loaded.net, *copies], targets)]
     return Extractor(replicas[0], settings, provenance, shapes, replicas, options, early)
 

@@ -15,7 +15,10 @@ from c3d_extract.settings import PRECISIONS, RESIZE_PLACES, SHORT_RULES, check_s
 ENGINES = ("local", "ray")
 RAY_CONNECT_TIMEOUT = 30.0  # seconds to join a Ray cluster before the run is refused
 RESIZE_CHOICES = ("auto", *RESIZE_PLACES)  # what --resize-on takes: auto = workers (faithful everywhere)
-PRECISION_CHOICES = ("auto", *PRECISIONS)  # what --precision takes: a file records one of the others
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# what --decode-on takes: cpu (decoder processes only), gpu (NVDEC threads besides them: extraction/nvdec.py),
+# auto (gpu where the network is on CUDA and PyAV has NVDEC, else cpu)
+DECODE_CHOICES = ("cpu", "gpu", "auto")  # what --precision takes: a file records one of the others
 
 RANDOM = "random"  # --weights random: random weights of the model (smoke runs), no file
 
@@ -37,6 +40,7 @@ class ExtractOptions:
     short: str = "loop"             # SHORT_RULES
     precision: str = "auto"         # PRECISION_CHOICES
     resize_on: str = "auto"         # RESIZE_CHOICES; under Ray always where frames are decoded
+    decode_on: str = "auto"         # DECODE_CHOICES; under Ray always cpu
     keep_partial: bool = False      # a video that breaks while decoding keeps the frames before the damage
     per_clip: bool = False
     segments: Optional[int] = None
@@ -70,6 +74,7 @@ class ExtractOptions:
             object.__setattr__(self, "shard", check_shard(*self.shard))
         _one_of("engine", self.engine, ENGINES)
         _one_of("resize_on", self.resize_on, RESIZE_CHOICES)
+        _one_of("decode_on", self.decode_on, DECODE_CHOICES)
         _one_of("short videos", self.short, SHORT_RULES)
         _one_of("precision", self.precision, PRECISION_CHOICES)
         for name in ("clip_len", "stride", "frame_step", "batch_size", "workers", "segments"):

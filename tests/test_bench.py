@@ -92,3 +92,19 @@ def test_activitynet_export_benchmark_writes_a_per_clip_file_the_export_takes(tm
     assert features.keys[-1] == "v_0000005.mp4" and features.clips("v_0000005.mp4").features.shape == (3, 8)
     seconds, peak, stdout = bench.export(str(tmp_path / "c.h5"), str(tmp_path / "a.hdf5"), 4)
     assert "6 video(s), 18 clip(s) of 4 values" in stdout and peak > 0
+
+
+def test_nvdec_script_refuses_a_machine_without_nvdec_and_times_the_device_pixels(tmp_path, monkeypatch):
+    import sys
+
+    import torch
+
+    nvdec = load("nvdec")
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", ["nvdec.py", "--out", str(tmp_path / "r.md")])
+        with pytest.raises(SystemExit) as stopped:
+            nvdec.main()
+        assert stopped.value.code == 2 and not (tmp_path / "r.md").exists()
+    nvdec.pixels(str(tmp_path / "r.md"), "cpu", frames=2)
+    text = (tmp_path / "r.md").read_text()
+    assert "CPU path" in text and "yuv_resize_crop" in text and "ms/frame" in text

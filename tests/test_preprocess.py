@@ -9,7 +9,7 @@ import torch
 from bench.support.decoding import decode_video
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
-from c3d_extract.models.preprocess import InputSpec, parse_mean, resize_frames, resize_frames_float
+from c3d_extract.models.preprocess import InputSpec, parse_mean, resize_frames
 from bench.support.videos import UCF_LIKE, moving_frames, shared_video
 
 
@@ -45,14 +45,14 @@ def test_resize_is_cv2_on_odd_up_and_down_scales(size):
 
 
 @pytest.mark.parametrize("name", [UCF_LIKE, "opencv_Megamind.avi"])
-def test_the_float_resize_of_resize_on_device_is_within_one_grey_level(name):
-    # the opt-in device resize is not bit-exact: this bounds what the README states about it
+def test_the_device_resize_of_resize_on_device_is_cv2_bit_for_bit(name):
+    # --resize-on device resizes and crops with models/pixels.py: the workers' pixels exactly
     reader = decord.VideoReader(str(shared_video(name)), num_threads=1)
     frames = reader.get_batch(list(range(0, 48, 3))).asnumpy()
-    ours = resize_frames_float(torch.from_numpy(frames), (128, 171)).numpy()
-    diff = np.abs(ours.astype(int) - cv2_resize(frames).astype(int))
-    assert ours.shape == (16, 128, 171, 3) and diff.max() <= 1
-    assert 0 < (diff > 0).mean() < 0.2
+    for spec in (C3D_SPORTS1M.input, RES3D_SPORTS1M.input):
+        ours = spec.crop_frames_device(torch.from_numpy(frames)).numpy()
+        assert ours.shape == (16, 112, 112, 3)
+        np.testing.assert_array_equal(ours, cv2_resize(frames)[:, 8:120, 29:141])
 
 
 def test_crop_is_taken_at_row_8_column_29_of_the_resized_frame():

@@ -20,7 +20,7 @@ from c3d_extract.extraction.devices import DEVICE_ENV, device_defaults
 from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, find_jobs
 from c3d_extract.models.defaults import DEFAULT_LAYERS
 from c3d_extract.models.inputs import FAMILY_SPECS, INPUTS, MODEL_NAMES
-from c3d_extract.options import ENGINES, PRECISION_CHOICES, RESIZE_CHOICES, ExtractOptions
+from c3d_extract.options import DECODE_CHOICES, ENGINES, PRECISION_CHOICES, RESIZE_CHOICES, ExtractOptions
 from c3d_extract.settings import SHORT_RULES
 from c3d_extract.storage import free_bytes, human
 from c3d_extract.weights.manifest import cache_dir
@@ -136,9 +136,14 @@ def main() -> None:
               help="Seconds a decoder may go without progress before its video is abandoned as failed "
                    "(both engines).")
 @click.option("--resize-on", type=click.Choice(RESIZE_CHOICES), default=DEFAULTS.resize_on, show_default=True,
-              help="Where frames are resized and cropped: in the decoder processes with OpenCV (bit-exact, "
-                   "what Caffe did; auto), or on the network's device with a float resize (full frames travel; "
-                   "not bit-exact: a grey level off in some pixels, recorded in the file).")
+              help="Where frames are resized and cropped: in the decoder processes with OpenCV (what Caffe "
+                   "did; auto), or on the network's device with OpenCV's fixed-point arithmetic in torch "
+                   "(full frames travel; the same pixels, bit for bit; recorded in the file).")
+@click.option("--decode-on", type=click.Choice(DECODE_CHOICES), default=DEFAULTS.decode_on, show_default=True,
+              help="Where videos are decoded: cpu (the decoder processes), gpu (NVDEC threads too, taking the "
+                   "videos it can decode from the same queue; the frames converted, resized and cropped on the "
+                   "GPU, bit for bit the CPU path's pixels; what it cannot take goes to the CPU), auto (gpu where "
+                   "the network is on CUDA and PyAV has NVDEC). Each video's reader is recorded in the file.")
 @click.option("--keep-partial", is_flag=True,
               help="A video that breaks while decoding keeps the clips before the damage (status "
                    "partial:<frames>) instead of failing; for collections where damaged files are common.")

@@ -16,6 +16,8 @@ Where each module runs, and what crosses each step (the local engine; `--engine 
           v
     parent process again
       ring.py, workers.py                   the frames read where the clips are cut
+      nvdec.py    DeviceDecoders (threads)  --decode-on gpu: VideoJobs from the same queue (SharedJobs)
+                                            -> Frames on the GPU, End | GiveBack (to the processes)
       assemble.py ClipAssembler (clips.py)  Frames/End/Failed -> Clip | Finished | Failed
       batches.py  Batches                   clips of several videos -> batch slots on each device
       pipeline.py BatchRunner (runtime.py)  a batch -> per-layer activations, one row per clip

@@ -68,6 +68,10 @@ class ClipAssembler:
         if state is not None:
             state[1].release()
 
+    def drop(self, key: str) -> None:
+        """Forget a video's frames: the decoder that sent them gave it up, another reads it (nvdec.py)."""
+        self._end(key)
+
     def receive(self, header: FramesHeader, read_into: Callable[[np.ndarray], None]) -> Iterator[Item]:
         """Frames announced by `header`: `read_into(array)` fills an array of the header's shape in
         place (from a decoder's pipe, straight into the cutter's buffer); then their clips."""

@@ -36,7 +36,7 @@ class Slot:
     rows: list[Row] = field(default_factory=list)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
     done: Optional["torch.cuda.Event"] = None
-    on_device: bool = False  # rows written on the device already (--resize-on device)
+    on_device: bool = False  # rows written on the device already (--resize-on device, NVDEC's clips)
 
     def __post_init__(self) -> None:
         self.array = self.host.numpy()  # the same memory, for numpy clips
@@ -107,9 +107,14 @@ class Batches:
         stage, slot = self._open or self._open_slot()
         row = len(slot.rows)
         if isinstance(frames, np.ndarray):
-            slot.array[row] = frames
+            if slot.on_device:  # a batch begun with clips cut on the device (nvdec.py): this row joins them
+                slot.device[row].copy_(torch.from_numpy(frames))
+            else:
+                slot.array[row] = frames
         elif frames.device.type == "cuda" and slot.device is not None:
-            slot.device[row].copy_(frames)  # cut on the device (--resize-on device): no round trip
+            if not slot.on_device and row:  # host rows before it (the CPU decoders beside NVDEC's): up first
+                slot.device[:row].copy_(slot.host[:row])
+            slot.device[row].copy_(frames)  # cut on the device (--resize-on device, NVDEC): no round trip
             slot.on_device = True
         else:
             slot.host[row].copy_(frames)

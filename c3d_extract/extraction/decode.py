@@ -159,6 +159,15 @@ class Failed:
 
 
 @dataclass
+class GiveBack:
+    """A video a GPU decoder thread did not finish (nvdec.py): it goes to the decoder processes, whose
+    tries are numbered from `job.attempts` (after the GPU's), as when one reader follows another."""
+
+    job: VideoJob
+    reason: str
+
+
+@dataclass
 class ShardRead:
     """A tar shard was read to its end (an older failure of the shard itself no longer holds)."""
 
@@ -244,7 +253,7 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
     most: Optional[tuple[int, type]] = None  # (frames, reader class) of the try that sent the most
     codec = ""
     wanted = input_spec.frame_used if resize_on == "workers" else None
-    for attempt, reader_class in enumerate(order):
+    for attempt, reader_class in enumerate(order, job.attempts):
         NativeStderr.text()  # what an earlier video or try left behind is not this try's
         try:
             reader = reader_class(job.path, vp8_check=vp8_check)
@@ -267,7 +276,9 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
                     doomed = bool(found)
                 if doomed:  # the try will count as failed: frames sent now would be dropped. The read
                     continue  # goes on so that how it ends, and its message, do not depend on timing
-                frames = input_spec.crop_frames(chunk, count) if wanted is not None else chunk
+                # a reader that crops itself (nvdec.DeviceReader: on the GPU) hands on what it gives
+                crop = wanted is not None and not reader.crops
+                frames = input_spec.crop_frames(chunk, count) if crop else chunk
                 yield Frames(job.key, attempt, frames)
                 count += len(chunk)
                 sent = (attempt, count, reader)
@@ -290,7 +301,8 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
         return
     if keep_partial and sent is not None:
         if most[0] > sent[1]:  # an earlier try got further than the last one: its frames again, as a new attempt
-            sent = yield from _partial_again(job, input_spec, most[1], most[0], len(order), wanted, vp8_check, sent)
+            sent = yield from _partial_again(job, input_spec, most[1], most[0], job.attempts + len(order), wanted,
+                                              vp8_check, sent)
         attempt, count, reader = sent
         yield End(job.key, attempt, _facts(reader, count, f"partial:{count}"))
         return
@@ -312,7 +324,8 @@ def _partial_again(job: VideoJob, input_spec: InputSpec, reader_class: type, fra
     try:
         for chunk in reader.chunks(wanted):
             chunk = chunk[:frames - count]
-            yield Frames(job.key, attempt, input_spec.crop_frames(chunk, count) if wanted is not None else chunk)
+            crop = wanted is not None and not reader.crops
+            yield Frames(job.key, attempt, input_spec.crop_frames(chunk, count) if crop else chunk)
             count += len(chunk)
             if count == frames:
                 break
@@ -329,8 +342,8 @@ def decode_job(job: VideoJob, decoder: DecoderSettings, progress=lambda: None
     (remote.fetch; a download that fails is a Failed of stage fetch); a tar shard member by member
     (shards.py), then ShardRead, or a Failed of the shard's own key when it breaks."""
     def frames(key: str, path: str):
-        return decode_frames(VideoJob(key, path), decoder.input_spec, decoder.resize_on, decoder.keep_partial,
-                             vp8_check=decoder.vp8_check)
+        return decode_frames(VideoJob(key, path, attempts=job.attempts), decoder.input_spec, decoder.resize_on,
+                             decoder.keep_partial, vp8_check=decoder.vp8_check)
 
     if job.is_shard:
         try:

@@ -35,6 +35,7 @@ class VideoJob:
     path: str   # where to read it: a local path or a URL
     members: Optional[tuple[str, ...]] = None
     skip: frozenset = field(default_factory=frozenset)
+    attempts: int = 0  # tries made before (a GPU decoder's, nvdec.py): the readers number theirs after
 
     @property
     def is_shard(self) -> bool:

@@ -16,7 +16,7 @@ from c3d_extract.extraction.decode import DecoderSettings, ShardRead
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.devices import decoder_count
 from c3d_extract.extraction.runtime import Runtime
-from c3d_extract.extraction.workers import DecodePool
+from c3d_extract.extraction.workers import DecodePool, SharedJobs
 from c3d_extract.featurefile.writer import ClipRows
 from c3d_extract.models.net import StagedNet
 from c3d_extract.models.preprocess import InputSpec
@@ -96,12 +96,13 @@ class BatchRunner:
     """
 
     def __init__(self, net: StagedNet, layers: Sequence[str], input_spec: InputSpec, runtime: Runtime,
-                 batch_size: int, resize_on: str = "workers"):
+                 batch_size: int, resize_on: str = "workers", decode_on: str = "cpu"):
         self.net = runtime.prepare(net)
         self.layers = list(layers)
         self.input_spec, self.runtime, self.batch_size = input_spec, runtime, batch_size
         check_resize_on(resize_on)
         self.resize_on = resize_on  # "device" means decoders send full frames here
+        self.decode_on = decode_on  # "gpu": NVDEC threads besides the decoder processes (nvdec.py)
         self._constants = input_spec.constants(runtime.device)  # the mean lives on the device once
 
     def forward(self, batch: torch.Tensor, count: int) -> dict[str, torch.Tensor]:
@@ -117,9 +118,9 @@ class BatchRunner:
         return {layer: value.float() for layer, value in out.items()}
 
     def place_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """`--resize-on device`: decoded uint8 frames (n, H, W, 3) uploaded once, resized (float) and
-        cropped on the network's device; the clips are then cut there."""
-        return self.input_spec.crop_frames_float(torch.from_numpy(frames).to(self.runtime.device))
+        """`--resize-on device`: decoded uint8 frames (n, H, W, 3) uploaded once, resized (OpenCV's
+        arithmetic, bit for bit) and cropped on the network's device; the clips are then cut there."""
+        return self.input_spec.crop_frames_device(torch.from_numpy(frames).to(self.runtime.device))
 
     def __call__(self, clips: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 cropped clips (N, T, h, w, 3), any N -> per-layer float32 (N, D), batch by batch."""
@@ -310,8 +311,15 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
     decoder = DecoderSettings.of(options, first.input_spec, first.resize_on)
     batches = Batches(runners, on_result)
     if pool is None:
-        pool = DecodePool(jobs, decoder, options.short, decoder_count(options.workers, first.runtime.device),
-                          options.timeout, place=first.place_frames if first.resize_on == "device" else None)
+        shared, gpu = SharedJobs(jobs), None
+        if first.decode_on == "gpu":
+            from c3d_extract.extraction.nvdec import DeviceDecoders, DeviceReader
+
+            reader = DeviceReader.bound(first.input_spec, first.runtime.device)
+            gpu = DeviceDecoders(lambda: shared.take(DeviceDecoders.wants), reader)
+        pool = DecodePool(shared, decoder, options.short, decoder_count(options.workers, first.runtime.device),
+                          options.timeout, place=first.place_frames if first.resize_on == "device" else None,
+                          gpu=gpu)
     newest: dict[str, int] = {}  # videos a second decoder started over: their current attempt
     try:
         for item in pool:

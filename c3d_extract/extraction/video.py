@@ -232,7 +232,7 @@ def _declared_seconds(container, stream) -> Optional[float]:
     return None
 
 
-def _ffmpeg_log() -> av.logging.Capture:
+def _ffmpeg_log(local: bool = False) -> av.logging.Capture:
     """PyAV's capture of FFmpeg's log lines at error level and above, from every thread (a decoder's
     slice threads log too), one line per message. PyAV's default level (None) hands every line to
     FFmpeg's own printer, so a capture alone sees nothing; repeats are not folded, else one video's
@@ -240,15 +240,16 @@ def _ffmpeg_log() -> av.logging.Capture:
     av.logging.set_skip_repeated(False)
     if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
         av.logging.set_level(av.logging.ERROR)
-    return av.logging.Capture(False)
+    return av.logging.Capture(local)
 
 
 class _OpenLog:
     """An _ffmpeg_log capture held open across a reader's life (its decoding is a generator): `lines`
-    fills while it is open, `end()` closes it once, whoever calls it first."""
+    fills while it is open, `end()` closes it once, whoever calls it first. `local`: only the lines
+    of FFmpeg calls made in this thread (a reader in a thread beside others: nvdec.DeviceReader)."""
 
-    def __init__(self):
-        self._capture = _ffmpeg_log()
+    def __init__(self, local: bool = False):
+        self._capture = _ffmpeg_log(local)
         self.lines = self._capture.__enter__()
 
     def end(self) -> None:
@@ -308,6 +309,7 @@ class DecordReader:
     """
 
     name = DECORD
+    crops = False  # yields decoded frames (decode.decode_frames resizes and crops them)
 
     def __init__(self, path: str, num_threads: int = 1, vp8_check: bool = True):
         self.path, self.repaired = path, 0
@@ -405,16 +407,19 @@ class PyAVReader:
     """
 
     name = PYAV
+    crops = False  # yields decoded frames (decode.decode_frames resizes and crops them)
+    _OPEN_FAILED = "not a readable video"
+    _LOCAL_LOG = False  # FFmpeg's lines of every thread: its own frame and slice threads log too
 
     def __init__(self, path: str, num_threads: int = 1, vp8_check: bool = True):
         self.path, self.repaired, self._errors = path, 0, 0
         check_file(path)
-        self._log = _OpenLog()  # the container's own errors count too
+        self._log = _OpenLog(self._LOCAL_LOG)  # the container's own errors count too
         try:
-            self._container = av.open(path, metadata_errors="ignore")
+            self._container = self._open(path)
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
             self._log.end()
-            raise VideoError("open", f"not a readable video ({clean_decoder_message(exc)})") from None
+            raise VideoError("open", f"{self._OPEN_FAILED} ({clean_decoder_message(exc)})") from None
         if not self._container.streams.video:
             others = [s.type for s in self._container.streams]
             what = f"{others.count('audio')} audio stream(s)" if "audio" in others else "an empty container"
@@ -430,6 +435,10 @@ class PyAVReader:
                                      "a damaged header, or a codec it does not support)")
         self.codec = f"{context.name} {context.width}x{context.height}"
         self.declared = Declared.of(self._container, stream)
+        refusal = self._refuse(stream)
+        if refusal:
+            self.close()
+            raise VideoError("open", refusal)
         context.thread_count = num_threads
         if vp8_check and context.name == "vp8":  # this read is the check: no second decode
             _slice_threads(context)
@@ -445,6 +454,14 @@ class PyAVReader:
                 f" (FFmpeg: {clean_decoder_message(said[0])})" if said else "")) from None
         height, width = _rgb_shape(self._first)
         self.info = VideoInfo(int(stream.frames or 0), self._rate, height, width, context.name)
+
+    def _open(self, path: str):
+        """The open container (a subclass opens it with a hardware decoder: nvdec.NvdecReader)."""
+        return av.open(path, metadata_errors="ignore")
+
+    def _refuse(self, stream) -> str:
+        """Why this reader does not take `stream` (a subclass's codec list), "" when it does."""
+        return ""
 
     def _decode(self) -> Iterator["av.VideoFrame"]:
         count, last = 0, None

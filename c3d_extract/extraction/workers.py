@@ -19,7 +19,9 @@ import atexit
 import fcntl
 import multiprocessing as mp
 import selectors
+import queue
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -28,7 +30,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from c3d_extract.extraction.assemble import ClipAssembler
-from c3d_extract.extraction.decode import IDLE, DecoderSettings, Failed, FramesHeader, read_frames_into, serve
+from c3d_extract.extraction.decode import (IDLE, DecoderSettings, Failed, FramesHeader, GiveBack, read_frames_into,
+                                           serve)
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.ring import FrameRing, parse_header
 
@@ -125,14 +128,47 @@ def prestart(count: int) -> None:
         _SPARES.append(_spawn())
 
 
+class SharedJobs:
+    """One queue of jobs for the decoder processes (iterate) and the GPU's decoder threads (`take`,
+    nvdec.DeviceDecoders), safe across threads. A job a thread does not want, or gives back, goes
+    first to the processes."""
+
+    def __init__(self, jobs: Iterable[VideoJob]):
+        self._jobs, self._back, self._lock = iter(jobs), deque(), threading.Lock()
+
+    def __iter__(self) -> "SharedJobs":
+        return self
+
+    def __next__(self) -> VideoJob:
+        with self._lock:
+            return self._back.popleft() if self._back else next(self._jobs)
+
+    def take(self, wants: Callable[[VideoJob], bool]) -> Optional[VideoJob]:
+        """The next job `wants` accepts (those it does not wait for the processes), or None at the end."""
+        with self._lock:
+            for job in self._jobs:
+                if wants(job):
+                    return job
+                self._back.append(job)
+            return None
+
+    def give_back(self, job: VideoJob) -> None:
+        with self._lock:
+            self._back.append(job)
+
+
 class DecodePool:
     """Worker processes decoding `jobs`; iterate to get Clip/Finished/Failed items as they come.
     A Clip's frames are valid until the next item is asked for: copy them (into a batch slot) first.
-    `place` moves decoded frames to where clips are cut (ClipAssembler; `--resize-on device`)."""
+    `place` moves decoded frames to where clips are cut (ClipAssembler; `--resize-on device`).
+    `gpu`: decoder threads (nvdec.DeviceDecoders) taking from the same SharedJobs `jobs`: their items
+    (cropped frames on the device) are cut here too, and a video they give back goes to the processes."""
 
     def __init__(self, jobs: Iterable[VideoJob], decoder: DecoderSettings, short: str, workers: int,
-                 timeout: float = 300.0, place: Optional[Callable[[np.ndarray], Any]] = None):
-        self._jobs = iter(jobs)
+                 timeout: float = 300.0, place: Optional[Callable[[np.ndarray], Any]] = None, gpu=None):
+        self._jobs = jobs if isinstance(jobs, SharedJobs) else iter(jobs)
+        self._gpu = gpu
+        self._gpu_assembler = ClipAssembler(decoder.input_spec, short) if gpu is not None else None
         self._decoder, self._timeout = decoder, timeout
         self._assembler = ClipAssembler(decoder.input_spec, short, place)
         self._requeued: list[VideoJob] = []  # jobs sent to a worker that died before starting them
@@ -212,13 +248,33 @@ class DecodePool:
         """Clip, Finished and Failed items as the workers deliver them (assemble.ClipAssembler)."""
         self.start()
         last_check = time.time()
-        while any(worker.job is not None for worker in self._workers):
-            for worker in self._ready(0.5):
+        gpu = self._gpu
+        while any(worker.job is not None for worker in self._workers) or (gpu is not None and gpu.busy):
+            for worker in self._ready(0.5 if self._gpu is None else 0.005):
                 yield from self._read(worker)
+            if self._gpu is not None:
+                yield from self._gpu_items()
             if time.time() - last_check > 0.5:
                 last_check = time.time()
                 for failure in self._check():
                     yield from self._assembler.push(failure)
+
+    def _gpu_items(self) -> Iterator:
+        """What the GPU's decoder threads have put so far, cut into clips; a video given back (or passed
+        over: a tar shard, a URL) is queued for the processes, and idle processes get it at once."""
+        while True:
+            try:
+                item = self._gpu.items.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, GiveBack):
+                self._gpu_assembler.drop(item.job.key)
+                self._jobs.give_back(item.job)
+            else:
+                yield from self._gpu_assembler.push(item)
+        for worker in self._workers:
+            if not worker.jobs:
+                self._assign(worker)
 
     def _ready(self, timeout: float) -> list[_Worker]:
         """The busy workers with something in their pipe, waiting up to `timeout` seconds. One selector
@@ -276,6 +332,8 @@ class DecodePool:
         if self._closed:
             return
         self._closed = True
+        if self._gpu is not None:
+            self._gpu.close()
         for worker in self._workers:
             worker.stop()
         self._selector.close()

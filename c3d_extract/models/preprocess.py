@@ -33,20 +33,6 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def resize_frames_float(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A float bilinear resize of uint8 frames (N, H, W, 3) on any torch device (`--resize-on device`):
-    half-pixel centres and no antialiasing like cv2, but float weights instead of cv2's 11-bit fixed
-    point, so it is not bit-exact: measured in the README (Limits), recorded as `resize_on`."""
-    import torch
-    import torch.nn.functional as F
-
-    if tuple(frames.shape[1:3]) == tuple(size):
-        return frames
-    x = frames.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
 @dataclass(frozen=True)
 class InputSpec:
     """Clip geometry and pixel normalisation of one set of weights.
@@ -147,11 +133,14 @@ class InputSpec:
             out[k] = frame[top: top + self.crop[0], left: left + self.crop[1]]
         return out
 
-    def crop_frames_float(self, frames: torch.Tensor) -> torch.Tensor:
-        """crop_frames with the float resize, on the frames' torch device (`--resize-on device`)."""
+    def crop_frames_device(self, frames: torch.Tensor) -> torch.Tensor:
+        """crop_frames on the frames' torch device (`--resize-on device`, the GPU reader): OpenCV's
+        fixed-point INTER_LINEAR in integer torch code (models/pixels.py), bit for bit, computing only
+        the cropped window. Every frame is resized (no `first`: the device does not skip)."""
+        from c3d_extract.models.pixels import resize_crop
+
         size = self.size_for(frames.shape[1], frames.shape[2])
-        top, left = self.offset(size)
-        return resize_frames_float(frames, size)[:, top: top + self.crop[0], left: left + self.crop[1]]
+        return resize_crop(frames, size, self.offset(size), self.crop)
 
     def constants(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The mean (per channel, or the cube cropped at the crop offset) and the std (None when 1),
