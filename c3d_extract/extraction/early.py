@@ -43,8 +43,7 @@ def all_to_do(output: Optional[str], options: ExtractOptions) -> bool:
 def start(options: ExtractOptions, jobs: Sequence[VideoJob]) -> Optional[EarlyStart]:
     """Decoders decoding `jobs` now, where that can be decided before torch is imported; else None."""
     # GPU decoder threads (nvdec.py) share the jobs: they start with the network's device, after torch
-    gpu_decodes = options.decode_on == "gpu" or (options.decode_on == "auto"
-                                                 and likely_device(options.device) == "cuda")
+    gpu_decodes = options.decode_on == "gpu"  # auto is cpu for now (nvdec.resolve_decode_on)
     if (options.engine != "local" or options.weights not in (None, RANDOM) or options.resize_on == "device"
             or gpu_decodes or not jobs):
         return None
