@@ -31,7 +31,8 @@ import numpy as np
 
 from c3d_extract.errors import Refused
 from c3d_extract.featurefile.fold import H5Rows, JournalRows, file_bytes, write_sorted
-from c3d_extract.featurefile.journal import FAILURE, VIDEO, Journal, JournalBusy, encode_video, journal_path
+from c3d_extract.featurefile.journal import Journal, JournalBusy
+from c3d_extract.featurefile.journal_format import FAILURE, VIDEO, encode_video, journal_path
 from c3d_extract.featurefile.pooling import segment_pool
 from c3d_extract.featurefile.schema import (FAILURE_FIELDS, FORMAT, LATER_FACTS, PER_VIDEO, create_layout,
                                             differences, read_settings, settings_dict, strings)
