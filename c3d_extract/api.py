@@ -22,7 +22,7 @@ import torch
 
 from c3d_extract import __version__
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_jobs
+from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_jobs, shard_prefix
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.extraction.remote import FETCH_STAGE, redact, redact_argv
 from c3d_extract.extraction.pipeline import BatchRunner, Failed, OnVideo, Sink, Summary, extract as run_local
@@ -243,12 +243,9 @@ def _members_by_shard(jobs: Sequence[VideoJob], store: FeatureStore) -> dict[str
     if not prefixes:
         return found
     for key in (*store.done, *store.failed):
-        at = key.find("/")
-        while at != -1:
-            if key[:at + 1] in prefixes:
-                found.setdefault(key[:at + 1], set()).add(key)
-                break
-            at = key.find("/", at + 1)
+        prefix = shard_prefix(key, prefixes)
+        if prefix is not None:
+            found.setdefault(prefix, set()).add(key)
     return found
 
 

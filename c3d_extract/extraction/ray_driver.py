@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from c3d_extract.extraction.decode import ShardRead
-from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.inputs import VideoJob, shard_prefix
 from c3d_extract.extraction.pipeline import Collector, Failed, Finished
 
 COMMIT_SECONDS = 0.1  # group commit: the journal is fsynced at most about this often (and at the end)
@@ -55,13 +55,8 @@ class Driver:
             return False
         if key in self.pending:
             return True
-        at = key.find("/")
-        while at != -1 and self.shards:
-            shard = self.shards.get(key[:at + 1])
-            if shard is not None:
-                return shard in self.pending
-            at = key.find("/", at + 1)
-        return False
+        prefix = shard_prefix(key, self.shards) if self.shards else None
+        return prefix is not None and self.shards[prefix] in self.pending
 
     def resolved(self, key: str) -> None:
         self.pending.discard(key)
