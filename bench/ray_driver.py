@@ -188,13 +188,13 @@ def store_state(count: int, folder: str) -> tuple[float, float]:
     store = FeatureStore.open(os.path.join(folder, f"state{count}.h5"),
                               {"model": "c3d", "layers": ["fc6"], "clip_len": 16, "precision": "fp32"},
                               {"fc6": (4,)}, {"command_line": "bench"}, overwrite=True)
-    store.grouped, row = True, np.ones(4, np.float32)
+    row = np.ones(4, np.float32)
     keys = [f"d{i // 1000:04d}/v{i:07d}.mp4" for i in range(count)]
     records = [video_record(key, {"fc6": row}, {**FACTS, "num_clips": 20}, ["fc6"]) for key in keys]
     gc.collect()
     tracemalloc.start()
     for i, key in enumerate(keys):  # as the driver adds a `video` row's record
-        store.add_record(key, records[i])
+        store.add_record(key, records[i], sync=False)
         records[i] = None
         if i % 1000 == 999:
             store.commit()

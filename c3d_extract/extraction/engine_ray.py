@@ -24,12 +24,11 @@ from typing import Optional, Sequence
 
 from c3d_extract.errors import UsageError
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.pipeline import BatchRunner, Collector, Failed, OnVideo, Summary
+from c3d_extract.extraction.pipeline import BatchRunner, Collector, Failed, OnVideo, Sink, Summary
 from c3d_extract.extraction.ray_actors import _Decode, _Forward
 from c3d_extract.extraction.ray_driver import Driver
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.extraction.remote import is_url
-from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import RAY_CONNECT_TIMEOUT, ExtractOptions
 
@@ -69,10 +68,10 @@ def videos_per_block(videos: int, decoders: int) -> int:
     return max(1, min(MAX_VIDEOS_PER_BLOCK, math.ceil(videos / max(1, 2 * decoders))))
 
 
-def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: FeatureStore,
+def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: Sink,
                 options: ExtractOptions = ExtractOptions(), on_video: Optional[OnVideo] = None,
                 per_block: Optional[int] = None) -> Summary:
-    """Extract `jobs` with Ray Data into `store`: the cluster at `options.ray_address` (e.g. "auto",
+    """Extract `jobs` with Ray Data into `store` (a FeatureStore or api.Arrays): the cluster at `options.ray_address` (e.g. "auto",
     "host:6379", "ray://host:10001"), else $RAY_ADDRESS's, else a new local Ray. Failures are recorded,
     never raised.
 

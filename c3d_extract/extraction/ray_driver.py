@@ -72,8 +72,7 @@ class Driver:
             if not self.wanted(key):  # a block Ray ran again after a lost node: already written or failed
                 continue
             if kind == "video":  # the most common row by far: appended as it came
-                self.store.add_record(key, records[i])
-                self.collector.written(key, int(clips[i]))
+                self.collector.record(key, records[i], int(clips[i]))
                 self.resolved(key)
                 continue
             if kind == "part":

@@ -27,7 +27,8 @@ from typing import Iterator, Mapping, Optional
 import numpy as np
 
 from c3d_extract.errors import Refused
-from c3d_extract.featurefile.journal_format import FAILURE, HEADER, MAGIC, VIDEO, Record, encode, video_meta
+from c3d_extract.featurefile.journal_format import (FAILURE, HEADER, MAGIC, VIDEO, Record, encode, payload_layers,
+                                                    video_meta)
 from c3d_extract.featurefile.journal_scan import damage_report, read_valid
 
 class JournalBusy(Refused):
@@ -145,13 +146,7 @@ class Journal:
         if self._flying is not None or (self._unsynced_records and record.offset >= self._pending()[0].offset):
             self.sync()
         self._file.seek(record.offset)
-        payload = self._file.read(record.length)
-        offset = 4 + struct.unpack_from("<I", payload)[0]
-        out = {}
-        for name, dim in zip(record.meta["layers"], record.meta["dims"]):
-            out[name] = np.frombuffer(payload, dtype="<f4", count=dim, offset=offset)
-            offset += 4 * dim
-        return out
+        return payload_layers(self._file.read(record.length), record.meta)
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)

@@ -79,6 +79,23 @@ def read_meta(payload: bytes) -> dict:
     return json.loads(payload[4: 4 + size])
 
 
+def payload_layers(payload: bytes, meta: Mapping) -> dict[str, np.ndarray]:
+    """The float32 arrays of a video record's payload, by layer (views of `payload`)."""
+    offset = 4 + struct.unpack_from("<I", payload)[0]
+    out = {}
+    for name, dim in zip(meta["layers"], meta["dims"]):
+        out[name] = np.frombuffer(payload, dtype="<f4", count=dim, offset=offset)
+        offset += 4 * dim
+    return out
+
+
+def decode_video(record: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """A whole video record (encode_video's) back: its metadata and its layers' arrays."""
+    payload = record[HEADER.size:]
+    meta = read_meta(payload)
+    return meta, payload_layers(payload, meta)
+
+
 def journal_path(store_path: str) -> str:
     return store_path + ".journal"
 
