@@ -353,7 +353,7 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
 
 
 __all__ = ["DEVICE_ENV", "ENGINES", "MODELS", "MODEL_NAMES", "VIDEO_EXTENSIONS", "Arrays", "ClipSequence",
-           "ExtractOptions", "Extractor", "Failed", "FeatureFile", "FeatureStore", "OnVideo", "QuietRay", "Run", "Sink",
-           "StorageError", "StoreError", "Summary", "Verification", "WeightsError", "build_extractor", "cache_dir",
-           "check_engine", "device_defaults", "extract", "find_jobs", "open_output", "redact", "run", "run_jobs",
-           "verify"]
+           "ExtractOptions", "Extractor", "Failed", "FeatureFile", "FeatureStore", "OnVideo", "QuietRay", "Run",
+           "Sink", "StorageError", "StoreError", "Summary", "Verification", "WeightsError", "build_extractor",
+           "cache_dir", "check_engine", "device_defaults", "extract", "find_jobs", "open_output", "redact", "run",
+           "run_jobs", "verify"]

@@ -1,5 +1,5 @@
-"""`--engine ray` (Ray Data in local mode) writes the same feature file, and fills the same arrays, as the local
-engine."""
+"""`--engine ray` (Ray Data in local mode) writes the same feature file, and fills the same arrays, as
+the local engine."""
 
 import numpy as np
 import pytest

@@ -27,9 +27,10 @@ from typing import Iterator, Mapping, Optional
 import numpy as np
 
 from c3d_extract.errors import Refused
-from c3d_extract.featurefile.journal_format import (FAILURE, HEADER, MAGIC, VIDEO, Record, encode, payload_layers,
-                                                    video_meta)
+from c3d_extract.featurefile.journal_format import (FAILURE, HEADER, MAGIC, VIDEO, Record, encode,
+                                                    payload_layers, video_meta)
 from c3d_extract.featurefile.journal_scan import damage_report, read_valid
+
 
 class JournalBusy(Refused):
     """Another process holds the journal (two runs into one output)."""
