@@ -1,12 +1,12 @@
 """How many videos a second one `--engine ray` driver absorbs: the engine's real driver loop (Ray
-Data's iterator, engine_ray.Driver) and store (FeatureStore: journal, group commit), fed the rows the
+Data's iterator, ray_driver.Driver) and store (FeatureStore: journal, group commit), fed the rows the
 forward actors would return, with decode and forward replaced by an actor that emits precomputed rows.
 
     python bench/ray_driver.py [--videos 10000] [--clips 20] [--layers fc6,res5b] [--scale 100000,1000000]
 
 For each layer (fc6: 4,096 values, res5b: 25,088) and each driver mode:
 - now: forward calls of engine_ray.clips_per_call clips (several network batches of 64, CUDA's
-  default), whose rows are engine_ray.partial_sums: a `video` row (its journal record made on the actor,
+  default), whose rows are ray_actors.partial_sums: a `video` row (its journal record made on the actor,
   appended as it is) for a video whole in the call, `part` rows for the videos cut by the call's edges; group commit (one
   write and one fsync per 0.1 s, in a background thread);
 - before: forward calls of 64 clips, one row per clip, one fsync per video (the engine before #26).
@@ -37,7 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from c3d_extract.extraction.engine_ray import Driver, clips_per_call, partial_sums  # noqa: E402
+from c3d_extract.extraction.engine_ray import clips_per_call  # noqa: E402
+from c3d_extract.extraction.ray_actors import partial_sums  # noqa: E402
+from c3d_extract.extraction.ray_driver import Driver  # noqa: E402
 from c3d_extract.extraction.inputs import VideoJob, find_videos  # noqa: E402
 from c3d_extract.extraction.pipeline import Collector  # noqa: E402
 from c3d_extract.featurefile.writer import FeatureStore, video_record  # noqa: E402
@@ -186,13 +188,13 @@ def store_state(count: int, folder: str) -> tuple[float, float]:
     store = FeatureStore.open(os.path.join(folder, f"state{count}.h5"),
                               {"model": "c3d", "layers": ["fc6"], "clip_len": 16, "precision": "fp32"},
                               {"fc6": (4,)}, {"command_line": "bench"}, overwrite=True)
-    store.grouped, row = True, np.ones(4, np.float32)
+    row = np.ones(4, np.float32)
     keys = [f"d{i // 1000:04d}/v{i:07d}.mp4" for i in range(count)]
     records = [video_record(key, {"fc6": row}, {**FACTS, "num_clips": 20}, ["fc6"]) for key in keys]
     gc.collect()
     tracemalloc.start()
     for i, key in enumerate(keys):  # as the driver adds a `video` row's record
-        store.add_record(key, records[i])
+        store.add_record(key, records[i], sync=False)
         records[i] = None
         if i % 1000 == 999:
             store.commit()

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -22,7 +23,7 @@ import torch
 
 from c3d_extract import __version__
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_jobs
+from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_jobs, shard_prefix
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.extraction.remote import FETCH_STAGE, redact, redact_argv
 from c3d_extract.extraction.pipeline import BatchRunner, Failed, OnVideo, Sink, Summary, extract as run_local
@@ -36,6 +37,7 @@ from c3d_extract.extraction.workers import DecodePool, prestart as start_decoder
 from c3d_extract.extraction.video import DECODERS
 from c3d_extract.extraction.nvdec import NVDEC, resolve_decode_on
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
+from c3d_extract.featurefile.journal_format import decode_video
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
 from c3d_extract.options import ENGINES, ExtractOptions
 from c3d_extract.settings import RunSettings
@@ -138,10 +140,9 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
 
 
 class Arrays:
-    """An in-memory Sink (pipeline.Sink) for extraction: what `extract(..., output=None)` returns.
-    `wants_clips` (RunSettings.wants_clips): it keeps each video's clip rows too."""
-
-    grouped = False  # records are in memory at once: nothing to commit
+    """An in-memory Sink (pipeline.Sink) for extraction, by either engine: what `extract(...,
+    output=None)` returns. `wants_clips` (RunSettings.wants_clips): it keeps each video's clip rows
+    too. Records are in memory at once: `sync` and commit() have nothing to make durable."""
 
     def __init__(self, layers: Sequence[str], wants_clips: bool = False):
         self.layers, self.wants_clips = list(layers), wants_clips
@@ -149,15 +150,21 @@ class Arrays:
         self.clip_rows: dict[str, ClipRows] = {}
         self.failed: dict[str, tuple[str, str]] = {}
 
-    def add_video(self, key: str, features: dict, facts: dict, clips: Optional[ClipRows] = None) -> None:
+    def add_video(self, key: str, features: dict, facts: dict, clips: Optional[ClipRows] = None,
+                  sync: bool = True) -> None:
         self.rows[key] = features
         if clips is not None:
             self.clip_rows[key] = clips
 
-    def add_failure(self, key: str, stage: str, error: str) -> None:
+    def add_record(self, key: str, record: bytes, sync: bool = True) -> None:
+        """A video as its whole journal record (a Ray forward actor's): its rows read back from it."""
+        meta, layers = decode_video(record)
+        self.add_video(key, {layer: np.array(layers[layer]) for layer in self.layers}, meta["facts"])
+
+    def add_failure(self, key: str, stage: str, error: str, sync: bool = True) -> None:
         self.failed[key] = (stage, error)
 
-    def clear_failure(self, key: str) -> None:
+    def clear_failure(self, key: str, sync: bool = True) -> None:
         self.failed.pop(key, None)
 
     def commit(self, wait: bool = True) -> None:
@@ -186,21 +193,59 @@ def extract(videos: Sequence[str], output: Optional[str] = None, options: Option
     say how."""
     options = ExtractOptions.of(options, **changes)
     check_engine(options.engine)
-    if output is None and options.engine != "local":
-        raise UsageError("extracting to arrays runs the local engine; give `output` for --engine ray")
     jobs = find_jobs(videos, options, warn)
     early = start_early(options, jobs) if all_to_do(output, options) else None
     try:
         extractor = build_extractor(options, warn=warn, early=early)
-        if output is None:
-            sink = Arrays(extractor.network.layers, wants_clips=extractor.settings.wants_clips)
-            run_local(jobs, extractor.replicas, sink, options, pool=extractor.take_early_pool(jobs))
-            return sink
-        store, todo = open_output(output, extractor, jobs)
-        with store:
-            return run_jobs(todo, extractor, store, on_video=on_video)
+        with run(jobs, output, extractor) as opened:
+            summary = opened.go(on_video)
+        return opened.sink if output is None else summary
     finally:  # a run that failed before it took its early decoders: they stop now, not at exit
         stop_early(early)
+
+
+class Run:
+    """A run opened (`run`): the sink it fills and what it still has to do there (`todo`); `go`
+    runs the engine. Used as a context manager: leaving it folds the feature file (FeatureStore's
+    exit: also on an error, except a storage error), and under Ray, Ray's own log lines go to a
+    file (QuietRay) while it is open."""
+
+    def __init__(self, jobs: Sequence[VideoJob], output: Optional[str], extractor: Extractor,
+                 warn: Optional[Warn] = None):
+        self.jobs, self.extractor = jobs, extractor
+        if output is None:
+            self.sink: "FeatureStore | Arrays" = Arrays(extractor.network.layers,
+                                                        wants_clips=extractor.settings.wants_clips)
+            self.todo = list(jobs)
+        else:
+            self.sink, self.todo = open_output(output, extractor, jobs, warn=warn)
+        self._open = contextlib.ExitStack()
+
+    def __enter__(self) -> "Run":
+        if isinstance(self.sink, FeatureStore):
+            self._open.enter_context(self.sink)
+        if self.extractor.options.engine == "ray":  # before a caller's progress bar takes stderr
+            self._open.enter_context(QuietRay())
+        return self
+
+    def __exit__(self, *exc) -> Optional[bool]:
+        return self._open.__exit__(*exc)
+
+    def go(self, on_video: Optional[OnVideo] = None) -> Summary:
+        """Run the engine the options name over `todo` into the sink."""
+        return run_jobs(self.todo, self.extractor, self.sink, on_video=on_video)
+
+
+def run(jobs: Sequence[VideoJob], output: Optional[str], extractor: Extractor, *,
+        warn: Optional[Warn] = None) -> Run:
+    """Open a run of `extractor` over `jobs`: into the feature file `output` (created, or resumed:
+    open_output says what is left to do, `warn` hears of a damaged journal), or with `output` None
+    into an Arrays in memory (every job). `api.extract` and `c3d-extract` both run through it:
+
+        with run(jobs, "out.h5", extractor) as opened:
+            summary = opened.go(on_video)
+    """
+    return Run(jobs, output, extractor, warn)
 
 
 def open_output(output: str, extractor: Extractor, jobs: Sequence[VideoJob], *,
@@ -247,18 +292,15 @@ def _members_by_shard(jobs: Sequence[VideoJob], store: FeatureStore) -> dict[str
     if not prefixes:
         return found
     for key in (*store.done, *store.failed):
-        at = key.find("/")
-        while at != -1:
-            if key[:at + 1] in prefixes:
-                found.setdefault(key[:at + 1], set()).add(key)
-                break
-            at = key.find("/", at + 1)
+        prefix = shard_prefix(key, prefixes)
+        if prefix is not None:
+            found.setdefault(prefix, set()).add(key)
     return found
 
 
-def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: FeatureStore, *,
+def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: Sink, *,
              on_video: Optional[OnVideo] = None) -> Summary:
-    """Run the engine the extractor's options name over `todo` into an open store."""
+    """Run the engine the extractor's options name over `todo` into an open store (or Arrays)."""
     options = extractor.options
     check_engine(options.engine)
     if options.engine == "ray":
@@ -315,6 +357,7 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
 
 
 __all__ = ["DEVICE_ENV", "ENGINES", "MODELS", "MODEL_NAMES", "VIDEO_EXTENSIONS", "Arrays", "ClipSequence",
-           "ExtractOptions", "Extractor", "Failed", "FeatureFile", "FeatureStore", "OnVideo", "QuietRay", "Sink",
-           "StorageError", "StoreError", "Summary", "Verification", "WeightsError", "build_extractor", "cache_dir",
-           "check_engine", "device_defaults", "extract", "find_jobs", "open_output", "redact", "run_jobs", "verify"]
+           "ExtractOptions", "Extractor", "Failed", "FeatureFile", "FeatureStore", "OnVideo", "QuietRay", "Run",
+           "Sink", "StorageError", "StoreError", "Summary", "Verification", "WeightsError", "build_extractor",
+           "cache_dir", "check_engine", "device_defaults", "extract", "find_jobs", "open_output", "redact", "run",
+           "run_jobs", "verify"]

@@ -217,3 +217,26 @@ def test_what_old_callers_passed_is_refused_or_read_as_before():
     with pytest.raises(ValueError, match="resize_on"):
         DecoderSettings(C3D_SPORTS1M.input, True)
     assert ExtractOptions(shard="").shard is None and ExtractOptions(shard="1/4").shard == (1, 4)
+
+
+# The seams of the modules split in issue #35: what each side may import of the other, and a size a
+# reader can hold in mind. The actors (run on the cluster's nodes) know nothing of the driver or the
+# engine that starts them; the journal's record format and its scan need nothing of the journal.
+SPLIT_MODULES = {
+    "extraction/engine_ray.py": set(),
+    "extraction/ray_actors.py": {"c3d_extract.extraction.engine_ray", "c3d_extract.extraction.ray_driver"},
+    "extraction/ray_driver.py": {"c3d_extract.extraction.engine_ray", "c3d_extract.extraction.ray_actors"},
+    "featurefile/journal.py": set(),
+    "featurefile/journal_format.py": {"c3d_extract.featurefile.journal", "c3d_extract.featurefile.journal_scan"},
+    "featurefile/journal_scan.py": {"c3d_extract.featurefile.journal"},
+}
+
+
+def test_the_ray_engine_and_the_journal_keep_their_seams_and_a_readable_size():
+    package = Path(__file__).resolve().parent.parent / "c3d_extract"
+    for name, forbidden in SPLIT_MODULES.items():
+        text = (package / name).read_text()
+        assert len(text.splitlines()) <= 350, f"{name}: {len(text.splitlines())} lines"
+        tree = ast.parse(text)
+        found = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not found & forbidden, f"{name} imports {sorted(found & forbidden)}"

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.featurefile.journal import journal_path
+from c3d_extract.featurefile.journal_format import journal_path
 from c3d_extract.featurefile.fold import JournalRows
 from c3d_extract.featurefile.writer import FeatureStore
 from tests.helpers import FACTS, SHAPES, SETTINGS, assert_same_file, make_store as make

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from c3d_extract.featurefile.journal import HEADER, journal_path
+from c3d_extract.featurefile.journal_format import HEADER, journal_path
 from c3d_extract.models.registry import SPECS
 from c3d_extract.storage import EXIT_CODE
 from c3d_extract.featurefile.merge import merge

@@ -17,22 +17,24 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.featurefile.journal import Journal, journal_path
+from c3d_extract.featurefile.journal import Journal
+from c3d_extract.featurefile.journal_format import journal_path
 from c3d_extract.featurefile.writer import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS, CLIPS, DIM = 1500, 4, 4096
 
 # A driver process: the engine's real Driver and FeatureStore, fed the rows the forward actors return
-# (engine_ray.partial_sums of seeded activations) for the videos not yet in the file; prints each video
+# (ray_actors.partial_sums of seeded activations) for the videos not yet in the file; prints each video
 # on_video tells, after its group's fsync; exits 0 when all are written.
 CHILD = textwrap.dedent(f"""
     import json, sys
     import numpy as np
     sys.path.insert(0, {str(ROOT)!r})
-    from c3d_extract.extraction.engine_ray import Driver, partial_sums
     from c3d_extract.extraction.inputs import VideoJob
     from c3d_extract.extraction.pipeline import Collector
+    from c3d_extract.extraction.ray_actors import partial_sums
+    from c3d_extract.extraction.ray_driver import Driver
     from c3d_extract.featurefile.writer import FeatureStore
 
     out, videos, clips, dim, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])

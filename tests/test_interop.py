@@ -103,9 +103,6 @@ def test_the_readme_api_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code.group(1), "README.md", "exec"), {})
     assert (tmp_path / "out.h5").exists()
-    from c3d_extract import api
-    with pytest.raises(ValueError, match="local engine"):
-        api.extract(["videos/"], engine="ray", weights="random")
 
 
 def test_readers_default_to_the_models_feature_not_the_alphabetically_first(tmp_path):

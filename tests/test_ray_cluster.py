@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from c3d_extract.cli.extract import main
-from c3d_extract.featurefile.journal import journal_path, pending
+from c3d_extract.featurefile.journal_format import journal_path, pending
 from tests.helpers import assert_same_file as assert_same_contents
 from bench.support.videos import moving_frames, write_video
 
@@ -186,7 +186,7 @@ def test_two_drivers_on_one_cluster_with_shards_then_merge_give_the_local_file(c
 @pytest.mark.slow
 def test_a_node_that_cannot_see_a_video_names_itself(cluster):
     """The decode actor's check, run on the cluster: a path absent on that node is one failure naming it."""
-    from c3d_extract.extraction.engine_ray import _Decode
+    from c3d_extract.extraction.ray_actors import _Decode
     from c3d_extract.options import ExtractOptions
     from c3d_extract.models.registry import get_spec
 

@@ -1,5 +1,5 @@
-"""The Ray engine's driver without Ray: the forward actors' part rows (engine_ray.partial_sums) and the
-driver that turns them into the store's rows (engine_ray.Driver), fed by hand with the batches a
+"""The Ray engine's driver without Ray: the forward actors' part rows (ray_actors.partial_sums) and the
+driver that turns them into the store's rows (ray_driver.Driver), fed by hand with the batches a
 cluster could deliver: a video split across batches, arriving out of order, a block Ray ran twice
 (another nonce), a restarted decoder's clips, an unreachable cluster."""
 
@@ -12,9 +12,11 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.engine_ray import Driver, clips_per_call, partial_sums
+from c3d_extract.extraction.engine_ray import clips_per_call
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.pipeline import Collector
+from c3d_extract.extraction.ray_actors import partial_sums
+from c3d_extract.extraction.ray_driver import Driver
 from c3d_extract.featurefile.writer import FeatureStore
 from c3d_extract.models.registry import SPECS
 from bench.support.remote_servers import free_port

@@ -20,7 +20,7 @@ import pytest
 
 from c3d_extract.extraction.inputs import expand_braces
 from c3d_extract.extraction.remote import redact, redact_argv, scrub
-from c3d_extract.featurefile.journal import journal_path, pending
+from c3d_extract.featurefile.journal_format import journal_path, pending
 from tests.helpers import assert_same_file, run
 from bench.support.remote_servers import KEY, SECRET, HTTPServer, S3Server, free_port
 from bench.support.videos import moving_frames, write_video

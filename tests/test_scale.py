@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from c3d_extract.extraction.inputs import find_videos, read_list, shard_of
-from c3d_extract.featurefile.journal import journal_path
+from c3d_extract.featurefile.journal_format import journal_path
 from tests.helpers import assert_same_file, run
 from bench.support.videos import moving_frames, write_video
 

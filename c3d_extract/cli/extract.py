@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sys
@@ -217,9 +216,9 @@ def extract_command(inputs: tuple[str, ...], output: str, storage_text: Optional
                    f"({result.failed} failed now); largest difference {result.largest_difference:.3g}, lowest "
                    f"cosine {result.lowest_cosine:.6f}: {'reproduced' if result.reproduced else 'NOT reproduced'}")
         sys.exit(0 if result.reproduced else 1)
-    store, todo = api.open_output(output, extractor, jobs, warn=lambda message: _say(f"warning: {message}"))
     # under Ray, Ray's own log lines go to a file from here on, before the progress bar takes stderr
-    with store, (api.QuietRay() if options.engine == "ray" else contextlib.nullcontext()):
+    with api.run(jobs, output, extractor, warn=lambda message: _say(f"warning: {message}")) as run:
+        store, todo = run.sink, run.todo
         keys = api.keys_of(jobs, store)
         skipped_done = len(keys & store.done)
         skipped_failed = 0 if options.retry_failed else len(keys & set(store.failed))
@@ -241,7 +240,7 @@ def extract_command(inputs: tuple[str, ...], output: str, storage_text: Optional
 
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            summary = api.run_jobs(todo, extractor, store, on_video=on_video)
+            summary = run.go(on_video)
         except Stopped as stop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

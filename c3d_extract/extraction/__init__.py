@@ -26,11 +26,12 @@ Where each module runs, and what crosses each step (the local engine; `--engine 
           v
       featurefile/writer.py -> journal.py (each video durably) -> fold.py (out.h5 when the run ends)
 
-Under `--engine ray` (engine_ray.py) the same steps run in Ray actors: a CPU actor `_Decode` runs a
-DecodePool of one decoder process over a block of videos and relays Clip/Finished/Failed as rows (kind
-clip, last, done, fail, read); a network actor `_Forward` runs a BatchRunner and returns one row per
-video (partial_sums): a `video` row, the whole journal record of a video whose clips were all in the call
-(writer.video_record), or a `part` row, the sum of its clips there; the driver (`Driver`, in the
-parent) appends the records to the store as they came and adds up the parts (Collector). The options
-of a run (options.ExtractOptions) reach a decoder as DecoderSettings.
+Under `--engine ray` (engine_ray.py) the same steps run in Ray actors (ray_actors.py): a CPU actor
+`_Decode` runs a DecodePool of one decoder process over a block of videos and relays
+Clip/Finished/Failed as rows (kind clip, last, done, fail, read); a network actor `_Forward` runs a
+BatchRunner and returns one row per video (partial_sums): a `video` row, the whole journal record of
+a video whose clips were all in the call (writer.video_record), or a `part` row, the sum of its
+clips there; the driver (ray_driver.Driver, in the parent) appends the records to the store as they
+came and adds up the parts (Collector). The options of a run
+(options.ExtractOptions) reach a decoder as DecoderSettings.
 """

@@ -20,9 +20,11 @@ if TYPE_CHECKING:
     import torch
 
 
-def window_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
-    """First frame of every whole window of a video with `num_frames` frames."""
-    return list(range(0, num_frames - clip_len + 1, stride)) if num_frames >= clip_len else []
+def window_starts(num_frames: int, clip_len: int, stride: int, first: int = 0) -> list[int]:
+    """First frame of every whole window of a video once `num_frames` of its frames are in, from the
+    window that starts at `first` (0, or a start not given yet) on. The one place of the rule: the
+    cutter (ClipCutter) and a decoder's ring (ring.RingWriter) follow it as frames come."""
+    return list(range(first, num_frames - clip_len + 1, stride))
 
 
 def short_indices(num_frames: int, clip_len: int, rule: str) -> list[int]:
@@ -104,11 +106,11 @@ class ClipCutter:
         return self._windows()
 
     def _windows(self) -> Iterator[tuple[int, "np.ndarray | torch.Tensor"]]:
-        while self._next_start + self.clip_len <= self.frames_seen:
-            offset = self._next_start - self._base
-            yield self._next_start, self._buffer[offset: offset + self.clip_len: self.frame_step]
+        for start in window_starts(self.frames_seen, self.clip_len, self.stride, self._next_start):
+            offset = start - self._base
+            yield start, self._buffer[offset: offset + self.clip_len: self.frame_step]
             self.clips_cut += 1
-            self._next_start += self.stride
+            self._next_start = start + self.stride
 
     def attach(self, buffer: np.ndarray, first: int, position: int, count: int
                ) -> Iterator[tuple[int, np.ndarray]]:

@@ -18,7 +18,7 @@ from c3d_extract.extraction.decode import DecoderSettings
 from c3d_extract.extraction.devices import decoder_count, likely_device
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.workers import DecodePool
-from c3d_extract.featurefile.journal import journal_path
+from c3d_extract.featurefile.journal_format import journal_path
 from c3d_extract.models.inputs import input_of
 from c3d_extract.options import RANDOM, ExtractOptions
 

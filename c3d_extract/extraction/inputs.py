@@ -11,7 +11,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Container, Iterable, Optional, Sequence
 
 from c3d_extract.errors import RemoteError, UsageError
 from c3d_extract.extraction.remote import describe, filesystem, is_url, local_path, protocol, redact
@@ -49,6 +49,17 @@ class VideoJob:
     def owns(self, key: str) -> bool:
         """Whether a video key is this job's: the video itself, or a member of this shard."""
         return key == self.key or (self.members is not None and key.startswith(self.prefix))
+
+
+def shard_prefix(key: str, prefixes: Container[str]) -> Optional[str]:
+    """The prefix (VideoJob.prefix) among `prefixes` of the tar shard that video `key` is a member
+    of, or None: the shortest of them `key` starts with (a member key is `<prefix><member name>`)."""
+    at = key.find("/")
+    while at != -1:
+        if key[:at + 1] in prefixes:
+            return key[:at + 1]
+        at = key.find("/", at + 1)
+    return None
 
 
 def parse_extensions(text: Optional[str]) -> tuple[str, ...]:

@@ -149,9 +149,8 @@ OnVideo = Callable[[str, Optional[Failed], Summary], None]
 
 class Sink(Protocol):
     """Where an engine's finished videos and failures go: a feature file (featurefile.writer.FeatureStore)
-    or arrays in memory (api.Arrays)."""
-
-    grouped: bool  # records wait for commit() (set by an engine that commits groups itself)
+    or arrays in memory (api.Arrays). Each addition with `sync` is durable when it returns; without,
+    it waits for commit() with the others of its group (an engine that commits groups itself)."""
 
     @property
     def done(self) -> Collection[str]:
@@ -166,11 +165,16 @@ class Sink(Protocol):
         """The videos recorded as failed: (stage, error) by key."""
 
     def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping,
-                  clips: Optional[ClipRows] = None) -> None: ...
+                  clips: Optional[ClipRows] = None, sync: bool = True) -> None: ...
 
-    def add_failure(self, key: str, stage: str, error: str) -> None: ...
+    def add_record(self, key: str, record: bytes, sync: bool = True) -> None:
+        """A finished video given as its whole journal record (writer.video_record: made where its
+        descriptors were computed, a Ray forward actor), for a sink that keeps neither clips nor
+        segments."""
 
-    def clear_failure(self, key: str) -> None: ...
+    def add_failure(self, key: str, stage: str, error: str, sync: bool = True) -> None: ...
+
+    def clear_failure(self, key: str, sync: bool = True) -> None: ...
 
     def commit(self, wait: bool = True) -> None:
         """Make the records since the last commit durable (`wait`: before returning; else in the
@@ -189,8 +193,9 @@ class Collector:
     def __init__(self, store: Sink, on_video: Optional[OnVideo], grouped: bool = False):
         self.store, self.on_video = store, on_video
         self.grouped = grouped
-        if grouped:
-            store.grouped = True
+        # grouped: the store's records wait for commit(); else the keyword is left out, so a sink
+        # that never groups (one written for the local engine alone) need not know it
+        self._sync = {"sync": False} if grouped else {}
         self._waiting: list[tuple[str, Optional[Failed]]] = []  # told once their group is committed
         self._flying: list[tuple[str, Optional[Failed]]] = []  # their group is being fsynced
         self.summary = Summary()
@@ -222,7 +227,7 @@ class Collector:
             return
         self.failed.add(item.key)
         self.aggregator.drop(item.key)
-        self.store.add_failure(item.key, item.stage, item.error)
+        self.store.add_failure(item.key, item.stage, item.error, **self._sync)
         self.summary.failed += 1
         self._tell(item.key, item)
 
@@ -262,7 +267,7 @@ class Collector:
     def shard_read(self, item: ShardRead) -> None:
         """A tar shard read to its end: a failure recorded for the shard itself by an earlier run is gone."""
         if item.key in self.store.failed:
-            self.store.clear_failure(item.key)
+            self.store.clear_failure(item.key, **self._sync)
 
     def _write_if_finished(self, key: str) -> None:
         done = self.aggregator.pop_finished(key)
@@ -271,14 +276,22 @@ class Collector:
 
     def _written(self, key: str, features: dict, facts: dict, clips: Optional[ClipRows]) -> None:
         if clips is None:
-            self.store.add_video(key, features, facts)
+            self.store.add_video(key, features, facts, **self._sync)
         else:
-            self.store.add_video(key, features, facts, clips=clips)
-        self.written(key, facts["num_clips"])
+            self.store.add_video(key, features, facts, clips=clips, **self._sync)
+        self._count(key, facts["num_clips"])
 
-    def written(self, key: str, count: int) -> None:
-        """A video of `count` clips the store now holds (added by the caller or here): counted, and
-        told to `on_video` (with `grouped`, once its group is committed)."""
+    def record(self, key: str, record: bytes, count: int) -> None:
+        """A video of `count` clips whose whole journal record was made elsewhere (a Ray forward
+        actor: writer.video_record): added to the store as it is."""
+        if key in self.failed:
+            return
+        self.store.add_record(key, record, **self._sync)
+        self._count(key, count)
+
+    def _count(self, key: str, count: int) -> None:
+        """A video of `count` clips the store now holds: counted, and told to `on_video` (with
+        `grouped`, once its group is committed)."""
         self.summary.written += 1
         self.summary.clips += count  # only the clips of what was written count
         self._tell(key, None)

@@ -25,6 +25,8 @@ from typing import Optional
 
 import numpy as np
 
+from c3d_extract.extraction.clips import window_starts
+
 RING_TAG = "ring"
 RING_BYTES = 16 * 2**20
 MESSAGE_BYTES = 2**20  # frames announced per header (each header costs the parent a wake-up)
@@ -128,8 +130,8 @@ class RingWriter:
         self._pending[3] += count
         self.sequence += count
         self._written += count
-        while self._next_start + self.clip_len <= self._written:
-            self._next_start += self.stride
+        self._next_start += self.stride * len(window_starts(self._written, self.clip_len, self.stride,
+                                                            self._next_start))
         if self._pending[3] * self._frame_bytes >= MESSAGE_BYTES:
             self.flush()
 

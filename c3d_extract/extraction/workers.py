@@ -1,16 +1,17 @@
 """Decoding in worker processes: a hanging decoder is abandoned, a crashing one costs one video.
 
-Each worker is a spawned process that decodes one video at a time and sends its resized, cropped
-frames (each once, although the windows overlap) through a pipe of its own, and already holds its
-next job; the parent cuts the clips (assemble.ClipAssembler); memory stays flat: a send waits while
-the network is behind. (Shared memory instead of the pipe measured no faster and its resource
-tracker printed tracebacks when a run ended on a storage error.) A pipe per worker, not a
-shared queue: a worker killed in the middle of a message would leave a shared queue with half a
-message and its lock held, hanging everyone; a private pipe just reports EOF and is dropped. The
-worker refreshes a heartbeat after every decoded chunk and marks the time it spends waiting on the
-parent, so the parent can tell a decoder stuck inside FFmpeg (no heartbeat for `timeout` seconds:
-killed, recorded, replaced) from one that waits for the network. A worker that dies is recorded and
-replaced too.
+Each worker is a spawned process that decodes one video at a time, already holding its next job,
+and hands over its resized, cropped frames once each (although the windows overlap): into a shared
+frame ring of its own (ring.py; a memfd this process creates, so nothing is left behind when a run
+ends), announced by small headers on its pipe; frames not resized there (`--resize-on device`)
+travel on the pipe itself (decode.FrameSender). The parent cuts the clips (assemble.ClipAssembler);
+memory stays flat: a worker waits while its ring is full or its send while the network is behind.
+A pipe per worker, not a shared queue: a worker killed in the middle of a message would leave a
+shared queue with half a message and its lock held, hanging everyone; a private pipe just reports
+EOF and is dropped. The worker refreshes a heartbeat after every decoded chunk and marks the time
+it spends waiting on the parent, so the parent can tell a decoder stuck inside FFmpeg (no heartbeat
+for `timeout` seconds: killed, recorded, replaced) from one that waits for the network. A worker that
+dies is recorded and replaced too.
 """
 
 from __future__ import annotations

@@ -12,58 +12,28 @@ second cannot pay a write and an fsync each). `sync(wait=False)` does the write 
 background thread while the caller goes on, and returns the group before it, durable by then. A kill
 before a group's fsync returned loses that group (its videos are redone), never an earlier one.
 
-Record: magic "C3DJ", version (u8), kind (u8: 1 video, 2 failure), payload length (u32), CRC32 of
-the payload (u32); payload: JSON length (u32), JSON, then the float32 features of each layer.
+The record format is journal_format.py's; reading a journal back and skipping damaged records,
+journal_scan.py's.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import struct
 import threading
-import zlib
-from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional
 
 import numpy as np
 
 from c3d_extract.errors import Refused
-
-MAGIC = b"C3DJ"
-HEADER = struct.Struct("<4sBBII")
-VIDEO, FAILURE = 1, 2
+from c3d_extract.featurefile.journal_format import (FAILURE, HEADER, MAGIC, VIDEO, Record, encode,
+                                                    payload_layers, video_meta)
+from c3d_extract.featurefile.journal_scan import damage_report, read_valid
 
 
 class JournalBusy(Refused):
     """Another process holds the journal (two runs into one output)."""
-
-
-class Record:
-    """One record: its kind, its metadata (video: key, facts, layers, dims; failure: key, stage,
-    error) and where its payload starts in the journal (features are read when needed). The metadata
-    of a record appended whole (append_record) stays JSON text until it is first asked for: the
-    driver that appends it never parses it."""
-
-    __slots__ = ("kind", "_meta", "offset", "length")
-
-    def __init__(self, kind: int, meta: "dict | bytes", offset: int, length: int):
-        self.kind, self._meta, self.offset, self.length = kind, meta, offset, length
-
-    @property
-    def meta(self) -> dict:
-        if not isinstance(self._meta, dict):
-            self._meta = json.loads(self._meta)
-        return self._meta
-
-
-@dataclass
-class Damage:
-    """A stretch of the journal that holds no valid record (a flipped bit, a bad sector)."""
-
-    offset: int
-    key: Optional[str]  # the video it held, when its metadata can still be read
 
 
 class Journal:
@@ -77,94 +47,26 @@ class Journal:
         except BlockingIOError:
             self._file.close()
             raise JournalBusy(f"{path} is in use by another c3d-extract process") from None
-        self.damage: list[Damage] = []
         self._unsynced: list = []  # the buffers of the records not yet written (sync=False)
         self._unsynced_records = 0
         self._flying: Optional[_Flight] = None  # the group written and being fsynced in the background
-        self.records, valid_end = self._read_valid()
+        self.records, valid_end, self.damage = read_valid(self._file)
         self._file.seek(0, os.SEEK_END)
         if self._file.tell() != valid_end:  # a record cut short by a kill: drop its bytes
             self._file.truncate(valid_end)
             os.fsync(self._file.fileno())
         self._end = valid_end  # where the next record begins (after the unsynced ones)
 
-    def _record_at(self, pos: int, size: int) -> tuple[Optional[Record], bool]:
-        """(the valid record at `pos` or None, whether the bytes there reach past the end of the file)."""
-        self._file.seek(pos)
-        header = self._file.read(HEADER.size)
-        if len(header) < HEADER.size:
-            return None, True
-        magic, version, kind, length, crc = HEADER.unpack(header)
-        if magic != MAGIC or version != 1:
-            return None, False
-        if pos + HEADER.size + length > size:
-            return None, True
-        payload = self._file.read(length)
-        if zlib.crc32(payload) != crc:
-            return None, False
-        try:
-            return Record(kind, _meta(payload), pos + HEADER.size, length), False
-        except (ValueError, struct.error):
-            return None, False
-
-    def _next_valid(self, start: int, size: int) -> Optional[int]:
-        """Where the next valid record begins after `start` (a scan for MAGIC, 1 MiB at a time)."""
-        pos = start
-        while pos < size:
-            self._file.seek(pos)
-            window = self._file.read(1 << 20)
-            at = window.find(MAGIC)
-            while at >= 0:
-                if self._record_at(pos + at, size)[0] is not None:
-                    return pos + at
-                at = window.find(MAGIC, at + 1)
-            pos += max(1, len(window) - len(MAGIC) + 1)
-        return None
-
-    def _read_valid(self) -> tuple[list[Record], int]:
-        """Scan record by record (memory O(one record)). A record cut short at the end (a kill) is
-        dropped; a damaged one is skipped, noted in self.damage, and the scan goes on after it."""
-        size = os.fstat(self._file.fileno()).st_size
-        records, pos = [], 0
-        while pos < size:
-            record, short = self._record_at(pos, size)
-            if record is not None:
-                records.append(record)
-                pos = record.offset + record.length
-                continue
-            following = self._next_valid(pos + 1, size)
-            if following is None and short:
-                break  # the last record, cut short by a kill while it was written
-            self.damage.append(Damage(pos, self._damaged_key(pos)))
-            if following is None:
-                break
-            pos = following
-        return records, pos
-
-    def _damaged_key(self, pos: int) -> Optional[str]:
-        """The video a damaged record held, when its JSON can still be read."""
-        self._file.seek(pos + HEADER.size)
-        head = self._file.read(4)
-        try:
-            head += self._file.read(min(struct.unpack_from("<I", head)[0], 1 << 20))
-            return str(_meta(head)["key"])
-        except (ValueError, KeyError, TypeError, struct.error):
-            return None
-
     def damage_report(self) -> str:
         """One line on the damaged records: where they are and what is computed again."""
-        where = ", ".join(f"{d.offset:,}" for d in self.damage[:5]) + (" ..." if len(self.damage) > 5 else "")
-        keys = [d.key for d in self.damage if d.key]
-        named = f" ({', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})" if keys else ""
-        return (f"{len(self.damage)} damaged record(s) at byte {where}{named}: skipped; "
-                f"{len(self.damage)} video(s) will be processed again ({len(self.records)} intact record(s) kept)")
+        return damage_report(self.damage, len(self.records))
 
     def append_video(self, key: str, facts: Mapping, features: Mapping[str, np.ndarray],
                      extra: Optional[Mapping] = None, sync: bool = True) -> None:
         """One finished video: its facts, named float32 arrays (flattened) and any extra metadata.
         Without `sync` the arrays are held, not copied, until the group is written: they must not
         change before sync()."""
-        self._append(VIDEO, *_video(key, facts, features, extra), sync)
+        self._append(VIDEO, *video_meta(key, facts, features, extra), sync)
 
     def append_failure(self, key: str, stage: str, error: str, sync: bool = True) -> None:
         self._append(FAILURE, {"key": key, "stage": stage, "error": error}, [], sync)
@@ -172,7 +74,7 @@ class Journal:
     def _append(self, kind: int, meta: dict, blobs: list, sync: bool = True) -> None:
         """Add one record (its JSON, then the buffers `blobs`). With `sync` it is written and fsynced at
         once (with any unsynced before it); without, it waits in memory for sync()."""
-        pieces, length = _encode(kind, meta, blobs)
+        pieces, length = encode(kind, meta, blobs)
         self._add(pieces, Record(kind, meta, self._end + HEADER.size, length), sync)
 
     def append_record(self, record: bytes, sync: bool = True) -> None:
@@ -245,13 +147,7 @@ class Journal:
         if self._flying is not None or (self._unsynced_records and record.offset >= self._pending()[0].offset):
             self.sync()
         self._file.seek(record.offset)
-        payload = self._file.read(record.length)
-        offset = 4 + struct.unpack_from("<I", payload)[0]
-        out = {}
-        for name, dim in zip(record.meta["layers"], record.meta["dims"]):
-            out[name] = np.frombuffer(payload, dtype="<f4", count=dim, offset=offset)
-            offset += 4 * dim
-        return out
+        return payload_layers(self._file.read(record.length), record.meta)
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
@@ -305,66 +201,4 @@ class _Flight:
         self.pieces = []
 
 
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-_ENCODER = json.JSONEncoder(default=_plain)  # one encoder: json.dumps(default=...) builds one per call
 _IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
-
-
-def _video(key: str, facts: Mapping, features: Mapping[str, np.ndarray], extra: Optional[Mapping]
-           ) -> tuple[dict, list]:
-    """A video record's metadata and its float32 buffers."""
-    layers = list(features)
-    blobs = [np.ascontiguousarray(features[n], dtype="<f4").reshape(-1) for n in layers]
-    meta = {"key": key, "facts": facts if isinstance(facts, dict) else dict(facts), "layers": layers,
-            "dims": [blob.size for blob in blobs], **(extra or {})}
-    return meta, blobs
-
-
-def _encode(kind: int, meta: dict, blobs: list) -> tuple[list, int]:
-    """A record's buffers (header, JSON, then the arrays as they are, not copied) and its payload length."""
-    text = _ENCODER.encode(meta).encode()
-    head = struct.pack("<I", len(text)) + text
-    length, crc = len(head), zlib.crc32(head)
-    for blob in blobs:
-        length, crc = length + blob.nbytes, zlib.crc32(blob, crc)
-    return [HEADER.pack(MAGIC, 1, kind, length, crc), head, *(memoryview(blob).cast("B") for blob in blobs)], length
-
-
-def encode_video(key: str, facts: Mapping, features: Mapping[str, np.ndarray]) -> bytes:
-    """One video's whole record, header and checksum included, as append_video would write it. It
-    does not depend on where in a journal it lands, so it can be made where the features are (a Ray
-    forward actor) and appended by the one writer with Journal.append_record."""
-    return b"".join(_encode(VIDEO, *_video(key, facts, features, None))[0])
-
-
-def _meta(payload: bytes) -> dict:
-    (size,) = struct.unpack_from("<I", payload)
-    return json.loads(payload[4: 4 + size])
-
-
-def journal_path(store_path: str) -> str:
-    return store_path + ".journal"
-
-
-def pending(store_path: str) -> Optional[int]:
-    """How many records wait in a journal beside `store_path` (None when there is none)."""
-    path = journal_path(store_path)
-    if not os.path.exists(path):
-        return None
-    count, size = 0, os.path.getsize(path)
-    with open(path, "rb") as handle:
-        while True:
-            header = handle.read(HEADER.size)
-            if len(header) < HEADER.size:
-                break
-            magic, _, _, length, _ = HEADER.unpack(header)
-            if magic != MAGIC or handle.tell() + length > size:
-                break
-            handle.seek(length, os.SEEK_CUR)
-            count += 1
-    return count

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from c3d_extract.featurefile.fold import H5Rows, write_sorted
-from c3d_extract.featurefile.journal import journal_path
+from c3d_extract.featurefile.journal_format import journal_path
 from c3d_extract.featurefile.schema import FAILURE_FIELDS, FORMAT, differences, file_shard, read_settings, strings
 from c3d_extract.featurefile.writer import StoreError
 from c3d_extract.storage import StorageError, is_storage_error, remove_stale_temps, replace_atomically, temp_name

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from c3d_extract.errors import UsageError
+from c3d_extract.featurefile.journal_format import journal_path
 from c3d_extract.models.defaults import DEFAULT_LAYERS  # no torch: `c3d-svm` does not pay for the networks
 
 
@@ -125,7 +126,7 @@ class FeatureFile:
             status = f["status"].asstr()[()].tolist()
             decoders = f["decoder"].asstr()[()].tolist() if "decoder" in f else []
         failures = self.failures()
-        pending = os.path.exists(self.path + ".journal")
+        pending = os.path.exists(journal_path(self.path))
         return {"file": self.path, "model": self.attrs.get("model"), "spec": self.attrs.get("spec"),
                 "weights": self.attrs.get("weights"), "weights_sha256": self.attrs.get("weights_sha256"),
                 "precision": self.attrs.get("precision"), "device": self.attrs.get("device"),

@@ -31,7 +31,8 @@ import numpy as np
 
 from c3d_extract.errors import Refused
 from c3d_extract.featurefile.fold import H5Rows, JournalRows, file_bytes, write_sorted
-from c3d_extract.featurefile.journal import FAILURE, VIDEO, Journal, JournalBusy, encode_video, journal_path
+from c3d_extract.featurefile.journal import Journal, JournalBusy
+from c3d_extract.featurefile.journal_format import FAILURE, VIDEO, encode_video, journal_path
 from c3d_extract.featurefile.pooling import segment_pool
 from c3d_extract.featurefile.schema import (FAILURE_FIELDS, FORMAT, LATER_FACTS, PER_VIDEO, create_layout,
                                             differences, read_settings, settings_dict, strings)
@@ -76,7 +77,6 @@ class FeatureStore:
         self.path = path
         self._journal = journal
         self._provenance = dict(provenance)
-        self.grouped = False  # set by an engine that commits groups of records itself (commit())
         with h5py.File(path, "r") as h5:
             settings = read_settings(h5)
             self.per_clip = bool(settings.get("per_clip"))
@@ -171,11 +171,12 @@ class FeatureStore:
         rows = len(self.done) + videos
         return journal + file_bytes(self.shapes, rows, len(self.failed), segments=self.segments, text=64 * rows)
 
-    def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping, clips=None) -> None:
+    def add_video(self, key: str, features: Mapping[str, np.ndarray], facts: Mapping, clips=None,
+                  sync: bool = True) -> None:
         """Record one finished video durably (journal + fsync); it is in the file after the fold.
 
         `clips` (ClipRows, in time order) is needed when the file keeps per-clip rows or
-        segments."""
+        segments. Without `sync` the record waits for commit() (group commit)."""
         if key in self.done:
             raise ValueError(f"{key} is already in {self.path}")
         try:
@@ -194,13 +195,13 @@ class FeatureStore:
                 arrays.update({f"segments/{layer}": segment_pool(clips.layers[layer], self.segments)
                                for layer in self.layers})
         try:
-            self._journal.append_video(key, stored_facts(facts), arrays, extra, sync=not self.grouped)
+            self._journal.append_video(key, stored_facts(facts), arrays, extra, sync=sync)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.done.add(key)
         self.failed.pop(key, None)
 
-    def add_record(self, key: str, record: bytes) -> None:
+    def add_record(self, key: str, record: bytes, sync: bool = True) -> None:
         """Record one finished video given as its whole journal record (video_record, made where its
         descriptors were computed); as add_video, for files that keep neither clips nor segments."""
         if key in self.done:
@@ -208,23 +209,23 @@ class FeatureStore:
         if self.wants_clips:
             raise ValueError(f"{key}: {self.path} keeps per-clip rows or segments; use add_video")
         try:
-            self._journal.append_record(record, sync=not self.grouped)
+            self._journal.append_record(record, sync=sync)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.done.add(key)
         self.failed.pop(key, None)
 
-    def add_failure(self, key: str, stage: str, error: str) -> None:
+    def add_failure(self, key: str, stage: str, error: str, sync: bool = True) -> None:
         """Record a video that could not be processed (replacing an older record of it)."""
         try:
-            self._journal.append_failure(key, stage, error, sync=not self.grouped)
+            self._journal.append_failure(key, stage, error, sync=sync)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.failed[key] = (stage, error)
 
     def commit(self, wait: bool = True) -> None:
-        """Make the records added since the last commit durable with one fsync (group commit, for
-        a store whose `grouped` is set); without `wait` the fsync runs in the background and the
+        """Make the records added since the last commit durable with one fsync (group commit: those
+        added without `sync`); without `wait` the fsync runs in the background and the
         group before it is durable on return. A failure takes the group's videos back (they were not
         written) and raises StorageError."""
         try:
@@ -234,10 +235,10 @@ class FeatureStore:
                 self.done.discard(record.meta["key"])
             raise self._storage_error(self._journal.path, exc) from None
 
-    def clear_failure(self, key: str) -> None:
+    def clear_failure(self, key: str, sync: bool = True) -> None:
         """Forget the failure recorded for `key` (a tar shard that was read to its end this time)."""
         try:
-            self._journal.append_failure(key, CLEARED, "", sync=not self.grouped)
+            self._journal.append_failure(key, CLEARED, "", sync=sync)
         except OSError as exc:
             raise self._storage_error(self._journal.path, exc) from None
         self.failed.pop(key, None)
