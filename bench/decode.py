@@ -10,7 +10,7 @@ is counted, so other work on the machine moves the figures less than it moves wa
   crop of the --model's input spec, into a shared frame ring, ring.py), in a fresh process per run
   whose c3d_extract is this checkout's, and, with --baseline, also an older checkout's, the two runs
   alternating (side by side in one run of this script);
-- each reader alone: video.PyAVReader and video.DecordReader, their chunks as the tool reads them
+- each reader alone: pyav_reader.PyAVReader and decord_reader.DecordReader, their chunks as the tool reads them
   (open, decode, rgb24), nothing else;
 - the FFmpeg CLI where an `ffmpeg` binary is on PATH: `ffmpeg -threads 1 -filter_threads 1 -i F -f
   rawvideo -pix_fmt rgb24 -y /dev/null`, with `-stream_loop` to read the file as many times in one
@@ -121,8 +121,12 @@ class _Releaser:
 
 def _stage_frames(path: str, spec, writer) -> int:
     """One decoder's work on one video: decode_frames into the ring; frames decoded."""
-    from c3d_extract.extraction.decode import End, Frames, decode_frames
+    from c3d_extract.extraction.decode import decode_frames
     from c3d_extract.extraction.inputs import VideoJob
+    try:
+        from c3d_extract.extraction.messages import End, Frames
+    except ImportError:  # an older checkout (--baseline): its messages live in decode.py
+        from c3d_extract.extraction.decode import End, Frames
 
     frames = 0
     for item in decode_frames(VideoJob(path, path), spec):
@@ -149,8 +153,12 @@ def child(modes: list[str], model: str, paths: list[str], copies: list[int]) -> 
     import cv2
 
     from c3d_extract.extraction.ring import FrameRing, RingWriter
-    from c3d_extract.extraction.video import DecordReader, PyAVReader
     from c3d_extract.models.registry import get_spec
+    try:
+        from c3d_extract.extraction.decord_reader import DecordReader
+        from c3d_extract.extraction.pyav_reader import PyAVReader
+    except ImportError:  # an older checkout (--baseline): both readers in video.py
+        from c3d_extract.extraction.video import DecordReader, PyAVReader
 
     cv2.setNumThreads(1)  # as in a decoder process
     spec = get_spec(model).input

@@ -30,7 +30,7 @@ def make(folder: str) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     import av
 
-    from c3d_extract.extraction.video import PyAVReader
+    from c3d_extract.extraction.pyav_reader import PyAVReader
     from bench.support.videos import SHARED_VIDEOS, ZOO, encoder_available, moving_frames
 
     def write(name, frames, codec, pix_fmt="yuv420p", tag=None, rate=25, options=None, container=None, pts=None):

@@ -36,10 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import machine, report  # noqa: E402  (bench/ on the path)
 from whole_process import weights_file  # noqa: E402
 
-from c3d_extract.extraction.decode import End, Frames, decode_frames  # noqa: E402
+from c3d_extract.extraction.decode import decode_frames  # noqa: E402
+from c3d_extract.extraction.messages import End, Frames  # noqa: E402
 from c3d_extract.extraction.inputs import VideoJob  # noqa: E402
 from c3d_extract.extraction.nvdec import DeviceReader, cpu_planes, nvdec_available  # noqa: E402
-from c3d_extract.extraction.video import PyAVReader  # noqa: E402
+from c3d_extract.extraction.pyav_reader import PyAVReader  # noqa: E402
 from c3d_extract.models.pixels import conversion_for, yuv_resize_crop  # noqa: E402
 from c3d_extract.models.registry import C3D_SPORTS1M  # noqa: E402
 

@@ -42,9 +42,12 @@ def mutate(source: bytes, other: bytes, kind: str, seed: int) -> bytes:
 RUNNER = """
 import json, os, sys, traceback
 saved = os.dup(2)
-from c3d_extract.extraction.decode import End, NativeStderr, decode_frames
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.ffmpeg_log import NativeStderr
+from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.video import DecordReader, PyAVReader
+from c3d_extract.extraction.decord_reader import DecordReader
+from c3d_extract.extraction.pyav_reader import PyAVReader
 from c3d_extract.models.registry import RES3D_SPORTS1M
 NativeStderr.install()
 sys.stderr = os.fdopen(saved, "w", buffering=1)

@@ -15,7 +15,7 @@ import pytest
 from c3d_extract import api
 from c3d_extract.cli.errors import EXTRACT_STATUSES, TOOL_STATUSES, exit_status
 from c3d_extract.errors import C3DError, Failure, Refused, UsageError
-from c3d_extract.extraction.video import VideoError
+from c3d_extract.extraction.reader_base import VideoError
 from c3d_extract.featurefile.journal import JournalBusy
 from c3d_extract.featurefile.reader import FeatureFileError
 from c3d_extract.featurefile.writer import StoreError
@@ -24,6 +24,12 @@ from c3d_extract.storage import StorageError
 from c3d_extract.weights.convert import WeightsError
 from c3d_extract.weights.download import DownloadError
 from bench.support.videos import moving_frames, write_video
+
+
+# What a decoder process runs (decode.py) and reads with: the messages it sends, the readers and the
+# damage checks, FFmpeg's log, the ring. No torch in any (it would cost each process seconds at start).
+DECODER_PROCESS_MODULES = ("decode", "messages", "video", "pyav_reader", "decord_reader", "reader_base", "damage",
+                           "ffmpeg_log", "ring")
 
 
 def _imports_torch(*modules: str) -> bool:
@@ -35,8 +41,11 @@ def _imports_torch(*modules: str) -> bool:
 
 def test_entry_points_and_what_a_decoder_process_imports_leave_torch_out():
     # a decoder process re-runs its parent's script (the console script enters through c3d_extract.cli)
-    # and unpickles its target from extraction.decode, an InputSpec from models.preprocess
+    # and unpickles its target from extraction.decode, an InputSpec from models.preprocess; each module
+    # of what it runs is checked alone too (DECODER_PROCESS_MODULES)
     assert not _imports_torch("c3d_extract.cli", "c3d_extract.extraction.decode", "c3d_extract.models.preprocess")
+    for module in DECODER_PROCESS_MODULES:
+        assert not _imports_torch(f"c3d_extract.extraction.{module}"), module
     # nor what a run goes through before its decoders have their first jobs (extraction/early.py)
     assert not _imports_torch("c3d_extract.cli.extract", "c3d_extract.extraction.early", "c3d_extract.models.inputs")
     assert _imports_torch("c3d_extract.extraction.pipeline")  # the check can see torch where it is
@@ -221,8 +230,22 @@ def test_what_old_callers_passed_is_refused_or_read_as_before():
 
 # The seams of the modules split in issue #35: what each side may import of the other, and a size a
 # reader can hold in mind. The actors (run on the cluster's nodes) know nothing of the driver or the
-# engine that starts them; the journal's record format and its scan need nothing of the journal.
+# engine that starts them; the journal's record format and its scan need nothing of the journal. Each
+# reader knows nothing of the other, of the order they are tried in (video.py) or of the decoder process
+# (decode.py); the damage checks and FFmpeg's log raise nothing of a reader's; the messages know nothing
+# of who sends or reads them.
+_READING = {"c3d_extract.extraction.video", "c3d_extract.extraction.decode", "c3d_extract.extraction.workers"}
+_READERS = {"c3d_extract.extraction.pyav_reader", "c3d_extract.extraction.decord_reader"}
 SPLIT_MODULES = {
+    "extraction/video.py": {"c3d_extract.extraction.decode", "c3d_extract.extraction.workers"},
+    "extraction/pyav_reader.py": _READING | {"c3d_extract.extraction.decord_reader"},
+    "extraction/decord_reader.py": _READING | {"c3d_extract.extraction.pyav_reader"},
+    "extraction/reader_base.py": _READING | _READERS,
+    "extraction/damage.py": _READING | _READERS | {"c3d_extract.extraction.reader_base"},
+    "extraction/ffmpeg_log.py": _READING | _READERS | {"c3d_extract.extraction.reader_base",
+                                                       "c3d_extract.extraction.damage"},
+    "extraction/decode.py": {"c3d_extract.extraction.workers"},
+    "extraction/messages.py": _READING | _READERS | {"c3d_extract.extraction.ring"},
     "extraction/engine_ray.py": set(),
     "extraction/ray_actors.py": {"c3d_extract.extraction.engine_ray", "c3d_extract.extraction.ray_driver"},
     "extraction/ray_driver.py": {"c3d_extract.extraction.engine_ray", "c3d_extract.extraction.ray_actors"},
@@ -232,7 +255,7 @@ SPLIT_MODULES = {
 }
 
 
-def test_the_ray_engine_and_the_journal_keep_their_seams_and_a_readable_size():
+def test_the_split_modules_keep_their_seams_and_a_readable_size():
     package = Path(__file__).resolve().parent.parent / "c3d_extract"
     for name, forbidden in SPLIT_MODULES.items():
         text = (package / name).read_text()

@@ -19,7 +19,9 @@ import decord
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.decode import End, _damage_lines, decode_frames
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.ffmpeg_log import damage_lines
+from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from bench.support.videos import encoder_available, moving_frames, shared_video, write_video
@@ -47,7 +49,9 @@ GREY_LEVELS = 3  # per-frame mean absolute difference from the original that cou
 RUNNER = """
 import json, os, sys, traceback
 saved = os.dup(2)
-from c3d_extract.extraction.decode import End, NativeStderr, decode_frames
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.ffmpeg_log import NativeStderr
+from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
 NativeStderr.install()
@@ -265,5 +269,5 @@ def test_ffmpeg_lines_of_demuxers_are_damage_too():
             "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55d0c8a0] stream 0, offset 0x30: partial file\n"
             "[h264 @ 0x55d0c8a0] error while decoding MB 8 5, bytestream -5\n"
             "[09:14:07] /github/workspace/src/video/video_reader.cc:83: ERROR opening: x.mp4, not FFmpeg's\n")
-    assert [line[:14] for line in _damage_lines(text)] == [
+    assert [line[:14] for line in damage_lines(text)] == [
         "[matroska,webm", "Truncating pac", "[mov,mp4,m4a,3", "[h264 @ 0x55d0"]

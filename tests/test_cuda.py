@@ -146,10 +146,11 @@ def _needs_nvdec():
 @pytest.mark.parametrize("name, codec, ext, exact", NVDEC_CASES, ids=[c[0] for c in NVDEC_CASES])
 def test_nvdec_gives_the_cpu_readers_frames(tmp_path, name, codec, ext, exact):
     _needs_nvdec()
-    from c3d_extract.extraction.decode import End, Frames, decode_frames
+    from c3d_extract.extraction.decode import decode_frames
+    from c3d_extract.extraction.messages import End, Frames
     from c3d_extract.extraction.inputs import VideoJob
     from c3d_extract.extraction.nvdec import NVDEC, DeviceReader
-    from c3d_extract.extraction.video import PyAVReader
+    from c3d_extract.extraction.pyav_reader import PyAVReader
 
     path = write_video(tmp_path / f"v{ext}", moving_frames(40, 240, 320, seed=5), codec=codec)
     spec = C3D_SPORTS1M.input

@@ -14,10 +14,13 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.decode import End, Failed, decode_frames
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.messages import End, Failed
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
-from c3d_extract.extraction.video import DecordReader, PyAVReader, VideoError
+from c3d_extract.extraction.decord_reader import DecordReader
+from c3d_extract.extraction.pyav_reader import PyAVReader
+from c3d_extract.extraction.reader_base import VideoError
 from bench.support.videos import ZOO, encoder_available, moving_frames, write_video
 
 ARGS = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--precision", "fp32", "-q"]

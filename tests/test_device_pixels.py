@@ -1,5 +1,5 @@
 """The device's pixel arithmetic (models/pixels.py) against the libraries the CPU path calls: swscale
-through PyAV's own reformat (the arguments video.PyAVReader passes) and cv2.resize, on real decoded
+through PyAV's own reformat (the arguments pyav_reader.PyAVReader passes) and cv2.resize, on real decoded
 frames of every supported pixel format, range and matrix. Bit for bit: max abs diff 0. These run on
 the CPU; the same integer code runs on CUDA (tests/test_cuda.py holds the GPU reader to it)."""
 
@@ -235,7 +235,8 @@ def test_the_taps_are_opencvs_11_bit_weights():
 def test_resize_on_device_gives_the_workers_input_frames(name):
     # --resize-on device: decoders send whole frames, the network's device resizes and crops them;
     # every frame a clip reads is the workers' frame exactly (the workers leave unread frames black)
-    from c3d_extract.extraction.decode import Frames, decode_frames
+    from c3d_extract.extraction.decode import decode_frames
+    from c3d_extract.extraction.messages import Frames
     from c3d_extract.extraction.inputs import VideoJob
     from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
 

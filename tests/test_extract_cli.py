@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from c3d_extract.extraction.video import PYAV
+from c3d_extract.extraction.pyav_reader import PYAV
 from c3d_extract.models.registry import c3d, res3d
 from c3d_extract.models.net import init_random
 from tests.helpers import recompute, rows, run

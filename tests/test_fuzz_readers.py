@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from c3d_extract.extraction.decode import End, decode_frames
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.video import DecordReader, PyAVReader
+from c3d_extract.extraction.decord_reader import DecordReader
+from c3d_extract.extraction.pyav_reader import PyAVReader
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from tests.fuzzing import MUTATIONS, RUNNER, mutate
 from tests.healthy import Shape, available, write_shape

@@ -13,9 +13,12 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.decode import End, decode_frames
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.video import DECORD, DecordReader, PyAVReader, VideoError
+from c3d_extract.extraction.decord_reader import DECORD, DecordReader
+from c3d_extract.extraction.pyav_reader import PyAVReader
+from c3d_extract.extraction.reader_base import VideoError
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from c3d_extract.models.net import init_random
 from c3d_extract.models.registry import res3d

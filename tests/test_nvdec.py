@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from c3d_extract.extraction.decode import DecoderSettings, End, Failed, Frames, GiveBack, decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
+from c3d_extract.extraction.messages import End, Failed, Frames, GiveBack
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.nvdec import (NVDEC, DeviceDecoders, DeviceReader, device_items, resolve_decode_on,
                                           stream_refusal)
-from c3d_extract.extraction.video import PYAV, PyAVReader
+from c3d_extract.extraction.pyav_reader import PYAV, PyAVReader
 from c3d_extract.extraction.workers import DecodePool, SharedJobs
 from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
 from tests.helpers import run

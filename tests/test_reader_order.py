@@ -15,9 +15,12 @@ import av
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.decode import End, Frames, decode_frames
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.messages import End, Frames
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.video import READERS, DecordReader, PyAVReader, readers_for
+from c3d_extract.extraction.decord_reader import DecordReader
+from c3d_extract.extraction.pyav_reader import PyAVReader
+from c3d_extract.extraction.video import READERS, readers_for
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from bench.support.videos import frame_index, index_frames, moving_frames, write_video
 
@@ -150,15 +153,18 @@ def test_the_order_given_is_the_order_used(tmp_path):
 # Run in its own process: NativeStderr takes over fd 2 (as in a decoder process).
 EARLY_STOP = r"""
 import json, sys
-from c3d_extract.extraction.decode import End, Frames, NativeStderr, decode_frames, _damage_lines
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.ffmpeg_log import NativeStderr, damage_lines
+from c3d_extract.extraction.messages import End, Frames
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.video import DecordReader, PyAVReader
+from c3d_extract.extraction.decord_reader import DecordReader
+from c3d_extract.extraction.pyav_reader import PyAVReader
 from c3d_extract.models.registry import RES3D_SPORTS1M
 
 path = sys.argv[1]
 NativeStderr.install()
 alone = sum(len(chunk) for chunk in DecordReader(path).chunks())  # no error raised: decord conceals
-logged = len(_damage_lines(NativeStderr.text()))
+logged = len(damage_lines(NativeStderr.text()))
 out = {"alone": alone, "logged": logged}
 for name, order in (("decord_first", (DecordReader, PyAVReader)), ("default", None), ("decord_alone", (DecordReader,))):
     items = list(decode_frames(VideoJob("d", path), RES3D_SPORTS1M.input, readers=order))

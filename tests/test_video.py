@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.video import DecordReader as VideoReader, PyAVReader, VideoError
+from c3d_extract.extraction.decord_reader import DecordReader as VideoReader
+from c3d_extract.extraction.pyav_reader import PyAVReader
+from c3d_extract.extraction.reader_base import VideoError
 from bench.support.videos import CORRUPT, UCF_LIKE, moving_frames, shared_video, write_audio_only, write_video
 
 

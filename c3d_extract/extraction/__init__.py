@@ -9,9 +9,12 @@ Where each module runs, and what crosses each step (the local engine; `--engine 
           v
     decoder process (one per core; no torch)
       decode.py   serve, decode_job         VideoJob -> Frames chunks, then End | Failed
-                                            (ShardRead after a tar shard)
-      video.py (PyAV, then decord), remote.py (fetch), shards.py (tar members)
+                                            (ShardRead after a tar shard; messages.py)
+      video.py    readers_for               pyav_reader.py, then decord_reader.py (reader_base.py);
+                                            damage.py (declared length, holes, VP8), ffmpeg_log.py
+      remote.py (fetch), shards.py (tar members)
       ring.py     RingWriter                cropped frames into the shared ring; others on the pipe
+                                            (messages.FrameSender)
           |
           v
     parent process again

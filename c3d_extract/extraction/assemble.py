@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from c3d_extract.extraction.clips import ClipCutter
-from c3d_extract.extraction.decode import End, Failed, Frames, FramesHeader
+from c3d_extract.extraction.messages import End, Failed, Frames, FramesHeader
 from c3d_extract.models.preprocess import InputSpec
 
 

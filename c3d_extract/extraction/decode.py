@@ -14,59 +14,26 @@ resized: they travel black.
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
-from dataclasses import dataclass
 import math
 import signal
 import time
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Union
 
 import cv2
-import decord
-import numpy as np
 
+from c3d_extract.extraction.decord_reader import DecordReader
+from c3d_extract.extraction.ffmpeg_log import NativeStderr, clean_decoder_message, damage_lines, damage_since
 from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.messages import IDLE, End, Failed, Frames, FrameSender, ShardRead
+from c3d_extract.extraction.reader_base import VideoError
 from c3d_extract.extraction.remote import FETCH_STAGE, FetchError, fetch, is_url
 from c3d_extract.extraction.ring import FrameRing, RingWriter, ring_frames
 from c3d_extract.extraction.shards import ShardBroken, members
+from c3d_extract.extraction.video import readers_for
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import ExtractOptions
 from c3d_extract.settings import check_resize_on
-from c3d_extract.extraction.video import DecordReader, VideoError, clean_decoder_message, readers_for
-
-
-IDLE = "idle"  # what a decoder process sends when it finished a job
-
-
-@dataclass
-class Frames:
-    """Consecutive frames of one video: cropped uint8 (n, h, w, 3) RGB, or as decoded."""
-
-    key: str
-    attempt: int
-    frames: np.ndarray
-
-
-@dataclass
-class FramesHeader:
-    """How Frames cross a decoder's pipe: a header (a plain tuple on the wire, cheap to unpickle,
-    `FramesHeader.wire`), then the frames' raw bytes, which the parent reads straight into the buffer
-    the clips are cut from (no pickling, no copy)."""
-
-    key: str
-    attempt: int
-    shape: tuple[int, ...]
-
-    TAG = "frames"
-
-    @classmethod
-    def from_wire(cls, message) -> "Optional[FramesHeader]":
-        """The header a received message is, or None for any other message."""
-        if type(message) is tuple and message[0] == cls.TAG:
-            return cls(message[1], message[2], message[3])
-        return None
 
 
 @dataclass(frozen=True)
@@ -80,7 +47,7 @@ class DecoderSettings:
     keep_partial: bool = False
     ring: Optional[str] = None  # where this decoder's shared frame ring is opened (ring.py), if any
     storage_options: Optional[dict] = None  # fsspec storage options for URL inputs (remote.py): never shown
-    vp8_check: bool = True  # VP8 decoded with slice threads, which report damage (video._VP8_SLICE_THREADS)
+    vp8_check: bool = True  # VP8 decoded with slice threads, which report damage (damage._VP8_SLICE_THREADS)
 
     def __post_init__(self) -> None:
         check_resize_on(self.resize_on)
@@ -91,144 +58,6 @@ class DecoderSettings:
         storage = dict(options.storage_options) if options.storage_options is not None else None
         return cls(input_spec, resize_on, options.keep_partial, storage_options=storage,
                    vp8_check=options.vp8_check)
-
-
-class FrameSender:
-    """A decoder's side of its pipe: Frames of one video attempt are gathered into messages of about
-    MESSAGE_BYTES (a chunk of a large video is a few frames; each message costs the parent a wake-up
-    and a header), sent as a header tuple and the raw bytes (os.write from the array: no pickling)."""
-
-    MESSAGE_BYTES = 2**20
-
-    def __init__(self, connection):
-        self.connection = connection
-        self._pending: list[Frames] = []
-        self._bytes = 0
-
-    def send(self, item) -> None:
-        """Frames are held until enough have come; anything else sends what is held first."""
-        if isinstance(item, Frames):
-            if self._pending and (item.key, item.attempt) != (self._pending[0].key, self._pending[0].attempt):
-                self.flush()
-            self._pending.append(item)
-            self._bytes += item.frames.nbytes
-            if self._bytes >= self.MESSAGE_BYTES:
-                self.flush()
-            return
-        self.flush()
-        self.connection.send(item)
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        first = self._pending[0]
-        arrays = [p.frames for p in self._pending]
-        array = np.ascontiguousarray(arrays[0]) if len(arrays) == 1 else np.concatenate(arrays)
-        self._pending, self._bytes = [], 0
-        self.connection.send((FramesHeader.TAG, first.key, first.attempt, tuple(array.shape)))
-        view = memoryview(array.reshape(-1))
-        while len(view):
-            view = view[os.write(self.connection.fileno(), view):]
-
-
-def read_frames_into(connection, array: np.ndarray) -> None:
-    """Fill a contiguous uint8 `array` with the raw bytes that follow a FramesHeader (os.readv, straight
-    into place). EOFError when the sender died in the middle."""
-    view, fd = memoryview(array.reshape(-1)), connection.fileno()
-    while len(view):
-        count = os.readv(fd, [view])
-        if count == 0:
-            raise EOFError("the decoder's pipe closed in the middle of frames")
-        view = view[count:]
-
-
-@dataclass
-class End:
-    """A video's stream ended after `facts["num_frames"]` frames (status ok, repaired:N or partial:N)."""
-
-    key: str
-    attempt: int
-    facts: dict
-
-
-@dataclass
-class Failed:
-    key: str
-    stage: str
-    error: str
-
-
-@dataclass
-class GiveBack:
-    """A video a GPU decoder thread did not finish (nvdec.py): it goes to the decoder processes, whose
-    tries are numbered from `job.attempts` (after the GPU's), as when one reader follows another."""
-
-    job: VideoJob
-    reason: str
-
-
-@dataclass
-class ShardRead:
-    """A tar shard was read to its end (an older failure of the shard itself no longer holds)."""
-
-    key: str
-
-
-# how FFmpeg starts a line it logs: "[h264 @ 0x55d0c8a0] error while decoding MB 8 5", a demuxer by its
-# formats ("[matroska,webm @ 0x...]"); decord's FFmpeg logs a packet a damaged container cuts short
-# with no name at all ("Truncating packet of size 5484 to 2572")
-_FFMPEG_LINE = re.compile(r"^(\[[\w,-]+ @ 0x[0-9a-f]+\] |Truncating packet of size )", re.M)
-
-
-class NativeStderr:
-    """What C code writes on file descriptor 2 (decord's 'ERROR opening', FFmpeg's own lines), caught
-    so it is folded into the tool's one line per video instead of reaching the user's terminal.
-
-    Only for decoder processes (fd 2 is the whole process's): `install()` sends fd 2 to a file for
-    the process's life (decord's decoder thread also logs between calls). There, decord's FFmpeg
-    logs its errors, so the damage it conceals (macroblocks it could not decode, filled in: the frame
-    is still returned) is seen, and decord's try counts as failed (decord cannot say which frames it
-    repaired; PyAV, which counts them, read the video first). PyAV's own FFmpeg logs through PyAV's
-    capture (video._ffmpeg_log), not here."""
-
-    _sink = None
-
-    @classmethod
-    def install(cls) -> None:
-        cls._sink = tempfile.TemporaryFile()
-        os.dup2(cls._sink.fileno(), 2)
-        decord.logging.set_level(decord.logging.ERROR)
-
-    @classmethod
-    def text(cls) -> str:
-        """Everything written since the last call (raw), or "" where not installed."""
-        if cls._sink is None:
-            return ""
-        cls._sink.seek(0)
-        text = cls._sink.read().decode("utf-8", "replace")
-        cls._sink.seek(0)
-        cls._sink.truncate()
-        return text
-
-
-def _damage_lines(text: str) -> list[str]:
-    """The lines of caught native output that FFmpeg logged: errors it concealed, among others."""
-    return [line for line in text.splitlines() if _FFMPEG_LINE.match(line)]
-
-
-def _damage_since(offset: int) -> tuple[list[str], int]:
-    """FFmpeg's lines among the complete lines NativeStderr caught past byte `offset`, and the offset
-    after those lines. One fstat when nothing was written; the file is read with pread, so neither
-    its offset (where fd 2 writes) nor its text (NativeStderr.text) changes."""
-    sink = NativeStderr._sink
-    if sink is None:
-        return [], offset
-    size = os.fstat(sink.fileno()).st_size
-    if size <= offset:
-        return [], offset
-    data = os.pread(sink.fileno(), size - offset, offset)
-    end = data.rfind(b"\n") + 1  # a line FFmpeg is still writing is looked at next time
-    return _damage_lines(data[:end].decode("utf-8", "replace")), offset + end
 
 
 def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "workers", keep_partial: bool = False,
@@ -245,7 +74,7 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
     partial:<frames>, the frames the last try that sent any sent) instead of failing. A stream that ends
     far before what its container declares is a decoding error too, and `vp8_check` makes PyAV decode
     VP8 with slice threads, where FFmpeg reports the damage it conceals on one thread (and decord check
-    a VP8 stream that way before it reads it: video.Declared, video.vp8_damage). With `resize_on`
+    a VP8 stream that way before it reads it: damage.Declared, damage.vp8_damage). With `resize_on`
     "workers", frames no clip reads (InputSpec.frame_used) are neither converted nor resized (black)."""
     order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
@@ -272,7 +101,7 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
         try:
             for chunk in reader.chunks(wanted):
                 if watched and not doomed:
-                    found, seen = _damage_since(seen)
+                    found, seen = damage_since(seen)
                     doomed = bool(found)
                 if doomed:  # the try will count as failed: frames sent now would be dropped. The read
                     continue  # goes on so that how it ends, and its message, do not depend on timing
@@ -290,7 +119,7 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
             continue
         finally:
             reader.close()  # stops decord's decoder thread before its log is read
-        damage = _damage_lines(NativeStderr.text()) if watched else []
+        damage = damage_lines(NativeStderr.text()) if watched else []
         if damage:  # FFmpeg concealed errors (every frame came, or the try stopped sending early)
             notes.append(f"{reader.name}: FFmpeg reported {len(damage)} decoding error(s), e.g. "
                          f"{clean_decoder_message(damage[0])}")

@@ -8,7 +8,7 @@ processes (workers.DecodePool), so both decode at once. A video NVDEC cannot tak
 off its list, a pixel format or size models/pixels.py does not reproduce, no driver: the open raises)
 or fails in goes back to that queue and to the CPU readers, whose tries are numbered after its own
 (VideoJob.attempts), as when one CPU reader follows another. The damage checks are the PyAV reader's
-(a subclass of video.PyAVReader): the declared length, timestamp holes, FFmpeg's log, corrupt frames.
+(a subclass of pyav_reader.PyAVReader): the declared length, timestamp holes, FFmpeg's log, corrupt frames.
 
 `DeviceReader(hardware=False)` runs the same device path on PyAV's CPU-decoded planes: the tests hold
 it to the CPU readers' frames on any machine. This module imports torch (only the batching process
@@ -28,10 +28,14 @@ import numpy as np
 import torch
 
 from c3d_extract.errors import UsageError
-from c3d_extract.extraction.decode import Failed, GiveBack, decode_frames
+from c3d_extract.extraction.damage import vp8_damage
+from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.ffmpeg_log import clean_decoder_message
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.remote import is_url
-from c3d_extract.extraction.video import PYAV, PyAVReader, VideoError, _rgb_shape, clean_decoder_message, vp8_damage
+from c3d_extract.extraction.messages import Failed, GiveBack
+from c3d_extract.extraction.pyav_reader import PYAV, PyAVReader, rgb_shape
+from c3d_extract.extraction.reader_base import VideoError
 from c3d_extract.models.pixels import UnsupportedPixels, YuvToRgb, conversion_for, yuv_resize_crop
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import DECODE_CHOICES
@@ -161,8 +165,8 @@ class DeviceReader(PyAVReader):
         try:
             for frame in frames:
                 if shape is None:
-                    shape = _rgb_shape(frame)
-                elif _rgb_shape(frame) != shape:
+                    shape = rgb_shape(frame)
+                elif rgb_shape(frame) != shape:
                     raise VideoError("decode", f"the frame size changes at frame {index} (not supported)",
                                      frames=index)
                 batch.append(self._planes(frame) if wanted is None or wanted(index) else None)

@@ -12,7 +12,8 @@ import torch
 
 from c3d_extract.extraction.assemble import Clip, Failed, Finished
 from c3d_extract.extraction.batches import Batches
-from c3d_extract.extraction.decode import DecoderSettings, ShardRead
+from c3d_extract.extraction.decode import DecoderSettings
+from c3d_extract.extraction.messages import ShardRead
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.devices import decoder_count
 from c3d_extract.extraction.runtime import Runtime

@@ -22,8 +22,9 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from c3d_extract.extraction.decode import DecoderSettings, ShardRead
+from c3d_extract.extraction.decode import DecoderSettings
 from c3d_extract.extraction.inputs import VideoJob
+from c3d_extract.extraction.messages import ShardRead
 from c3d_extract.extraction.pipeline import BatchRunner, Clip, Failed, Finished, descriptor
 from c3d_extract.extraction.remote import is_url
 from c3d_extract.featurefile.writer import video_record

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from c3d_extract.extraction.decode import ShardRead
+from c3d_extract.extraction.messages import ShardRead
 from c3d_extract.extraction.inputs import VideoJob, shard_prefix
 from c3d_extract.extraction.pipeline import Collector, Failed, Finished
 

@@ -4,7 +4,7 @@ Each worker is a spawned process that decodes one video at a time, already holdi
 and hands over its resized, cropped frames once each (although the windows overlap): into a shared
 frame ring of its own (ring.py; a memfd this process creates, so nothing is left behind when a run
 ends), announced by small headers on its pipe; frames not resized there (`--resize-on device`)
-travel on the pipe itself (decode.FrameSender). The parent cuts the clips (assemble.ClipAssembler);
+travel on the pipe itself (messages.FrameSender). The parent cuts the clips (assemble.ClipAssembler);
 memory stays flat: a worker waits while its ring is full or its send while the network is behind.
 A pipe per worker, not a shared queue: a worker killed in the middle of a message would leave a
 shared queue with half a message and its lock held, hanging everyone; a private pipe just reports
@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from c3d_extract.extraction.assemble import ClipAssembler
-from c3d_extract.extraction.decode import (IDLE, DecoderSettings, Failed, FramesHeader, GiveBack, read_frames_into,
-                                           serve)
+from c3d_extract.extraction.decode import DecoderSettings, serve
+from c3d_extract.extraction.messages import IDLE, Failed, FramesHeader, GiveBack, read_frames_into
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.ring import FrameRing, parse_header
 

@@ -2,7 +2,7 @@
 
 Two conversions decide every pixel a network sees, and both are integer arithmetic:
 - YUV 4:2:0 -> rgb24: what PyAV's VideoReformatter (FFmpeg 8's swscale, libswscale 9.5) does in
-  video.PyAVReader: the unscaled yuv420p converter, which on x86-64 is swscale's SSSE3 routine
+  pyav_reader.PyAVReader: the unscaled yuv420p converter, which on x86-64 is swscale's SSSE3 routine
   (`yuv_2_rgb.asm`: luma and chroma scaled by 8, 16-bit `pmulhw` products of coefficients rounded to
   13 bits, the nearest chroma sample of each 2x2 block, saturating adds). Not swscale's C tables:
   those round differently (36% of the values, by up to 3, on real 720x528 frames, forced with
