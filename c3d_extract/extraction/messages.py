@@ -13,6 +13,8 @@ import numpy as np
 from c3d_extract.extraction.inputs import VideoJob
 
 IDLE = "idle"  # what a decoder process sends when it finished a job
+# frames sent (or announced in a ring, ring.py) per message: each costs the parent a wake-up and a header
+MESSAGE_BYTES = 2**20
 
 
 @dataclass
@@ -49,8 +51,6 @@ class FrameSender:
     MESSAGE_BYTES (a chunk of a large video is a few frames; each message costs the parent a wake-up
     and a header), sent as a header tuple and the raw bytes (os.write from the array: no pickling)."""
 
-    MESSAGE_BYTES = 2**20
-
     def __init__(self, connection):
         self.connection = connection
         self._pending: list[Frames] = []
@@ -63,7 +63,7 @@ class FrameSender:
                 self.flush()
             self._pending.append(item)
             self._bytes += item.frames.nbytes
-            if self._bytes >= self.MESSAGE_BYTES:
+            if self._bytes >= MESSAGE_BYTES:
                 self.flush()
             return
         self.flush()

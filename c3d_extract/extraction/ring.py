@@ -26,10 +26,10 @@ from typing import Optional
 import numpy as np
 
 from c3d_extract.extraction.clips import window_starts
+from c3d_extract.extraction.messages import MESSAGE_BYTES
 
 RING_TAG = "ring"
 RING_BYTES = 16 * 2**20
-MESSAGE_BYTES = 2**20  # frames announced per header (each header costs the parent a wake-up)
 _HEADER = 4096          # the released sequence number lives here, frames start after it
 
 
