@@ -68,13 +68,13 @@ def raw_pyav(path: str) -> int:
 def stage_in_process(path: str, model: str = "c3d") -> int:
     """decode_frames + ClipAssembler (what the decoder and the batching side do) on `path`: frames."""
     from c3d_extract.extraction.assemble import Clip, ClipAssembler
-    from c3d_extract.extraction.decode import decode_frames
+    from c3d_extract.extraction.decode import DecoderSettings, decode_frames
     from c3d_extract.extraction.inputs import VideoJob
     from c3d_extract.models.registry import get_spec
 
     spec = get_spec(model).input
     assembler, frames = ClipAssembler(spec, "loop"), 0
-    for item in decode_frames(VideoJob("v", path), spec):
+    for item in decode_frames(VideoJob("v", path), DecoderSettings(spec)):
         for out in assembler.push(item):
             if not isinstance(out, Clip):
                 frames = out.facts["num_frames"]
@@ -114,19 +114,25 @@ class _Releaser:
         self.ring = ring
 
     def send(self, message) -> None:
-        if type(message) is tuple and message and message[0] == "ring":
-            _, _key, _attempt, _first, _position, sequence, count = message
+        if message[0] == "ring":  # Message("ring", RingHeader); an older checkout: ("ring", *header)
+            *_, sequence, count = message[1] if len(message) == 2 else message
             self.ring.release(sequence + count)
 
 
 def _stage_frames(path: str, spec, writer) -> int:
     """One decoder's work on one video: decode_frames into the ring; frames decoded."""
+    import inspect
+
     from c3d_extract.extraction.decode import decode_frames
     from c3d_extract.extraction.inputs import VideoJob
     try:
         from c3d_extract.extraction.messages import End, Frames
     except ImportError:  # an older checkout (--baseline): its messages live in decode.py
         from c3d_extract.extraction.decode import End, Frames
+    if "decoder" in inspect.signature(decode_frames).parameters:  # else an older checkout: the spec alone
+        from c3d_extract.extraction.decode import DecoderSettings
+
+        spec = DecoderSettings(spec)
 
     frames = 0
     for item in decode_frames(VideoJob(path, path), spec):

@@ -24,16 +24,27 @@ from c3d_extract.models.registry import C3D_SPORTS1M
 cv2.setNumThreads(1)  # one thread per decoder, as in the decoder processes
 
 
+def _decode(path: str, verify_vp8: bool):
+    """decode_frames on `path` as the tree timed takes its settings: DecoderSettings whole, or (an older
+    tree) the input spec and a vp8_check keyword where it has one."""
+    parameters = inspect.signature(decode_frames).parameters
+    if "decoder" in parameters:
+        from c3d_extract.extraction.decode import DecoderSettings
+
+        return decode_frames(VideoJob("v", path), DecoderSettings(C3D_SPORTS1M.input, vp8_check=verify_vp8))
+    extra = {"vp8_check": verify_vp8} if "vp8_check" in parameters else {}
+    return decode_frames(VideoJob("v", path), C3D_SPORTS1M.input, **extra)
+
+
 def stage_seconds(path: str, copies: int, verify_vp8: bool) -> float:
     """CPU seconds of this process (all its threads: decord's decoder thread, slice threads) for `copies`
     consecutive reads of `path` through decode_frames, after one warm read: steadier than the wall clock
     on a shared machine."""
-    extra = {"vp8_check": verify_vp8} if "vp8_check" in inspect.signature(decode_frames).parameters else {}
-    for _ in decode_frames(VideoJob("v", path), C3D_SPORTS1M.input, **extra):
+    for _ in _decode(path, verify_vp8):
         pass
     started = time.process_time()
     for _ in range(copies):
-        for _ in decode_frames(VideoJob("v", path), C3D_SPORTS1M.input, **extra):
+        for _ in _decode(path, verify_vp8):
             pass
     return time.process_time() - started
 

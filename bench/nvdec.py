@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import machine, report  # noqa: E402  (bench/ on the path)
 from whole_process import weights_file  # noqa: E402
 
-from c3d_extract.extraction.decode import decode_frames  # noqa: E402
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames  # noqa: E402
 from c3d_extract.extraction.messages import End, Frames  # noqa: E402
 from c3d_extract.extraction.inputs import VideoJob  # noqa: E402
 from c3d_extract.extraction.nvdec import DeviceReader, cpu_planes, nvdec_available  # noqa: E402
@@ -113,7 +113,7 @@ def pixels(out: str, device: str, frames: int = 40) -> None:
 
 def read_all(path: str, reader) -> tuple[list, np.ndarray, object]:
     frames, end = [], None
-    for item in decode_frames(VideoJob(os.path.basename(path), path), SPEC, "workers", readers=(reader,)):
+    for item in decode_frames(VideoJob(os.path.basename(path), path), DecoderSettings(SPEC), readers=(reader,)):
         if isinstance(item, Frames):
             frames.append(item.frames.cpu().numpy() if isinstance(item.frames, torch.Tensor) else item.frames)
         else:
@@ -151,7 +151,7 @@ def rate(path: str, threads: int, convert: bool) -> float:
 
     def one(k: int) -> None:
         if convert:
-            for item in decode_frames(VideoJob(f"{k}", path), SPEC, "workers", readers=(reader,)):
+            for item in decode_frames(VideoJob(f"{k}", path), DecoderSettings(SPEC), readers=(reader,)):
                 if isinstance(item, Frames):
                     counts[k] += len(item.frames)
         else:

@@ -42,20 +42,21 @@ def mutate(source: bytes, other: bytes, kind: str, seed: int) -> bytes:
 RUNNER = """
 import json, os, sys, traceback
 saved = os.dup(2)
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.ffmpeg_log import NativeStderr
 from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.decord_reader import DecordReader
 from c3d_extract.extraction.pyav_reader import PyAVReader
 from c3d_extract.models.registry import RES3D_SPORTS1M
+RES3D_DECODER = DecoderSettings(RES3D_SPORTS1M.input)  # the decoders' settings of a Res3D run
 NativeStderr.install()
 sys.stderr = os.fdopen(saved, "w", buffering=1)
 for path in sys.argv[1:]:
     line = {"path": path}
     for reader in (DecordReader, PyAVReader):
         try:
-            end = list(decode_frames(VideoJob(path, path), RES3D_SPORTS1M.input, readers=[reader]))[-1]
+            end = list(decode_frames(VideoJob(path, path), RES3D_DECODER, readers=[reader]))[-1]
             ok = isinstance(end, End)
             line[reader.name] = ("ok:" + end.facts["status"]) if ok else "failed:" + end.error
         except Exception as exc:

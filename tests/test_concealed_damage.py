@@ -19,12 +19,14 @@ import decord
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.ffmpeg_log import damage_lines
 from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from bench.support.videos import encoder_available, moving_frames, shared_video, write_video
+
+RES3D_DECODER = DecoderSettings(RES3D_SPORTS1M.input)  # the decoders' settings of a Res3D run
 
 # (file name, PyAV encoder, pixel format): what the corpus is made of, where this PyAV can encode it
 CODECS = [
@@ -49,17 +51,18 @@ GREY_LEVELS = 3  # per-frame mean absolute difference from the original that cou
 RUNNER = """
 import json, os, sys, traceback
 saved = os.dup(2)
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.ffmpeg_log import NativeStderr
 from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
+RES3D_DECODER = DecoderSettings(RES3D_SPORTS1M.input)  # the decoders' settings of a Res3D run
 NativeStderr.install()
 sys.stderr = os.fdopen(saved, "w", buffering=1)
 out = {}
 for path in sys.argv[1:]:
     try:
-        end = list(decode_frames(VideoJob(path, path), RES3D_SPORTS1M.input))[-1]
+        end = list(decode_frames(VideoJob(path, path), RES3D_DECODER))[-1]
         out[path] = end.facts["status"] if isinstance(end, End) else "failed"
     except Exception:
         out[path] = "unexpected " + traceback.format_exc()
@@ -175,7 +178,8 @@ def test_no_damaged_file_with_any_decoder_signal_is_plain_ok(corpus):
 
 
 def _end(path: Path, keep_partial: bool = False):
-    return list(decode_frames(VideoJob(path.name, str(path)), RES3D_SPORTS1M.input, keep_partial=keep_partial))[-1]
+    return list(decode_frames(VideoJob(path.name, str(path)),
+                              DecoderSettings(RES3D_SPORTS1M.input, keep_partial=keep_partial)))[-1]
 
 
 def _flipped(source: bytes, seed: int) -> bytes:

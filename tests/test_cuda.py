@@ -146,7 +146,7 @@ def _needs_nvdec():
 @pytest.mark.parametrize("name, codec, ext, exact", NVDEC_CASES, ids=[c[0] for c in NVDEC_CASES])
 def test_nvdec_gives_the_cpu_readers_frames(tmp_path, name, codec, ext, exact):
     _needs_nvdec()
-    from c3d_extract.extraction.decode import decode_frames
+    from c3d_extract.extraction.decode import DecoderSettings, decode_frames
     from c3d_extract.extraction.messages import End, Frames
     from c3d_extract.extraction.inputs import VideoJob
     from c3d_extract.extraction.nvdec import NVDEC, DeviceReader
@@ -156,7 +156,7 @@ def test_nvdec_gives_the_cpu_readers_frames(tmp_path, name, codec, ext, exact):
     spec = C3D_SPORTS1M.input
 
     def read(reader):
-        items = list(decode_frames(VideoJob(path.name, str(path)), spec, "workers", readers=(reader,)))
+        items = list(decode_frames(VideoJob(path.name, str(path)), DecoderSettings(spec), readers=(reader,)))
         frames = [i.frames.cpu().numpy() if isinstance(i.frames, torch.Tensor) else i.frames
                   for i in items if isinstance(i, Frames)]
         return np.concatenate(frames), items[-1]

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.messages import End, Failed
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.registry import RES3D_SPORTS1M
@@ -22,6 +22,8 @@ from c3d_extract.extraction.decord_reader import DecordReader
 from c3d_extract.extraction.pyav_reader import PyAVReader
 from c3d_extract.extraction.reader_base import VideoError
 from bench.support.videos import ZOO, encoder_available, moving_frames, write_video
+
+RES3D_DECODER = DecoderSettings(RES3D_SPORTS1M.input)  # the decoders' settings of a Res3D run
 
 ARGS = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--precision", "fp32", "-q"]
 
@@ -113,11 +115,11 @@ def test_av1_is_read_by_pyav_and_decord_cannot(zoo):
         pytest.skip("no AV1 encoder (libsvtav1) in this PyAV build")
     with pytest.raises(VideoError):
         DecordReader(str(folder / "av1.mp4"))
-    items = list(decode_frames(VideoJob("av1.mp4", str(folder / "av1.mp4")), RES3D_SPORTS1M.input))
+    items = list(decode_frames(VideoJob("av1.mp4", str(folder / "av1.mp4")), RES3D_DECODER))
     assert isinstance(items[-1], End) and items[-1].facts["decoder"].startswith("pyav ")
     assert {item.attempt for item in items} == {0}
     # in the order decord then PyAV, decord's failed open costs no frame
-    items = list(decode_frames(VideoJob("av1.mp4", str(folder / "av1.mp4")), RES3D_SPORTS1M.input,
+    items = list(decode_frames(VideoJob("av1.mp4", str(folder / "av1.mp4")), RES3D_DECODER,
                                readers=(DecordReader, PyAVReader)))
     assert isinstance(items[-1], End) and {item.attempt for item in items} == {1}
 
@@ -170,9 +172,9 @@ def test_a_real_corrupt_video_fails_whole_or_keeps_its_first_28_frames():
     from bench.support.videos import CORRUPT, shared_video
 
     path = str(shared_video(CORRUPT))
-    items = list(decode_frames(VideoJob("c", path), RES3D_SPORTS1M.input))
+    items = list(decode_frames(VideoJob("c", path), RES3D_DECODER))
     assert isinstance(items[-1], Failed) and items[-1].stage == "decode"
-    kept = list(decode_frames(VideoJob("c", path), RES3D_SPORTS1M.input, keep_partial=True))
+    kept = list(decode_frames(VideoJob("c", path), DecoderSettings(RES3D_SPORTS1M.input, keep_partial=True)))
     assert isinstance(kept[-1], End) and kept[-1].facts["status"] == "partial:28"
     last = kept[-1].attempt
     assert sum(len(item.frames) for item in kept[:-1] if item.attempt == last) == 28

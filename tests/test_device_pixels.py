@@ -235,15 +235,15 @@ def test_the_taps_are_opencvs_11_bit_weights():
 def test_resize_on_device_gives_the_workers_input_frames(name):
     # --resize-on device: decoders send whole frames, the network's device resizes and crops them;
     # every frame a clip reads is the workers' frame exactly (the workers leave unread frames black)
-    from c3d_extract.extraction.decode import decode_frames
+    from c3d_extract.extraction.decode import DecoderSettings, decode_frames
     from c3d_extract.extraction.messages import Frames
     from c3d_extract.extraction.inputs import VideoJob
     from c3d_extract.models.registry import C3D_SPORTS1M, RES3D_SPORTS1M
 
     job = VideoJob(name, str(shared_video(name)))
     for spec in (C3D_SPORTS1M.input, RES3D_SPORTS1M.input):
-        workers = np.concatenate([i.frames for i in decode_frames(job, spec, "workers") if isinstance(i, Frames)])
-        whole = [i.frames for i in decode_frames(job, spec, "device") if isinstance(i, Frames)]
+        workers = np.concatenate([i.frames for i in decode_frames(job, DecoderSettings(spec, "workers")) if isinstance(i, Frames)])
+        whole = [i.frames for i in decode_frames(job, DecoderSettings(spec, "device")) if isinstance(i, Frames)]
         device = torch.cat([spec.crop_frames_device(torch.from_numpy(chunk)) for chunk in whole]).numpy()
         used = [spec.frame_used(k) for k in range(len(workers))]
         assert device.shape == workers.shape and sum(used) > len(used) // 2

@@ -13,7 +13,7 @@ import torch
 
 from c3d_extract.extraction.assemble import Clip, ClipAssembler, Finished
 from c3d_extract.extraction.clips import short_indices, window_starts
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.net import init_random
 from c3d_extract.models.preprocess import InputSpec
@@ -58,7 +58,7 @@ def independent_clips(path: str, spec: InputSpec) -> np.ndarray:
 
 def tool_clips(path: str, spec: InputSpec, **kwargs) -> tuple[np.ndarray, list]:
     assembler, clips, ends = ClipAssembler(spec, "loop"), [], []
-    for item in decode_frames(VideoJob("v", path), spec, **kwargs):
+    for item in decode_frames(VideoJob("v", path), DecoderSettings(spec, **kwargs)):
         for out in assembler.push(item):
             if isinstance(out, Clip):
                 clips.append(np.array(out.frames))
@@ -96,7 +96,7 @@ def test_short_and_odd_length_videos_keep_their_clips(tmp_path, frames):
                         for f in decoded])
     for short in ("loop", "edge"):
         assembler, clips = ClipAssembler(spec, short), []
-        for item in decode_frames(VideoJob("v", path), spec):
+        for item in decode_frames(VideoJob("v", path), DecoderSettings(spec)):
             clips += [np.array(out.frames) for out in assembler.push(item) if isinstance(out, Clip)]
         if frames < 16:
             expected = [cropped[short_indices(frames, 16, short)[::2]]]
@@ -107,8 +107,8 @@ def test_short_and_odd_length_videos_keep_their_clips(tmp_path, frames):
 
 def test_frames_no_clip_reads_travel_black_and_all_are_kept_with_resize_on_device():
     path, spec = str(shared_video(UCF_LIKE)), RES3D_SPORTS1M.input
-    sent = np.concatenate([i.frames for i in decode_frames(VideoJob("v", path), spec) if hasattr(i, "frames")])
+    sent = np.concatenate([i.frames for i in decode_frames(VideoJob("v", path), DecoderSettings(spec)) if hasattr(i, "frames")])
     black = [i for i in range(len(sent)) if not sent[i].any()]
     assert black == [i for i in range(16, 164) if i % 2]
-    whole = [i.frames for i in decode_frames(VideoJob("v", path), spec, resize_on="device") if hasattr(i, "frames")]
+    whole = [i.frames for i in decode_frames(VideoJob("v", path), DecoderSettings(spec, "device")) if hasattr(i, "frames")]
     assert all(frame.any() for chunk in whole for frame in chunk)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.decord_reader import DecordReader
@@ -22,6 +22,8 @@ from c3d_extract.models.registry import RES3D_SPORTS1M
 from tests.fuzzing import MUTATIONS, RUNNER, mutate
 from tests.healthy import Shape, available, write_shape
 from bench.support.videos import SHARED_VIDEOS
+
+RES3D_DECODER = DecoderSettings(RES3D_SPORTS1M.input)  # the decoders' settings of a Res3D run
 
 # 13 small sources, audio where the container usually has it
 SOURCES = [
@@ -99,7 +101,7 @@ def test_the_shared_damaged_files_end_with_a_reason(name, reason):
     if not path.is_file():
         pytest.skip(f"damaged sample {path} is absent (shared/damaged, beside C3D_SHARED_VIDEOS)")
     for reader in (DecordReader, PyAVReader):
-        end = list(decode_frames(VideoJob(name, str(path)), RES3D_SPORTS1M.input, readers=[reader]))[-1]
+        end = list(decode_frames(VideoJob(name, str(path)), RES3D_DECODER, readers=[reader]))[-1]
         if isinstance(end, End):  # decoded: FFmpeg said enough to make it repaired, or nothing
             assert reader is DecordReader or end.facts["status"] != "ok", end.facts
         else:

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.messages import End
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.decord_reader import DECORD, DecordReader
@@ -24,6 +24,8 @@ from c3d_extract.models.net import init_random
 from c3d_extract.models.registry import res3d
 from tests.healthy import SHAPES, Shape, available, write_shape
 from tests.helpers import assert_same_file, recompute_frames, rows, run
+
+RES3D_DECODER = DecoderSettings(RES3D_SPORTS1M.input)  # the decoders' settings of a Res3D run
 
 ARGS = ["--model", "res3d", "--layers", "pool5", "--weights", "random", "--seed", "7", "--precision", "fp32",
         "--batch-size", "8", "-q"]
@@ -66,10 +68,11 @@ def test_each_reader_reads_every_healthy_shape_without_a_damage_verdict(corpus):
     for name, (path, shape) in corpus[1].items():
         expected = "ok" if shape.shown >= 16 else "short:loop"
         for readers in ([PyAVReader], None):
-            end = list(decode_frames(VideoJob(name, str(path)), RES3D_SPORTS1M.input, readers=readers))[-1]
+            end = list(decode_frames(VideoJob(name, str(path)), RES3D_DECODER, readers=readers))[-1]
             assert isinstance(end, End) and end.facts["num_frames"] == shape.shown, (name, readers, end)
             assert end.facts["status"] in ("ok", expected), (name, end.facts)
-        end = list(decode_frames(VideoJob(name, str(path)), RES3D_SPORTS1M.input, readers=[DecordReader]))[-1]
+        end = list(decode_frames(VideoJob(name, str(path)), RES3D_DECODER,
+                                 readers=[DecordReader]))[-1]
         if not isinstance(end, End):
             assert "declares" not in end.error, end.error
             assert "no frame between" not in end.error or name.endswith((".mkv", ".webm")), end.error

@@ -41,7 +41,7 @@ SPEC = C3D_SPORTS1M.input
 def read(path: Path, reader, spec=SPEC) -> tuple[np.ndarray, object]:
     """Every cropped frame one reader gives a video (numpy), and how its stream ended."""
     frames, end = [], None
-    for item in decode_frames(VideoJob(path.name, str(path)), spec, "workers", readers=(reader,)):
+    for item in decode_frames(VideoJob(path.name, str(path)), DecoderSettings(spec), readers=(reader,)):
         if isinstance(item, Frames):
             frames.append(item.frames.cpu().numpy() if isinstance(item.frames, torch.Tensor) else item.frames)
         else:

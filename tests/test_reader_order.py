@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.messages import End, Frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.decord_reader import DecordReader
@@ -23,6 +23,8 @@ from c3d_extract.extraction.pyav_reader import PyAVReader
 from c3d_extract.extraction.video import READERS, readers_for
 from c3d_extract.models.registry import RES3D_SPORTS1M
 from bench.support.videos import frame_index, index_frames, moving_frames, write_video
+
+RES3D_DECODER = DecoderSettings(RES3D_SPORTS1M.input)  # the decoders' settings of a Res3D run
 
 N = 24
 
@@ -46,7 +48,7 @@ def encoder_or_skip(codec: str) -> None:
 
 
 def decode(path) -> list:
-    return list(decode_frames(VideoJob(os.path.basename(path), str(path)), RES3D_SPORTS1M.input))
+    return list(decode_frames(VideoJob(os.path.basename(path), str(path)), RES3D_DECODER))
 
 
 def indices_read(frames: np.ndarray) -> list:
@@ -141,7 +143,7 @@ def test_the_order_given_is_the_order_used(tmp_path):
     mp4 = write_video(tmp_path / "v.mp4", moving_frames(N, 120, 160), "libx264")
     for path, order in ((mpg, (DecordReader, PyAVReader)), (mpg, [PyAVReader]), (mp4, (DecordReader, PyAVReader)),
                         (mp4, READERS)):
-        items = list(decode_frames(VideoJob("v", str(path)), RES3D_SPORTS1M.input, readers=order))
+        items = list(decode_frames(VideoJob("v", str(path)), RES3D_DECODER, readers=order))
         end = items[-1]
         assert isinstance(end, End) and end.facts["decoder"] == list(order)[end.attempt].name, (path, end)
         assert len(frames_of(items, end.attempt)) == end.facts["num_frames"]
@@ -153,13 +155,14 @@ def test_the_order_given_is_the_order_used(tmp_path):
 # Run in its own process: NativeStderr takes over fd 2 (as in a decoder process).
 EARLY_STOP = r"""
 import json, sys
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.ffmpeg_log import NativeStderr, damage_lines
 from c3d_extract.extraction.messages import End, Frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.decord_reader import DecordReader
 from c3d_extract.extraction.pyav_reader import PyAVReader
 from c3d_extract.models.registry import RES3D_SPORTS1M
+RES3D_DECODER = DecoderSettings(RES3D_SPORTS1M.input)  # the decoders' settings of a Res3D run
 
 path = sys.argv[1]
 NativeStderr.install()
@@ -167,7 +170,7 @@ alone = sum(len(chunk) for chunk in DecordReader(path).chunks())  # no error rai
 logged = len(damage_lines(NativeStderr.text()))
 out = {"alone": alone, "logged": logged}
 for name, order in (("decord_first", (DecordReader, PyAVReader)), ("default", None), ("decord_alone", (DecordReader,))):
-    items = list(decode_frames(VideoJob("d", path), RES3D_SPORTS1M.input, readers=order))
+    items = list(decode_frames(VideoJob("d", path), RES3D_DECODER, readers=order))
     out[name] = {"sent": [[i.attempt, len(i.frames)] for i in items[:-1]],
                  "end": [type(items[-1]).__name__, getattr(items[-1], "attempt", None),
                            getattr(items[-1], "facts", getattr(items[-1], "error", None))]}

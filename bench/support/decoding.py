@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from c3d_extract.extraction.assemble import Clip, ClipAssembler, Failed, Item
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.models.preprocess import InputSpec
 
@@ -18,7 +18,7 @@ def decode_video(job: VideoJob, input_spec: InputSpec, short: str, resize_on: st
     the highest attempt of a video (Collector does). Each clip's frames are its own copy."""
     assembler = ClipAssembler(input_spec, short)
     try:
-        for item in decode_frames(job, input_spec, resize_on, keep_partial):
+        for item in decode_frames(job, DecoderSettings(input_spec, resize_on, keep_partial)):
             for out in assembler.push(item):
                 if isinstance(out, Clip):
                     out.frames = out.frames.copy()

@@ -14,7 +14,7 @@ Where each module runs, and what crosses each step (the local engine; `--engine 
                                             damage.py (declared length, holes, VP8), ffmpeg_log.py
       remote.py (fetch), shards.py (tar members)
       ring.py     RingWriter                cropped frames into the shared ring; others on the pipe
-                                            (messages.FrameSender)
+                                            (messages.FrameSender); each message one tagged Message
           |
           v
     parent process again

@@ -18,14 +18,14 @@ import math
 import signal
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import cv2
 
 from c3d_extract.extraction.decord_reader import DecordReader
 from c3d_extract.extraction.ffmpeg_log import NativeStderr, clean_decoder_message, damage_lines, damage_since
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.messages import IDLE, End, Failed, Frames, FrameSender, ShardRead
+from c3d_extract.extraction.messages import IDLE, ITEM, End, Failed, Frames, FrameSender, Message, ShardRead
 from c3d_extract.extraction.reader_base import VideoError
 from c3d_extract.extraction.remote import FETCH_STAGE, FetchError, fetch, is_url
 from c3d_extract.extraction.ring import FrameRing, RingWriter, ring_frames
@@ -52,6 +52,12 @@ class DecoderSettings:
     def __post_init__(self) -> None:
         check_resize_on(self.resize_on)
 
+    @property
+    def wanted(self) -> Optional[Callable[[int], bool]]:
+        """Which frames a reader converts to RGB: those a clip reads (InputSpec.frame_used) where the
+        decoder crops, all (None) where the device resizes (it needs every frame as decoded)."""
+        return self.input_spec.frame_used if self.resize_on == "workers" else None
+
     @classmethod
     def of(cls, options: ExtractOptions, input_spec: InputSpec, resize_on: str = "workers") -> "DecoderSettings":
         """The decoders' part of a run's options (`resize_on` as resolved: RunSettings.resize_on)."""
@@ -60,32 +66,31 @@ class DecoderSettings:
                    vp8_check=options.vp8_check)
 
 
-def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "workers", keep_partial: bool = False,
-                  readers: Optional[Iterable] = None, vp8_check: bool = True
+def decode_frames(job: VideoJob, decoder: DecoderSettings, readers: Optional[Iterable] = None
                   ) -> Iterator[Union[Frames, End, Failed]]:
-    """The frames of one video, resized and cropped (unless `resize_on` is "device": the device does it),
+    """The frames of one video, resized and cropped (unless `decoder.resize_on` is "device"),
     then End with the video's facts; or Failed. The readers are tried in the order video.readers_for
     gives (PyAV then decord; PyAV alone for MPEG program and transport streams), or in `readers`' order;
     a video one cannot open or fails in is read again from the start by the next one. PyAV counts the
     frames FFmpeg repaired (`repaired:N`). decord cannot: a decord try whose FFmpeg logs a decoding error
     (seen after each chunk; decord logs from a thread of its own, so the moment varies) sends no more
     frames, reads on (so that how the try ends, and its message, do not depend on timing), and counts
-    as failed. With `keep_partial`, a video that breaks after some frames ends there (status
+    as failed. With `decoder.keep_partial`, a video that breaks after some frames ends there (status
     partial:<frames>, the frames the last try that sent any sent) instead of failing. A stream that ends
-    far before what its container declares is a decoding error too, and `vp8_check` makes PyAV decode
-    VP8 with slice threads, where FFmpeg reports the damage it conceals on one thread (and decord check
-    a VP8 stream that way before it reads it: damage.Declared, damage.vp8_damage). With `resize_on`
-    "workers", frames no clip reads (InputSpec.frame_used) are neither converted nor resized (black)."""
+    far before what its container declares is a decoding error too, and `decoder.vp8_check` makes PyAV
+    decode VP8 with slice threads, where FFmpeg reports the damage it conceals on one thread (and decord check
+    a VP8 stream that way before it reads it: damage.Declared, damage.vp8_damage). Frames no clip
+    reads are neither converted nor resized where the decoder crops (black: DecoderSettings.wanted)."""
     order = tuple(readers) if readers is not None else readers_for(job.path)
     notes, stages = [], []
     sent: Optional[tuple[int, int, object]] = None   # (attempt, frames, reader) of the last try that sent frames
     most: Optional[tuple[int, type]] = None  # (frames, reader class) of the try that sent the most
     codec = ""
-    wanted = input_spec.frame_used if resize_on == "workers" else None
+    input_spec, wanted = decoder.input_spec, decoder.wanted
     for attempt, reader_class in enumerate(order, job.attempts):
         NativeStderr.text()  # what an earlier video or try left behind is not this try's
         try:
-            reader = reader_class(job.path, vp8_check=vp8_check)
+            reader = reader_class(job.path, vp8_check=decoder.vp8_check)
         except VideoError as exc:
             if exc.final:
                 yield Failed(job.key, exc.stage, str(exc))
@@ -128,10 +133,9 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
         status = f"repaired:{reader.repaired}" if reader.repaired else "ok"
         yield End(job.key, attempt, _facts(reader, count, status))
         return
-    if keep_partial and sent is not None:
+    if decoder.keep_partial and sent is not None:
         if most[0] > sent[1]:  # an earlier try got further than the last one: its frames again, as a new attempt
-            sent = yield from _partial_again(job, input_spec, most[1], most[0], job.attempts + len(order), wanted,
-                                              vp8_check, sent)
+            sent = yield from _partial_again(job, decoder, most[1], most[0], job.attempts + len(order), sent)
         attempt, count, reader = sent
         yield End(job.key, attempt, _facts(reader, count, f"partial:{count}"))
         return
@@ -140,14 +144,15 @@ def decode_frames(job: VideoJob, input_spec: InputSpec, resize_on: str = "worker
     yield Failed(job.key, stage, prefix + "; ".join(notes))
 
 
-def _partial_again(job: VideoJob, input_spec: InputSpec, reader_class: type, frames: int, attempt: int,
-                   wanted, vp8_check: bool, sent: tuple) -> Iterator[Frames]:
+def _partial_again(job: VideoJob, decoder: DecoderSettings, reader_class: type, frames: int, attempt: int,
+                   sent: tuple) -> Iterator[Frames]:
     """The first `frames` frames of a video read again by `reader_class` (whose try had sent that many
     before it failed, more than a later try did before it failed too: PyAV, then decord, on a file
     broken midway), as attempt `attempt`; returns (attempt, frames sent, reader) for the partial End
     (`sent`, what was sent before, where the reader cannot open the file this time)."""
+    input_spec, wanted = decoder.input_spec, decoder.wanted
     try:
-        reader, count = reader_class(job.path, vp8_check=vp8_check), 0
+        reader, count = reader_class(job.path, vp8_check=decoder.vp8_check), 0
     except VideoError:
         return sent
     try:
@@ -171,8 +176,7 @@ def decode_job(job: VideoJob, decoder: DecoderSettings, progress=lambda: None
     (remote.fetch; a download that fails is a Failed of stage fetch); a tar shard member by member
     (shards.py), then ShardRead, or a Failed of the shard's own key when it breaks."""
     def frames(key: str, path: str):
-        return decode_frames(VideoJob(key, path, attempts=job.attempts), decoder.input_spec, decoder.resize_on,
-                             decoder.keep_partial, vp8_check=decoder.vp8_check)
+        return decode_frames(VideoJob(key, path, attempts=job.attempts), decoder)
 
     if job.is_shard:
         try:
@@ -210,14 +214,15 @@ def serve(tasks, results, heartbeat) -> None:
     cv2.setNumThreads(1)  # one decoder per core: no thread pool inside the resize
     NativeStderr.install()  # decoders' own lines are folded into each video's one line, not printed
 
-    def send(message) -> None:
+    def send(item: Union[Frames, End, Failed, ShardRead, Message]) -> None:
+        """Frames into the ring (or gathered for the pipe); anything else, after them, as a Message."""
         heartbeat.value = math.inf  # waiting on the parent, not hanging
-        if ring is not None and isinstance(message, Frames):
-            ring.write(message.key, message.attempt, message.frames)
+        if ring is not None and isinstance(item, Frames):
+            ring.write(item.key, item.attempt, item.frames)
         else:
             if ring is not None:
                 ring.flush()
-            sender.send(message)
+            sender.send(item if isinstance(item, (Frames, Message)) else Message(ITEM, item))
         heartbeat.value = time.time()
 
     try:
@@ -252,4 +257,4 @@ def serve(tasks, results, heartbeat) -> None:
                 send(item)
         except Exception as exc:  # a bug or a decoder surprise must cost one video, not the worker
             send(Failed(job.key, "decode", f"unexpected {type(exc).__name__}: {exc}"))
-        send(IDLE)
+        send(Message(IDLE))

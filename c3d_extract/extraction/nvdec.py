@@ -29,7 +29,7 @@ import torch
 
 from c3d_extract.errors import UsageError
 from c3d_extract.extraction.damage import vp8_damage
-from c3d_extract.extraction.decode import decode_frames
+from c3d_extract.extraction.decode import DecoderSettings, decode_frames
 from c3d_extract.extraction.ffmpeg_log import clean_decoder_message
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.remote import is_url
@@ -231,7 +231,7 @@ def device_items(job: VideoJob, reader: type) -> Iterator:
     """The Frames (device tensors) and End of one video read by `reader` (DeviceReader.bound), or
     GiveBack where it did not finish: any failure sends the video to the CPU readers, which decide
     whether it fails (with --keep-partial too: their tries may get further)."""
-    for item in decode_frames(job, reader.input_spec, "workers", False, readers=(reader,)):
+    for item in decode_frames(job, DecoderSettings(reader.input_spec), readers=(reader,)):
         if isinstance(item, Failed):
             yield GiveBack(VideoJob(job.key, job.path, attempts=1), item.error)
             return

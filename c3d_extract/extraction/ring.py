@@ -10,10 +10,9 @@ copy) and copies each once, into its batch slot.
 The decoder keeps every frame that a future window of its video needs contiguous with the new ones
 (when it wraps to the ring's start it copies those, fewer than one window, along), so each window
 is one slice of the ring. The parent says how far it is done by writing a sequence number into the
-ring's first bytes; the decoder never overwrites a frame the parent has not released. A header
-(RING_TAG, key, attempt, first frame, ring position, sequence number, count) means: frames
-first..first+count-1 of that video attempt are at ring[position: position+count], and frame i's
-sequence number is sequence + i - first. This module imports no torch (decoder processes load it).
+ring's first bytes; the decoder never overwrites a frame the parent has not released. Frames are
+announced in RING messages (messages.RingHeader). This module imports no torch (decoder processes
+load it).
 """
 
 from __future__ import annotations
@@ -26,9 +25,8 @@ from typing import Optional
 import numpy as np
 
 from c3d_extract.extraction.clips import window_starts
-from c3d_extract.extraction.messages import MESSAGE_BYTES
+from c3d_extract.extraction.messages import MESSAGE_BYTES, RING, Message, RingHeader
 
-RING_TAG = "ring"
 RING_BYTES = 16 * 2**20
 _HEADER = 4096          # the released sequence number lives here, frames start after it
 
@@ -138,7 +136,7 @@ class RingWriter:
     def flush(self) -> None:
         """Announce the frames written and not yet announced."""
         if self._pending and self._pending[3]:
-            self.connection.send((RING_TAG, *self._video, *self._pending))
+            self.connection.send(Message(RING, RingHeader(*self._video, *self._pending)))
         self._pending = None
 
     def _wait(self, end: int) -> None:
@@ -153,12 +151,3 @@ class RingWriter:
                 raise BrokenPipeError("the process that batches is gone")
             time.sleep(pause)
             pause = min(pause * 2, 0.005)
-
-
-def parse_header(message) -> Optional[tuple]:
-    """(key, attempt, first, position, sequence, count) of a ring header, None for other messages."""
-    if type(message) is tuple and message and message[0] == RING_TAG:
-        return message[1:]
-    return None
-
-

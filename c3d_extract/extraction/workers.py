@@ -32,9 +32,9 @@ import numpy as np
 
 from c3d_extract.extraction.assemble import ClipAssembler
 from c3d_extract.extraction.decode import DecoderSettings, serve
-from c3d_extract.extraction.messages import IDLE, Failed, FramesHeader, GiveBack, read_frames_into
+from c3d_extract.extraction.messages import FRAMES, IDLE, RING, Failed, GiveBack, read_frames_into
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.ring import FrameRing, parse_header
+from c3d_extract.extraction.ring import FrameRing
 
 PIPE_BYTES = 1 << 20
 STARTUP_GRACE = 120.0  # seconds a new decoder process may take to start before its first job's clock runs
@@ -293,33 +293,32 @@ class DecodePool:
 
     def _read(self, worker: _Worker, most: int = 8) -> Iterator:
         """The items of the messages waiting in `worker`'s pipe (up to `most`: the others get their
-        turn; fewer waits, each of which costs more than a message)."""
+        turn; fewer waits, each of which costs more than a message): one dispatch on each Message's
+        kind (messages.py)."""
         reader = worker.results
         for _ in range(most):
             try:
-                item = reader.recv()
-                header = FramesHeader.from_wire(item)
-                ring = parse_header(item)
-                if ring is not None:  # frames in the worker's shared ring: clips cut there
-                    key, attempt, first, position, sequence, count = ring
+                kind, payload = reader.recv()
+                if kind == RING:  # frames in the worker's shared ring: clips cut there
+                    key, attempt, first, position, sequence, count = payload  # messages.RingHeader
                     worker.announced = sequence + count
                     keep = first + count
                     if worker.owns(key):
                         keep = yield from self._assembler.receive_ring(key, attempt, worker.ring.frames, first,
                                                                        position, count)
                     worker.ring.release(sequence + min(keep, first + count) - first)
-                elif header is not None:  # the frames' bytes follow, read into place
-                    if worker.owns(header.key):
-                        yield from self._assembler.receive(header, lambda array: read_frames_into(reader, array))
+                elif kind == FRAMES:  # the frames' bytes follow, read into place
+                    if worker.owns(payload.key):
+                        yield from self._assembler.receive(payload, lambda array: read_frames_into(reader, array))
                     else:
-                        read_frames_into(reader, np.empty(header.shape, np.uint8))
-                elif item == IDLE:
+                        read_frames_into(reader, np.empty(payload.shape, np.uint8))
+                elif kind == IDLE:
                     worker.jobs.popleft()
                     worker.members, worker.current = set(), ""
                     self._assign(worker)
-                elif worker.owns(item.key):
-                    yield from self._assembler.push(item)
-                if ring is None and worker.ring is not None:  # a video (attempt) ended: none of it is kept
+                elif worker.owns(payload.key):  # ITEM: End, Failed or ShardRead
+                    yield from self._assembler.push(payload)
+                if kind != RING and worker.ring is not None:  # a video (attempt) ended: none of it is kept
                     worker.ring.release(worker.announced)
                 if worker.job is None or not reader.poll():
                     return
