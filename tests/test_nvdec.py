@@ -6,6 +6,7 @@ the threads and the decoder processes share one queue. tests/test_cuda.py runs N
 from __future__ import annotations
 
 import queue
+import re
 from pathlib import Path
 
 import av
@@ -164,7 +165,8 @@ def test_device_threads_and_decoder_processes_share_the_queue(videos, tmp_path):
     assert "no such file" in cpu["missing.mp4"][1]["failed"] and "no such file" in both["missing.mp4"][1]["failed"]
     # a video the thread gives up after sending frames ends as the processes alone end it (its frames dropped)
     assert "failed" in cpu[corrupt.name][1]
-    assert both[corrupt.name][1]["failed"] == cpu[corrupt.name][1]["failed"]
+    # the same reasons; decord's threaded decode names other frame numbers from run to run
+    assert re.sub(r"\d+", "N", both[corrupt.name][1]["failed"]) == re.sub(r"\d+", "N", cpu[corrupt.name][1]["failed"])
     readers = {fact.get("decoder") for _, fact in both.values()}
     assert f"{PYAV} + device pixels" in readers  # the thread read some videos, bit for bit the processes' clips
     for key, (frames, fact) in cpu.items():
