@@ -87,8 +87,8 @@ def test_an_unknown_engine_is_refused_before_the_output_exists(tmp_path):
 def test_under_ray_the_file_records_the_resize_place_ray_uses():
     local = api.build_extractor(model="res3d", weights="random", device="cpu", resize_on="device")
     ray = api.build_extractor(model="res3d", weights="random", device="cpu", resize_on="device", engine="ray")
-    assert local.settings.resize_on == "device" and local.network.resize_on == "device"
-    assert ray.settings.resize_on == "workers" and ray.network.resize_on == "workers"
+    assert local.settings.resize_on == "device" and local.plan.resize_on == "device"
+    assert ray.settings.resize_on == "workers" and ray.plan.resize_on == "workers"
 
 
 def test_a_refused_run_ends_at_once_with_one_line_although_its_decoders_were_started(tmp_path):

@@ -12,16 +12,15 @@ import torch
 
 from c3d_extract.extraction.assemble import Clip, Failed, Finished
 from c3d_extract.extraction.batches import Batches
-from c3d_extract.extraction.decode import DecoderSettings, ShardRead
+from c3d_extract.extraction.decode import ShardRead
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.devices import decoder_count
+from c3d_extract.extraction.plan import RunPlan
 from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.extraction.workers import DecodePool, SharedJobs
 from c3d_extract.featurefile.writer import ClipRows
 from c3d_extract.models.net import StagedNet
 from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import ExtractOptions
-from c3d_extract.settings import check_resize_on
 from c3d_extract.vectors import l2_normalize
 
 
@@ -96,13 +95,10 @@ class BatchRunner:
     """
 
     def __init__(self, net: StagedNet, layers: Sequence[str], input_spec: InputSpec, runtime: Runtime,
-                 batch_size: int, resize_on: str = "workers", decode_on: str = "cpu"):
+                 batch_size: int):
         self.net = runtime.prepare(net)
         self.layers = list(layers)
         self.input_spec, self.runtime, self.batch_size = input_spec, runtime, batch_size
-        check_resize_on(resize_on)
-        self.resize_on = resize_on  # "device" means decoders send full frames here
-        self.decode_on = decode_on  # "gpu": NVDEC threads besides the decoder processes (nvdec.py)
         self._constants = input_spec.constants(runtime.device)  # the mean lives on the device once
 
     def forward(self, batch: torch.Tensor, count: int) -> dict[str, torch.Tensor]:
@@ -299,39 +295,41 @@ class Collector:
 
 def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunner]", sink: Sink,
             options: ExtractOptions = ExtractOptions(), on_video: Optional[OnVideo] = None,
-            pool: Optional[DecodePool] = None) -> Summary:
+            pool: Optional[DecodePool] = None, plan: Optional[RunPlan] = None) -> Summary:
     """Run every job through the network into `sink`; failures are recorded, never raised.
 
-    Decoding runs in `options.workers` processes (default: devices.decoder_count); a video whose
-    decoder makes no progress for `options.timeout` seconds, or whose decoder process dies, is
-    recorded as failed and the run goes on. The decoders get the options' part for them
-    (DecoderSettings.of). A list of networks (one per device) shares the batches round-robin
-    (batches.py).
+    `plan` (api.Extractor's; default: resolved here from `options` for the networks' devices) says
+    how many decoder processes decode, what they are told and where frames are resized and decoded; a
+    video whose decoder makes no progress for `options.timeout` seconds, or whose decoder process dies,
+    is recorded as failed and the run goes on. A list of networks (one per device) shares the batches
+    round-robin (batches.py).
 
     `on_video(key, failure, summary)` is called once per video as it is written (failure None) or failed.
-    `pool`: a DecodePool already decoding exactly `jobs` with these decoder settings (api.Extractor's
+    `pool`: a DecodePool already decoding exactly `jobs` with the plan's decoder settings (api.Extractor's
     early start), else one is made here.
     """
     started = time.perf_counter()
     runners = list(network) if isinstance(network, (list, tuple)) else [network]
+    first = runners[0]
+    if plan is None:  # networks built by hand (tests, benchmarks): the plan the options say for them
+        plan = RunPlan.resolve(options, [runner.runtime.device for runner in runners]).with_input(
+            options, first.input_spec)
     collector = Collector(sink, on_video)
 
     def on_result(outputs: dict[str, np.ndarray], rows: list) -> None:
         for i, (key, start, attempt) in enumerate(rows):
             collector.clip(key, {layer: value[i] for layer, value in outputs.items()}, start, attempt)
 
-    first = runners[0]
-    decoder = DecoderSettings.of(options, first.input_spec, first.resize_on)
     batches = Batches(runners, on_result)
     if pool is None:
         shared, gpu = SharedJobs(jobs), None
-        if first.decode_on == "gpu":
+        if plan.decode_on == "gpu":
             from c3d_extract.extraction.nvdec import DeviceDecoders, DeviceReader
 
             reader = DeviceReader.bound(first.input_spec, first.runtime.device)
             gpu = DeviceDecoders(lambda: shared.take(DeviceDecoders.wants), reader)
-        pool = DecodePool(shared, decoder, options.short, decoder_count(options.workers, first.runtime.device),
-                          options.timeout, place=first.place_frames if first.resize_on == "device" else None,
+        pool = DecodePool(shared, plan.decoder, options.short, plan.workers, options.timeout,
+                          place=first.place_frames if plan.resize_on == "device" else None,
                           gpu=gpu)
     newest: dict[str, int] = {}  # videos a second decoder started over: their current attempt
     try:
