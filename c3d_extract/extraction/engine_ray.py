@@ -23,6 +23,7 @@ import time
 from typing import Optional, Sequence
 
 from c3d_extract.errors import UsageError
+from c3d_extract.extraction.attempts import Attempts
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.pipeline import BatchRunner, Collector, Failed, OnVideo, Sink, Summary
 from c3d_extract.extraction.ray_actors import _Decode, _Forward
@@ -178,7 +179,7 @@ def _run(ray, jobs: Sequence[VideoJob], network: BatchRunner, store: Sink, optio
     gpus = int(ray.cluster_resources().get("GPU", 0)) if network.runtime.device.type == "cuda" else 0
     decoders = max(1, cpus - (0 if gpus else 1))  # on CPU, one core is the network's
     per_block = per_block or videos_per_block(len(jobs), decoders)
-    collector = Collector(store, on_video, grouped=True)
+    collector = Collector(store, on_video, grouped=True, attempts=Attempts())
     driver = Driver(jobs, collector, network.layers)
     if jobs:
         net = ray.put(network.net.to("cpu").float())  # the actors prepare their own copy

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from c3d_extract.extraction.assemble import Clip, Failed, Finished
+from c3d_extract.extraction.attempts import Attempts
 from c3d_extract.extraction.batches import Batches
 from c3d_extract.extraction.decode import ShardRead
 from c3d_extract.extraction.inputs import VideoJob
@@ -183,10 +184,12 @@ class Collector:
     Items of one video may come in any order (clip outputs after its Finished, say); a video is
     written once all its clips are in, and nothing of a failed video is written. Both engines use it.
     With `grouped`, the store's records wait for `commit()` (one fsync for a group), and `on_video`
-    hears of a video only once its group is durable.
+    hears of a video only once its group is durable. `attempts`: the run's (attempts.Attempts), which
+    says what a video started over makes stale.
     """
 
-    def __init__(self, store: Sink, on_video: Optional[OnVideo], grouped: bool = False):
+    def __init__(self, store: Sink, on_video: Optional[OnVideo], grouped: bool = False,
+                 attempts: Optional[Attempts] = None):
         self.store, self.on_video = store, on_video
         self.grouped = grouped
         # grouped: the store's records wait for commit(); else the keyword is left out, so a sink
@@ -197,15 +200,19 @@ class Collector:
         self.summary = Summary()
         self.aggregator = Aggregator(keep_clips=store.wants_clips)
         self.failed: set[str] = set()
-        self.attempts: dict[str, int] = {}  # videos a second decoder started over (decode.py)
+        self.attempts = attempts if attempts is not None else Attempts()
+
+    def newer(self, key: str, attempt: int) -> bool:
+        """Whether `attempt` starts `key` over (Attempts.newer): the older attempt's running sums go."""
+        if self.attempts.newer(key, attempt):
+            self.aggregator.drop(key)
+            return True
+        return False
 
     def _current(self, key: str, attempt: int) -> bool:
-        """False for an item of an attempt a later one replaced; a later attempt drops the older one's sums."""
-        current = self.attempts.get(key, 0)
-        if attempt > current:
-            self.aggregator.drop(key)
-            self.attempts[key] = attempt
-        return attempt >= current and key not in self.failed
+        """False for an item of an attempt a later one replaced, or of a failed video."""
+        self.newer(key, attempt)
+        return self.attempts.current(key, attempt) and key not in self.failed
 
     def clip(self, key: str, outputs: dict[str, np.ndarray], start: int = 0, attempt: int = 0) -> None:
         """One clip's activations (layer -> 1-D array) and the video frame it starts at."""
@@ -314,7 +321,7 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
     if plan is None:  # networks built by hand (tests, benchmarks): the plan the options say for them
         plan = RunPlan.resolve(options, [runner.runtime.device for runner in runners]).with_input(
             options, first.input_spec)
-    collector = Collector(sink, on_video)
+    collector = Collector(sink, on_video, attempts=Attempts())
 
     def on_result(outputs: dict[str, np.ndarray], rows: list) -> None:
         for i, (key, start, attempt) in enumerate(rows):
@@ -331,23 +338,19 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
         pool = DecodePool(shared, plan.decoder, options.short, plan.workers, options.timeout,
                           place=first.place_frames if plan.resize_on == "device" else None,
                           gpu=gpu)
-    newest: dict[str, int] = {}  # videos a second decoder started over: their current attempt
     try:
         for item in pool:
             if isinstance(item, ShardRead):
                 collector.shard_read(item)
                 continue
-            if not isinstance(item, Failed) and item.attempt > newest.get(item.key, 0):
-                newest[item.key] = item.attempt
-                batches.drop(item.key, item.attempt)  # a restarted video's old clips are not computed
+            if not isinstance(item, Failed) and collector.newer(item.key, item.attempt):
+                batches.drop_stale(item.key, collector.attempts)  # a restarted video's old clips are not computed
             if isinstance(item, Clip):
                 if item.key not in collector.failed:
                     batches.add(item.key, item.start, item.attempt, item.frames)
             elif isinstance(item, Finished):  # written once its last clip is back (Aggregator)
-                newest.pop(item.key, None)
                 collector.finished(item)
             else:
-                newest.pop(item.key, None)
                 collector.fail(item)
             batches.take()
         batches.finish()
