@@ -25,7 +25,8 @@ from c3d_extract import __version__
 from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_jobs, shard_prefix
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.extraction.remote import FETCH_STAGE, redact, redact_argv
-from c3d_extract.extraction.pipeline import BatchRunner, Failed, OnVideo, Sink, Summary, extract as run_local
+from c3d_extract.extraction.collector import Failed, OnVideo, Sink, Summary
+from c3d_extract.extraction.pipeline import BatchRunner, extract as run_local
 from c3d_extract.extraction.devices import DEVICE_ENV, device_defaults
 from c3d_extract.extraction.plan import RunPlan
 from c3d_extract.extraction.runtime import Runtime
@@ -112,7 +113,7 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
 
 
 class Arrays:
-    """An in-memory Sink (pipeline.Sink) for extraction, by either engine: what `extract(...,
+    """An in-memory Sink (collector.Sink) for extraction, by either engine: what `extract(...,
     output=None)` returns. `wants_clips` (RunSettings.wants_clips): it keeps each video's clip rows
     too. Records are in memory at once: `sync` and commit() have nothing to make durable."""
 

@@ -21,7 +21,7 @@ Where each module runs, and what crosses each step (the local engine; `--engine 
       assemble.py ClipAssembler (clips.py)  Frames/End/Failed -> Clip | Finished | Failed
       batches.py  Batches                   clips of several videos -> batch slots on each device
       pipeline.py BatchRunner (runtime.py)  a batch -> per-layer activations, one row per clip
-      pipeline.py Collector, Aggregator     clip rows -> running float64 sums -> mean, L2 -> rows
+      collector.py Collector, Aggregator    clip rows -> running float64 sums -> mean, L2 -> rows
           |                                 of a Sink: FeatureStore (a file) or api.Arrays (memory)
           v
       featurefile/writer.py -> journal.py (each video durably) -> fold.py (out.h5 when the run ends)

@@ -1,7 +1,7 @@
 """The attempt rule, once: a decoder that fails after sending frames of a video starts it over with the
 next attempt number (decode.py; a video NVDEC gave back comes again from the CPU decoders, nvdec.py), and
 from then on everything of an older attempt is stale: its clips are not computed (batches.Batches),
-its running sums are dropped (pipeline.Collector), its partial sums too under Ray (ray_driver.Driver).
+its running sums are dropped (collector.Collector), its partial sums too under Ray (ray_driver.Driver).
 One `Attempts` per run says which is which; the run's parts consult it. No torch."""
 
 from __future__ import annotations

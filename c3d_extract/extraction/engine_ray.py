@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 from c3d_extract.errors import UsageError
 from c3d_extract.extraction.attempts import Attempts
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.pipeline import BatchRunner, Collector, Failed, OnVideo, Sink, Summary
+from c3d_extract.extraction.collector import Collector, Failed, OnVideo, Sink, Summary
+from c3d_extract.extraction.pipeline import BatchRunner
 from c3d_extract.extraction.ray_actors import _Decode, _Forward
 from c3d_extract.extraction.ray_driver import Driver
 from c3d_extract.extraction.ray_logs import QuietRay

@@ -17,7 +17,7 @@ import numpy as np
 
 from c3d_extract.extraction.decode import ShardRead
 from c3d_extract.extraction.inputs import VideoJob, shard_prefix
-from c3d_extract.extraction.pipeline import Collector, Failed, Finished
+from c3d_extract.extraction.collector import Collector, Failed, Finished
 
 COMMIT_SECONDS = 0.1  # group commit: the journal is fsynced at most about this often (and at the end)
 
