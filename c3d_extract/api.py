@@ -107,7 +107,8 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
                       ((f"{NVDEC} where NVDEC takes it",) if plan.decode_on == "gpu" else ()) + DECODERS),
                   "torch_version": torch.__version__, "command_line": shlex.join(redact_argv(sys.argv))}
     copies = [copy.deepcopy(loaded.net) for _ in plan.devices[1:]]  # before the first is cast in place
-    replicas = [BatchRunner(net, list(shapes), model_spec.input, Runtime(target, plan.precision), plan.batch_size)
+    replicas = [BatchRunner(net, list(shapes), model_spec.input, Runtime(target, plan.precision),
+                            plan.batch_size)
                 for net, target in zip([loaded.net, *copies], plan.devices)]
     return Extractor(replicas[0], settings, provenance, shapes, plan, replicas, options, early)
 

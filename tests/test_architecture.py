@@ -204,7 +204,8 @@ def test_functions_take_at_most_eight_parameters():
             continue
         seen += 1
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _parameters(node) > MAX_PARAMETERS:
+            functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+            if isinstance(node, functions) and _parameters(node) > MAX_PARAMETERS:
                 found.append(f"{name} {node.name}: {_parameters(node)}")
     assert seen > 50  # the walk found the package's modules
     assert found == [], f"more than {MAX_PARAMETERS} parameters: {found}"

@@ -114,7 +114,8 @@ def extract(jobs: Sequence[VideoJob], network: "BatchRunner | Sequence[BatchRunn
                 collector.shard_read(item)
                 continue
             if not isinstance(item, Failed) and collector.newer(item.key, item.attempt):
-                batches.drop_stale(item.key, collector.attempts)  # a restarted video's old clips are not computed
+                # a restarted video: its older attempt's clips are not computed, its sums are gone
+                batches.drop_stale(item.key, collector.attempts)
             if isinstance(item, Clip):
                 if item.key not in collector.failed:
                     batches.add(item.key, item.start, item.attempt, item.frames)

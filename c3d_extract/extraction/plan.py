@@ -56,8 +56,9 @@ class RunPlan:
 
             require_ray()
         first = devices[0]
+        on_device = options.resize_on == "device" and options.engine == "local"  # Ray: where decoded
         return cls(devices=tuple(devices), precision=resolve_precision(options.precision, first),
-                   resize_on="device" if options.resize_on == "device" and options.engine == "local" else "workers",
+                   resize_on="device" if on_device else "workers",
                    decode_on=resolve_decode_on(options.decode_on, first, options.engine),
                    workers=decoder_count(options.workers, first),
                    batch_size=options.batch_size or default_batch_size(first), engine=options.engine)

@@ -101,7 +101,7 @@ class Driver:
     def _part(self, key: str, nonce: str, info: dict, sums: list) -> None:
         part = self.parts.setdefault(key, {}).setdefault(nonce, _Partial())
         attempt = int(info.get("attempt", 0))
-        if self.attempts.newer((key, nonce), attempt):  # a second decoder started the video over: the first's clips go
+        if self.attempts.newer((key, nonce), attempt):  # a second decoder started it over: older clips go
             part.__init__()
         elif not self.attempts.current((key, nonce), attempt):
             return
