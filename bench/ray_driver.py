@@ -41,7 +41,7 @@ from c3d_extract.extraction.engine_ray import clips_per_call  # noqa: E402
 from c3d_extract.extraction.ray_actors import partial_sums  # noqa: E402
 from c3d_extract.extraction.ray_driver import Driver  # noqa: E402
 from c3d_extract.extraction.inputs import VideoJob, find_videos  # noqa: E402
-from c3d_extract.extraction.pipeline import Collector  # noqa: E402
+from c3d_extract.extraction.collector import Collector  # noqa: E402
 from c3d_extract.featurefile.writer import FeatureStore, video_record  # noqa: E402
 from c3d_extract.models.registry import SPECS  # noqa: E402
 from throughput import machine, report  # noqa: E402

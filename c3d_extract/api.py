@@ -22,20 +22,19 @@ import numpy as np
 import torch
 
 from c3d_extract import __version__
-from c3d_extract.errors import UsageError
 from c3d_extract.extraction.inputs import VIDEO_EXTENSIONS, VideoJob, find_jobs, shard_prefix
 from c3d_extract.extraction.ray_logs import QuietRay
 from c3d_extract.extraction.remote import FETCH_STAGE, redact, redact_argv
-from c3d_extract.extraction.pipeline import BatchRunner, Failed, OnVideo, Sink, Summary, extract as run_local
-from c3d_extract.extraction.devices import (DEVICE_ENV, decoder_count, default_batch_size, default_device,
-                                            device_defaults)
-from c3d_extract.extraction.runtime import Runtime, resolve_device, resolve_precision
-from c3d_extract.extraction.decode import DecoderSettings
+from c3d_extract.extraction.collector import Failed, OnVideo, Sink, Summary
+from c3d_extract.extraction.pipeline import BatchRunner, extract as run_local
+from c3d_extract.extraction.devices import DEVICE_ENV, device_defaults
+from c3d_extract.extraction.plan import RunPlan
+from c3d_extract.extraction.runtime import Runtime
 from c3d_extract.extraction.early import (EarlyStart, all_to_do, start as start_early, stop as stop_early,
                                           take as take_early)
 from c3d_extract.extraction.workers import DecodePool, prestart as start_decoders
 from c3d_extract.extraction.video import DECODERS
-from c3d_extract.extraction.nvdec import NVDEC, resolve_decode_on
+from c3d_extract.extraction.nvdec import NVDEC
 from c3d_extract.featurefile.reader import ClipSequence, FeatureFile
 from c3d_extract.featurefile.journal_format import decode_video
 from c3d_extract.featurefile.writer import ClipRows, FeatureStore, StoreError
@@ -51,40 +50,21 @@ Warn = Callable[[str], None]
 
 @dataclass
 class Extractor:
-    """A network ready to run with the exact settings a feature file records."""
+    """A network ready to run with the exact settings a feature file records, and the run's plan."""
 
     network: BatchRunner          # the first replica
     settings: RunSettings
     provenance: dict
     shapes: dict
+    plan: RunPlan                 # the options resolved once: devices, precision, decoders, engine
     replicas: list = field(default_factory=list)  # one BatchRunner per device, the first is `network`
     options: ExtractOptions = field(default_factory=ExtractOptions)  # what the run was told
     early: Optional[EarlyStart] = None  # decoders started before the network was built (early.py)
 
-    def workers(self) -> int:
-        """The decoder processes of the local engine: as the options say, else the default for the
-        network's device (devices.decoder_count)."""
-        return decoder_count(self.options.workers, self.network.runtime.device)
-
-    def decoder_settings(self) -> DecoderSettings:
-        """What the local engine's decoder processes are told."""
-        return DecoderSettings.of(self.options, self.network.input_spec, self.network.resize_on)
-
     def take_early_pool(self, todo: Sequence[VideoJob]) -> Optional[DecodePool]:
         """The pool started early where it decodes exactly `todo` as this network needs (early.take)."""
         early, self.early = self.early, None
-        return take_early(early, todo, self.decoder_settings(), self.workers())
-
-
-def check_engine(engine: str) -> None:
-    """Refuse an unknown engine, or Ray where Ray Data is not installed, before anything is built or
-    written."""
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
-    if engine == "ray":
-        from c3d_extract.extraction.engine_ray import require_ray
-
-        require_ray()
+        return take_early(early, todo, self.plan.decoder, self.plan.workers)
 
 
 def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = lambda message: None,
@@ -98,25 +78,20 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     torch code, bit-exact too: models/pixels.py), or "auto" (= workers). `decode_on`: "cpu", "gpu"
     (NVDEC threads too: extraction/nvdec.py) or "auto" (gpu where the network is on CUDA and PyAV
     has NVDEC; UsageError for gpu where it cannot be). Under the Ray engine frames are always decoded
-    and resized by the CPU decoders. With `prestart` (a run that follows at once), the local engine's
-    decoder processes start first, so that their start-up overlaps the building of the network
-    (workers.prestart), unless `early` (early.start: decoders already decoding the run's jobs) is
-    given: the extractor keeps it for run_jobs, which takes its pool where it fits (early.take). Raises UsageError for bad arguments and WeightsError for weights that cannot
-    be had or do not fit."""
+    and resized by the CPU decoders. All of it is resolved once into the extractor's `plan`
+    (plan.RunPlan), which the engines read. With `prestart` (a run that follows at once), the local
+    engine's decoder processes start first, so that their start-up overlaps the building of the
+    network (workers.prestart), unless `early` (early.start: decoders already decoding the run's jobs)
+    is given: the extractor keeps it for run_jobs, which takes its pool where it fits (early.take).
+    Raises UsageError for bad arguments and WeightsError for weights that cannot be had or do not fit."""
     options = ExtractOptions.of(options, **changes)
-    check_engine(options.engine)
-    resize_on = "device" if options.resize_on == "device" and options.engine == "local" else "workers"
-    device = options.device or default_device()
-    targets = [resolve_device(name.strip()) for name in device.split(",")]
-    if len({t.type for t in targets}) > 1:
-        raise UsageError(f"--device {device}: mix of CPU and CUDA devices")
-    if prestart and options.engine == "local" and early is None:
-        start_decoders(decoder_count(options.workers, targets[0]))
-    runtime = Runtime(targets[0], resolve_precision(options.precision, targets[0]))
-    decode_on = resolve_decode_on(options.decode_on, runtime.device, options.engine)
+    plan = RunPlan.resolve(options)
+    if prestart and plan.engine == "local" and early is None:
+        start_decoders(plan.workers)
     loaded = load_weights(options.weights, options.model, options.seed, quiet=options.quiet, warn=warn)
     model_spec = spec_mean(loaded.spec, options.mean)
     model_spec = model_spec.with_input(**options.clip_changes())
+    plan = plan.with_input(options, model_spec.input)
     shapes = model_spec.layer_shapes(list(options.layers or model_spec.default_layers), net=loaded.net)
     if options.weights == RANDOM:
         warn(f"warning: random weights (seed {options.seed}): the features are meaningless outside smoke tests")
@@ -124,23 +99,22 @@ def build_extractor(options: Optional[ExtractOptions] = None, *, warn: Warn = la
     # device's was a float resize a grey level off in some pixels before issue #33: files from then)
     settings = RunSettings(model=model_spec.model, spec_name=model_spec.name, weights_sha256=loaded.identity,
                            layers=tuple(shapes), clips=model_spec.input.to_dict(), short_videos=options.short,
-                           precision=runtime.precision, resize_on=resize_on, shard=options.shard,
+                           precision=plan.precision, resize_on=plan.resize_on, shard=options.shard,
                            per_clip=options.per_clip, segments=options.segments or 0,
                            keep_partial=options.keep_partial)
     provenance = {"c3d_extract_version": __version__, "weights": loaded.path,
-                  "device": ",".join(str(t) for t in targets), "decoder": ", then ".join(
-                      ((f"{NVDEC} where NVDEC takes it",) if decode_on == "gpu" else ()) + DECODERS),
+                  "device": ",".join(str(t) for t in plan.devices), "decoder": ", then ".join(
+                      ((f"{NVDEC} where NVDEC takes it",) if plan.decode_on == "gpu" else ()) + DECODERS),
                   "torch_version": torch.__version__, "command_line": shlex.join(redact_argv(sys.argv))}
-    batch = options.batch_size or default_batch_size(runtime.device)
-    copies = [copy.deepcopy(loaded.net) for _ in targets[1:]]  # before the first is cast in place
-    replicas = [BatchRunner(net, list(shapes), model_spec.input, Runtime(target, runtime.precision), batch,
-                            resize_on, decode_on)
-                for net, target in zip([loaded.net, *copies], targets)]
-    return Extractor(replicas[0], settings, provenance, shapes, replicas, options, early)
+    copies = [copy.deepcopy(loaded.net) for _ in plan.devices[1:]]  # before the first is cast in place
+    replicas = [BatchRunner(net, list(shapes), model_spec.input, Runtime(target, plan.precision),
+                            plan.batch_size)
+                for net, target in zip([loaded.net, *copies], plan.devices)]
+    return Extractor(replicas[0], settings, provenance, shapes, plan, replicas, options, early)
 
 
 class Arrays:
-    """An in-memory Sink (pipeline.Sink) for extraction, by either engine: what `extract(...,
+    """An in-memory Sink (collector.Sink) for extraction, by either engine: what `extract(...,
     output=None)` returns. `wants_clips` (RunSettings.wants_clips): it keeps each video's clip rows
     too. Records are in memory at once: `sync` and commit() have nothing to make durable."""
 
@@ -192,7 +166,6 @@ def extract(videos: Sequence[str], output: Optional[str] = None, options: Option
     in memory. `options` (with `changes`, keywords named like its fields: model, layers, weights, ...)
     say how."""
     options = ExtractOptions.of(options, **changes)
-    check_engine(options.engine)
     jobs = find_jobs(videos, options, warn)
     early = start_early(options, jobs) if all_to_do(output, options) else None
     try:
@@ -224,7 +197,7 @@ class Run:
     def __enter__(self) -> "Run":
         if isinstance(self.sink, FeatureStore):
             self._open.enter_context(self.sink)
-        if self.extractor.options.engine == "ray":  # before a caller's progress bar takes stderr
+        if self.extractor.plan.engine == "ray":  # before a caller's progress bar takes stderr
             self._open.enter_context(QuietRay())
         return self
 
@@ -300,15 +273,13 @@ def _members_by_shard(jobs: Sequence[VideoJob], store: FeatureStore) -> dict[str
 
 def run_jobs(todo: Sequence[VideoJob], extractor: Extractor, store: Sink, *,
              on_video: Optional[OnVideo] = None) -> Summary:
-    """Run the engine the extractor's options name over `todo` into an open store (or Arrays)."""
-    options = extractor.options
-    check_engine(options.engine)
-    if options.engine == "ray":
+    """Run the engine the extractor's plan names over `todo` into an open store (or Arrays)."""
+    if extractor.plan.engine == "ray":
         from c3d_extract.extraction.engine_ray import extract_ray
 
-        return extract_ray(todo, extractor.network, store, options, on_video)
-    return run_local(todo, extractor.replicas or extractor.network, store, options, on_video,
-                     pool=extractor.take_early_pool(todo))
+        return extract_ray(todo, extractor.network, store, extractor.options, on_video)
+    return run_local(todo, extractor.replicas or extractor.network, store, extractor.options, on_video,
+                     pool=extractor.take_early_pool(todo), plan=extractor.plan)
 
 
 @dataclass
@@ -344,7 +315,7 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
         raise StoreError(f"{output}: none of the input videos is in the file: nothing to verify")
     sample = random.Random(extractor.options.seed).sample(candidates, min(count, len(candidates)))
     sink = Arrays(network.layers)
-    run_local(sample, network, sink, extractor.options)
+    run_local(sample, network, sink, extractor.options, plan=extractor.plan)
     worst_diff, worst_cos = 0.0, 1.0
     keys = list(sink.rows)
     for layer in network.layers:  # only the re-extracted rows are read, whatever the file's size
@@ -359,5 +330,5 @@ def verify(output: str, jobs: Sequence[VideoJob], extractor: Extractor, count: i
 __all__ = ["DEVICE_ENV", "ENGINES", "MODELS", "MODEL_NAMES", "VIDEO_EXTENSIONS", "Arrays", "ClipSequence",
            "ExtractOptions", "Extractor", "Failed", "FeatureFile", "FeatureStore", "OnVideo", "QuietRay", "Run",
            "Sink", "StorageError", "StoreError", "Summary", "Verification", "WeightsError", "build_extractor",
-           "cache_dir", "check_engine", "device_defaults", "extract", "find_jobs", "open_output", "redact", "run",
+           "cache_dir", "device_defaults", "extract", "find_jobs", "open_output", "redact", "run",
            "run_jobs", "verify"]

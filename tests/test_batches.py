@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from c3d_extract.extraction import devices
+from c3d_extract.extraction.attempts import Attempts
 from c3d_extract.extraction.batches import Batches
 from c3d_extract.extraction.pipeline import BatchRunner
 from c3d_extract.extraction.runtime import Runtime
@@ -41,7 +42,9 @@ def run_batches(runners, items, drop=None, slots=None):
     try:
         for n, (key, start, attempt, clip) in enumerate(items):
             if drop and n == drop[0]:  # as extract() does when a video's next attempt starts
-                batches.drop(*drop[1:])
+                attempts = Attempts()
+                assert attempts.newer(*drop[1:]) and not attempts.newer(*drop[1:])
+                batches.drop_stale(drop[1], attempts)
             batches.add(key, start, attempt, clip)
             batches.take()
         batches.finish()
@@ -78,6 +81,14 @@ def test_a_restarted_video_leaves_the_open_batch(net, clips):
     assert [row for row, _ in got] == [("b", 0, 0), ("a", 0, 1), ("b", 8, 0)]
     for (_, value), clip in zip(got, (clips[1], clips[3], clips[4])):
         np.testing.assert_allclose(value, by_hand(net, clip), rtol=1e-4, atol=1e-5)
+
+
+def test_one_attempt_rule_says_what_a_restart_makes_stale():
+    attempts = Attempts()
+    assert attempts.current("a", 0) and not attempts.newer("a", 0)  # every video's first attempt
+    assert attempts.newer("a", 2) and not attempts.newer("a", 2) and not attempts.newer("a", 1)
+    assert [attempts.current("a", n) for n in range(4)] == [False, False, True, True]
+    assert attempts.current("b", 0) and attempts.current(("a", "nonce"), 0)  # keys are independent
 
 
 def test_torch_clips_are_staged_like_numpy_ones(net, clips):

@@ -94,7 +94,7 @@ def test_defaults_on_cuda():
     # auto: bf16 where the device has it (the parity test above holds it to cosine >= 0.999)
     assert extractor.network.runtime.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert extractor.network.runtime.device.type == "cuda"
-    assert extractor.workers() == max(1, len(os.sched_getaffinity(0)) - 1)  # the cores decode, the GPU computes
+    assert extractor.plan.workers == max(1, len(os.sched_getaffinity(0)) - 1)  # cores decode, the GPU computes
     assert torch.backends.cudnn.benchmark == (extractor.network.runtime.precision != "fp32")
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     fp32 = api.build_extractor(model="res3d", weights="random", device="cuda", precision="fp32")

@@ -32,7 +32,7 @@ CHILD = textwrap.dedent(f"""
     import numpy as np
     sys.path.insert(0, {str(ROOT)!r})
     from c3d_extract.extraction.inputs import VideoJob
-    from c3d_extract.extraction.pipeline import Collector
+    from c3d_extract.extraction.collector import Collector
     from c3d_extract.extraction.ray_actors import partial_sums
     from c3d_extract.extraction.ray_driver import Driver
     from c3d_extract.featurefile.writer import FeatureStore
@@ -208,7 +208,7 @@ FAILED_GROUP = textwrap.dedent(f"""
     import os, resource, sys
     import numpy as np
     sys.path.insert(0, {str(ROOT)!r})
-    from c3d_extract.extraction.pipeline import Collector
+    from c3d_extract.extraction.collector import Collector
     from c3d_extract.featurefile.writer import FeatureStore
 
     out = sys.argv[1]

@@ -14,7 +14,7 @@ import pytest
 
 from c3d_extract.extraction.engine_ray import clips_per_call
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.pipeline import Collector
+from c3d_extract.extraction.collector import Collector
 from c3d_extract.extraction.ray_actors import partial_sums
 from c3d_extract.extraction.ray_driver import Driver
 from c3d_extract.featurefile.writer import FeatureStore

@@ -24,7 +24,7 @@ Where each module runs, and what crosses each step (the local engine; `--engine 
       assemble.py ClipAssembler (clips.py)  Frames/End/Failed -> Clip | Finished | Failed
       batches.py  Batches                   clips of several videos -> batch slots on each device
       pipeline.py BatchRunner (runtime.py)  a batch -> per-layer activations, one row per clip
-      pipeline.py Collector, Aggregator     clip rows -> running float64 sums -> mean, L2 -> rows
+      collector.py Collector, Aggregator    clip rows -> running float64 sums -> mean, L2 -> rows
           |                                 of a Sink: FeatureStore (a file) or api.Arrays (memory)
           v
       featurefile/writer.py -> journal.py (each video durably) -> fold.py (out.h5 when the run ends)
@@ -35,6 +35,7 @@ Clip/Finished/Failed as rows (kind clip, last, done, fail, read); a network acto
 BatchRunner and returns one row per video (partial_sums): a `video` row, the whole journal record of
 a video whose clips were all in the call (writer.video_record), or a `part` row, the sum of its
 clips there; the driver (ray_driver.Driver, in the parent) appends the records to the store as they
-came and adds up the parts (Collector). The options of a run
-(options.ExtractOptions) reach a decoder as DecoderSettings.
+came and adds up the parts (Collector). The options of a run (options.ExtractOptions) are resolved
+once into a plan (plan.RunPlan: devices, precision, resize and decode places, decoder count, batch
+size, engine) by api.build_extractor; they reach a decoder as the plan's DecoderSettings.
 """

@@ -19,6 +19,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from c3d_extract.extraction.attempts import Attempts
+
 SLOTS_CUDA = 4  # one being filled, up to three uploading, computing or coming back
 SLOTS_CPU = 3   # one being filled, one computing, one waiting
 
@@ -122,13 +124,13 @@ class Batches:
         if len(slot.rows) == self.batch_size:
             self._start()
 
-    def drop(self, key: str, attempt: int) -> None:
-        """Take the clips of `key`'s attempts before `attempt` out of the open batch: a second decoder
-        started the video over, so they would be computed for nothing."""
+    def drop_stale(self, key: str, attempts: Attempts) -> None:
+        """Take the clips of `key`'s stale attempts (`attempts`: the run's) out of the open batch: a
+        second decoder started the video over, so they would be computed for nothing."""
         if self._open is None:
             return
         slot = self._open[1]
-        keep = [i for i, (k, _, a) in enumerate(slot.rows) if k != key or a >= attempt]
+        keep = [i for i, (k, _, a) in enumerate(slot.rows) if k != key or attempts.current(k, a)]
         if len(keep) < len(slot.rows):
             for to, i in enumerate(keep):
                 if to != i:

@@ -23,8 +23,10 @@ import time
 from typing import Optional, Sequence
 
 from c3d_extract.errors import UsageError
+from c3d_extract.extraction.attempts import Attempts
 from c3d_extract.extraction.inputs import VideoJob
-from c3d_extract.extraction.pipeline import BatchRunner, Collector, Failed, OnVideo, Sink, Summary
+from c3d_extract.extraction.collector import Collector, Failed, OnVideo, Sink, Summary
+from c3d_extract.extraction.pipeline import BatchRunner
 from c3d_extract.extraction.ray_actors import _Decode, _Forward
 from c3d_extract.extraction.ray_driver import Driver
 from c3d_extract.extraction.ray_logs import QuietRay
@@ -99,7 +101,9 @@ def extract_ray(jobs: Sequence[VideoJob], network: BatchRunner, store: Sink,
         context.execution_options.preserve_order = False
         context.max_errored_blocks = -1  # a block whose task fails costs its videos (recorded), not the run
         try:
-            return _run(ray, jobs, network, store, options, on_video, per_block, started, quiet.path)
+            summary = _run(ray, jobs, network, store, options, on_video, per_block, quiet.path)
+            summary.seconds = time.perf_counter() - started
+            return summary
         finally:
             (context.enable_progress_bars, context.execution_options.preserve_order,
              context.max_errored_blocks) = saved
@@ -169,12 +173,14 @@ def _session_logs(ray) -> Optional[str]:
         return None
 
 
-def _run(ray, jobs, network, store, options, on_video, per_block, started, log) -> Summary:
+def _run(ray, jobs: Sequence[VideoJob], network: BatchRunner, store: Sink, options: ExtractOptions,
+         on_video: Optional[OnVideo], per_block: Optional[int], log: Optional[str]) -> Summary:
+    """The Ray Data job of extract_ray on a joined cluster: its summary, less the seconds."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0)) if network.runtime.device.type == "cuda" else 0
     decoders = max(1, cpus - (0 if gpus else 1))  # on CPU, one core is the network's
     per_block = per_block or videos_per_block(len(jobs), decoders)
-    collector = Collector(store, on_video, grouped=True)
+    collector = Collector(store, on_video, grouped=True, attempts=Attempts())
     driver = Driver(jobs, collector, network.layers)
     if jobs:
         net = ray.put(network.net.to("cpu").float())  # the actors prepare their own copy
@@ -203,5 +209,4 @@ def _run(ray, jobs, network, store, options, on_video, per_block, started, log) 
         if job.key in driver.pending:
             collector.fail(Failed(job.key, "decode", _LOST.format(log_hint)))
     collector.commit()
-    collector.summary.seconds = time.perf_counter() - started
     return collector.summary

@@ -38,7 +38,6 @@ from c3d_extract.extraction.pyav_reader import PYAV, PyAVReader, rgb_shape
 from c3d_extract.extraction.reader_base import VideoError
 from c3d_extract.models.pixels import UnsupportedPixels, YuvToRgb, conversion_for, yuv_resize_crop
 from c3d_extract.models.preprocess import InputSpec
-from c3d_extract.options import DECODE_CHOICES
 # what Hopper's NVDEC decodes (FFmpeg's decoder names; wmv3 is VC-1's simple/main profile): not AV1,
 # Theora, H.264 10-bit or 4:2:2 (the pixel format check below refuses those, and HEVC 10-bit/4:4:4,
 # which models/pixels.py does not convert)
@@ -61,9 +60,8 @@ def resolve_decode_on(decode_on: str, device: torch.device, engine: str = "local
     """--decode-on as it applies: "gpu" (NVDEC threads besides the CPU decoders) or "cpu"; gpu without
     CUDA and NVDEC is a UsageError. auto is cpu everywhere for now: NVDEC has not yet run on a GPU
     machine, and auto is to pick it only where it is measured to pay (bench/nvdec.py); then auto becomes
-    gpu where `possible`. The Ray engine decodes where its workers are (cpu)."""
-    if decode_on not in DECODE_CHOICES:
-        raise UsageError(f"unknown decode_on {decode_on!r}; use cpu, gpu or auto")
+    gpu where `possible`. The Ray engine decodes where its workers are (cpu). `decode_on` is one of
+    --decode-on's choices (ExtractOptions checked it)."""
     possible = device.type == "cuda" and nvdec_available() and engine == "local"
     if decode_on == "gpu" and not possible:
         why = ("the Ray engine decodes on its workers' CPUs" if engine != "local" else

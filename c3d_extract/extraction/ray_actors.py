@@ -25,7 +25,9 @@ import numpy as np
 from c3d_extract.extraction.decode import DecoderSettings
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.messages import ShardRead
-from c3d_extract.extraction.pipeline import BatchRunner, Clip, Failed, Finished, descriptor
+from c3d_extract.extraction.assemble import Clip, Failed, Finished
+from c3d_extract.extraction.collector import descriptor
+from c3d_extract.extraction.pipeline import BatchRunner
 from c3d_extract.extraction.remote import is_url
 from c3d_extract.featurefile.writer import video_record
 from c3d_extract.options import ExtractOptions
@@ -190,7 +192,7 @@ class _Forward:
 def partial_sums(batch: dict, clips: np.ndarray, values: dict, layers: Sequence[str]) -> dict:
     """A decoded batch and its clips' activations -> one row per (video, nonce, attempt), the other
     rows (done, fail, read) as they were. A video whose clips are all in the batch is a `video` row:
-    its descriptors (pipeline.descriptor) computed here, on the actor, not on the one driver, and
+    its descriptors (collector.descriptor) computed here, on the actor, not on the one driver, and
     made into the journal record the store appends as it is (writer.video_record), in `record`, its
     clip count in `clips`. Otherwise a `part` row: the sum of its clips in the batch (sequential in
     clip order, in float64, as the local engine sums), as the bytes of a float64 array in

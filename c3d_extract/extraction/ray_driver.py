@@ -17,16 +17,15 @@ import numpy as np
 
 from c3d_extract.extraction.messages import ShardRead
 from c3d_extract.extraction.inputs import VideoJob, shard_prefix
-from c3d_extract.extraction.pipeline import Collector, Failed, Finished
+from c3d_extract.extraction.collector import Collector, Failed, Finished
 
 COMMIT_SECONDS = 0.1  # group commit: the journal is fsynced at most about this often (and at the end)
 
 
 @dataclass
 class _Partial:
-    """The clips of one video from one decode run (nonce) summed so far."""
+    """The clips of one video from one decode run (nonce) summed so far (of its newest attempt)."""
 
-    attempt: int = 0
     sums: Optional[dict] = None
     starts: set = field(default_factory=set)
     expected: Optional[int] = None
@@ -42,6 +41,7 @@ class Driver:
     def __init__(self, jobs: Sequence[VideoJob], collector: Collector, layers: Sequence[str]):
         self.collector, self.layers = collector, list(layers)
         self.store = collector.store
+        self.attempts = collector.attempts  # the run's: a part row's attempt is counted per decode run
         self.pending = {job.key for job in jobs}  # not yet written or failed (a tar shard: not yet read to its end)
         self.shards = {job.prefix: job.key for job in jobs if job.is_shard}
         self.parts: dict[str, dict[str, _Partial]] = {}     # video -> nonce -> its sums so far
@@ -101,9 +101,9 @@ class Driver:
     def _part(self, key: str, nonce: str, info: dict, sums: list) -> None:
         part = self.parts.setdefault(key, {}).setdefault(nonce, _Partial())
         attempt = int(info.get("attempt", 0))
-        if attempt > part.attempt:  # a second decoder started the video over: the first's clips go
-            part.__init__(attempt)
-        elif attempt < part.attempt:
+        if self.attempts.newer((key, nonce), attempt):  # a second decoder started it over: older clips go
+            part.__init__()
+        elif not self.attempts.current((key, nonce), attempt):
             return
         starts = info["starts"]
         if part.starts.intersection(starts):

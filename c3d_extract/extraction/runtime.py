@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from c3d_extract.errors import UsageError
-from c3d_extract.options import PRECISION_CHOICES
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -42,9 +41,8 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(name: str, device: torch.device) -> str:
     """The precision to run in. `auto`: bf16 where it is fast, i.e. on CUDA devices with bf16 support
     and on CPUs with bf16 units (features keep cosine >= 0.999 to fp32: tests/test_precision.py,
-    tests/test_cuda.py), else fp32 (on CUDA with TF32 off)."""
-    if name not in PRECISION_CHOICES:
-        raise UsageError(f"unknown precision {name!r}; use one of {', '.join(PRECISION_CHOICES)}")
+    tests/test_cuda.py), else fp32 (on CUDA with TF32 off). `name` is one of --precision's choices
+    (ExtractOptions checked it); here only whether the device runs it."""
     if name == "auto":
         fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
         return "bf16" if fast else "fp32"
