@@ -7,7 +7,8 @@ cost each one seconds of CPU at start, taken from the network on a small machine
 
 The stream of one video is Frames chunks then End, or Failed. Each decoder's try is an `attempt`:
 when PyAV fails after some frames were sent, decord starts the video again with the next attempt
-number, and everything of the older attempt is dropped downstream (ClipAssembler, Collector).
+number, and everything of the older attempt is dropped downstream (one rule: extraction/attempts.py;
+a new attempt also starts a new ClipAssembler cutter).
 Frames no clip reads (InputSpec.frame_used: the odd ones of Res3D) are neither converted to RGB nor
 resized: they travel black.
 """
