@@ -27,6 +27,7 @@ from c3d_extract.extraction.attempts import Attempts
 from c3d_extract.extraction.inputs import VideoJob
 from c3d_extract.extraction.collector import Collector, Failed, OnVideo, Sink, Summary
 from c3d_extract.extraction.pipeline import BatchRunner
+from c3d_extract.extraction.plan import require_ray
 from c3d_extract.extraction.ray_actors import _Decode, _Forward
 from c3d_extract.extraction.ray_driver import Driver
 from c3d_extract.extraction.ray_logs import QuietRay
@@ -39,16 +40,6 @@ FORWARD_CALL_BATCHES = 8  # network batches per forward actor call, at most
 VIDEOS_PER_CALL_STEP = 256  # a run has this many videos per network batch a forward call holds, at least
 MAX_VIDEOS_PER_BLOCK = 64  # a block is the unit Ray redoes when a node dies; each also starts a decoder
 _LOST = "not processed: the Ray task that held this video failed (Ray's logs say why; {})"
-
-
-def require_ray():
-    """The ray module, or UsageError naming the install that brings Ray Data."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise UsageError("--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)") from None
-    return ray
 
 
 def clips_per_call(input_spec: InputSpec, batch_size: int, videos: int) -> int:

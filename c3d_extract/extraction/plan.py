@@ -20,6 +20,16 @@ from c3d_extract.models.preprocess import InputSpec
 from c3d_extract.options import ExtractOptions
 
 
+def require_ray():
+    """The ray module, or UsageError naming the install that brings Ray Data."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError("--engine ray needs Ray Data: pip install 'ray[data]' (or this package's [ray] extra)") from None
+    return ray
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """What a run does, resolved: `devices` (one network replica each), `precision` (fp32, bf16 or
@@ -52,8 +62,6 @@ class RunPlan:
             if len({device.type for device in devices}) > 1:
                 raise UsageError(f"--device {name}: mix of CPU and CUDA devices")
         if options.engine == "ray":
-            from c3d_extract.extraction.engine_ray import require_ray
-
             require_ray()
         first = devices[0]
         on_device = options.resize_on == "device" and options.engine == "local"  # Ray: where decoded
