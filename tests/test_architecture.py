@@ -21,7 +21,6 @@ from c3d_extract.featurefile.writer import StoreError
 from c3d_extract.settings import RunSettings
 from c3d_extract.storage import StorageError
 from c3d_extract.weights.convert import WeightsError
-from c3d_extract.weights.download import DownloadError
 from bench.support.videos import moving_frames, write_video
 
 
@@ -53,7 +52,7 @@ def test_entry_points_and_what_a_decoder_process_imports_leave_torch_out():
 def test_every_error_of_the_package_is_one_family_with_the_documented_statuses():
     usage = [WeightsError("w"), FeatureFileError("f"), UsageError("u")]
     refused = [StoreError("s"), JournalBusy("j")]
-    failed = [VideoError("decode", "v"), DownloadError("d")]
+    failed = [VideoError("decode", "v"), Failure("d")]
     disk = StorageError("out.h5", OSError(28, "No space left on device"), "nothing was written")
     for exc in [*usage, *refused, *failed, disk]:
         assert isinstance(exc, C3DError)

@@ -22,7 +22,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from c3d_extract.errors import Failure, UsageError
+from c3d_extract.errors import UsageError
 from c3d_extract.extraction.remote import describe, filesystem, is_final, redact
 from c3d_extract.storage import StorageError, is_storage_error, sha256_of
 from c3d_extract.weights.manifest import Source
@@ -32,10 +32,6 @@ BLOCK = 1 << 20
 DRIVE_DOWNLOAD = "https://drive.usercontent.google.com/download"
 DRIVE_HOSTS = ("drive.google.com", "docs.google.com")
 _PAGE_BYTES = 1 << 20  # the most of a web page read while looking for Drive's confirmation form
-
-
-class DownloadError(Failure):
-    """A download that failed everywhere; the message lists each address and why."""
 
 
 class AddressError(Exception):
